@@ -1,0 +1,36 @@
+"""Policy sections for the sandbox: which isolation layers are required, and resource limits."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Layer = Literal["process", "filesystem", "network", "syscall"]
+
+
+class IsolationSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    required_layers: list[Layer] = Field(
+        default_factory=lambda: ["process", "filesystem", "network", "syscall"],
+        description="Layers that must prove themselves active before the first cell runs.",
+    )
+    unsafe: bool = Field(
+        default=False,
+        description="Run cells even when required layers are missing. Loudly reported and audited.",
+    )
+    read_only_paths: list[str] = Field(
+        default_factory=list,
+        description="Extra host paths bound read-only into the sandbox (data outside the workspace).",
+    )
+
+
+class ResourceLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cell_timeout_s: float = Field(default=600.0, gt=0, description="Wall-clock limit per cell.")
+    memory_mb: int = Field(default=4096, gt=0, description="Memory limit of the child kernel.")
+    max_processes: int = Field(default=64, gt=0, description="Processes/threads the child may create.")
+    cpu_seconds: int | None = Field(default=None, description="CPU seconds per child process (RLIMIT_CPU).")
+    output_max_bytes: int = Field(default=10_000_000, gt=0, description="Output kept per cell.")
