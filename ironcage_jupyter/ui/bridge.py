@@ -139,13 +139,18 @@ def parse_audit_request(data: Mapping[str, Any]) -> AuditQuery:
     scope = data.get("scope") or "session"
     if scope not in ("session", "all"):
         raise BadRequest("bad_request", 'scope must be "session" or "all"')
-    return AuditQuery(limit=limit, event_type=filters["event_type"], decision=filters["decision"], scope=scope)
+    return AuditQuery(
+        limit=limit,
+        event_type=filters["event_type"],
+        decision=filters["decision"],
+        scope="all" if scope == "all" else "session",
+    )
 
 
 def normalise_audit_event(event: Mapping[str, Any]) -> dict[str, Any]:
     """Map one audit row to the protocol's shape (and keep it small)."""
-    ts = event.get("ts")
-    if hasattr(ts, "isoformat"):
+    ts: Any = event.get("ts")
+    if ts is not None and hasattr(ts, "isoformat"):
         ts = ts.isoformat()
     out: dict[str, Any] = {
         "seq": int(event.get("seq", 0)),
