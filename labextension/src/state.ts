@@ -26,7 +26,7 @@ export const MARKER_CLASS: Record<MarkerKind, string> = {
 };
 
 export const MARKER_ICON: Record<MarkerKind, string> = {
-  denied: '\u26D4', // no entry
+  denied: '\u2716', // heavy multiplication x (renders with the stock DejaVu fonts)
   escalated: '\u26A0', // warning sign
   redacted: '\u2702' // scissors
 };
@@ -99,8 +99,7 @@ export function statusText(status: IStatusMessage | null): string {
   const c = status.counts;
   return (
     `Iron Cage: ${status.policy} \u00B7 ${status.isolation} \u00B7 ` +
-    `${MARKER_ICON.denied} ${c.denied} ${MARKER_ICON.escalated} ${c.escalated} ` +
-    `${MARKER_ICON.redacted} ${c.redacted}`
+    `denied ${c.denied} \u00B7 escalated ${c.escalated} \u00B7 redacted ${c.redacted}`
   );
 }
 

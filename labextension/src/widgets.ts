@@ -78,6 +78,7 @@ export function applyCellMarker(cell: Cell, marker: ICellMarker): void {
   if (marker.kinds.length === 0) {
     return;
   }
+  // A one-line banner between the cell's input and its outputs (clear of the cell toolbar).
   const badge = el('div', 'ironcage-cell-marker');
   for (const kind of marker.kinds) {
     cell.addClass(MARKER_CLASS[kind]);
@@ -85,10 +86,24 @@ export function applyCellMarker(cell: Cell, marker: ICellMarker): void {
     badge.appendChild(el('span', `ironcage-marker-icon ironcage-marker-icon-${kind}`, MARKER_ICON[kind]));
   }
   badge.appendChild(el('span', 'ironcage-marker-label', marker.kinds.join(' \u00B7 ')));
+  const event = marker.event;
+  const detail = [
+    event.rules.length ? `rule ${event.rules.join(', ')}` : '',
+    event.reason
+  ]
+    .filter(Boolean)
+    .join(': ');
+  if (detail) {
+    badge.appendChild(el('span', 'ironcage-marker-detail', detail));
+  }
   badge.title = marker.title;
   badge.setAttribute('aria-label', marker.title);
-  const host = cell.node.querySelector('.jp-InputArea') ?? cell.node;
-  host.appendChild(badge);
+  const outputs = cell.node.querySelector(':scope > .jp-Cell-outputWrapper');
+  if (outputs) {
+    cell.node.insertBefore(badge, outputs);
+  } else {
+    cell.node.appendChild(badge);
+  }
 }
 
 // ------------------------------------------------------------------ escalation dialog
@@ -208,6 +223,16 @@ export class EscalationQueue {
 
 // ------------------------------------------------------------------ audit panel
 
+/** HH:MM:SS in local time; the full timestamp is in the row's title. */
+export function shortTime(ts: string): string {
+  const date = new Date(ts);
+  if (Number.isNaN(date.getTime())) {
+    return ts;
+  }
+  const pad = (n: number) => String(n).padStart(2, '0');
+  return `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`;
+}
+
 const DECISION_FILTERS = ['', 'allow', 'deny', 'escalate'];
 
 export class AuditPanel extends Widget {
@@ -250,7 +275,7 @@ export class AuditPanel extends Widget {
     const table = el('table', 'ironcage-audit-table');
     const head = el('thead');
     const tr = el('tr');
-    for (const column of ['#', 'Time', 'Type', 'Decision', 'Rule', 'Reason / summary']) {
+    for (const column of ['Time', 'Type', 'Decision', 'Rule / reason']) {
       tr.appendChild(el('th', undefined, column));
     }
     head.appendChild(tr);
@@ -294,22 +319,29 @@ export class AuditPanel extends Widget {
       const tr = el('tr', 'ironcage-audit-row');
       tr.dataset.eventType = event.event_type;
       tr.dataset.decision = event.decision ?? '';
+      tr.dataset.seq = String(event.seq);
       if (event.decision) {
         tr.classList.add(`ironcage-decision-${event.decision}`);
       }
-      const time = event.ts.replace('T', ' ').replace(/\.\d+Z?$/, '');
-      const cells = [
-        String(event.seq),
-        time,
-        event.event_type,
-        event.decision ?? '',
-        event.rule ?? '',
-        event.reason || event.summary || ''
-      ];
-      for (const text of cells) {
-        tr.appendChild(el('td', undefined, text));
+      tr.appendChild(el('td', 'ironcage-audit-time', shortTime(event.ts)));
+      tr.appendChild(el('td', 'ironcage-audit-type-cell', event.event_type));
+      tr.appendChild(el('td', 'ironcage-audit-decision-cell', event.decision ?? ''));
+      const what = el('td', 'ironcage-audit-what');
+      if (event.rule) {
+        what.appendChild(el('div', 'ironcage-audit-rule', event.rule));
       }
-      tr.title = [event.summary, event.reason, event.cell_id ? `cell ${event.cell_id}` : null]
+      const text = event.reason || event.summary || '';
+      if (text) {
+        what.appendChild(el('div', 'ironcage-audit-reason', text));
+      }
+      tr.appendChild(what);
+      tr.title = [
+        `#${event.seq} at ${event.ts}`,
+        event.summary,
+        event.reason,
+        event.cell_id ? `cell ${event.cell_id}` : null,
+        event.session_id ? `session ${event.session_id}` : null
+      ]
         .filter(Boolean)
         .join('\n');
       this._body.appendChild(tr);
