@@ -65,8 +65,9 @@ def _notebook() -> dict:
         "cells": [
             cell("allowed", "total = sum(range(10))\nprint('total', total)"),
             cell("denied", "import os\nprint(open(os.path.expanduser('~/.ssh/id_rsa')).read())"),
-            cell("approve", "# ironcage-test: escalate\nprint('sent after approval')"),
-            cell("refuse", "# ironcage-test: escalate\nprint('must not run')"),
+            # Shell escapes are escalated by the default policy (rule shell-escapes).
+            cell("approve", "!printf 'approved-%s\\n' 42"),
+            cell("refuse", "!printf 'refused-%s\\n' 42"),
         ],
     }
 

@@ -3,7 +3,8 @@
 scripted decide stage standing in for the policy engine until it lands on main:
 
 * a cell mentioning ``.ssh`` is denied (rule ``fs.protected.ssh``);
-* a cell containing ``# ironcage-test: escalate`` is escalated (rule ``test.escalate``);
+* a shell escape (``!cmd``) or a cell containing ``# ironcage-test: escalate`` is escalated (rule
+  ``test.escalate``), as the default policy's ``shell-escapes`` rule does;
 * every decision is kept in an in-memory audit list that the audit panel queries.
 
 The browser tests use the real ``ironcage`` kernelspec once main wires the bridge
@@ -38,7 +39,7 @@ class ScriptedDecideStage:
                                reason="reads a protected path under ~/.ssh")
             kernel.audit("cell", "deny", "fs.protected.ssh", "reads a protected path under ~/.ssh", cell)
             return
-        if ESCALATE_MARK in cell.code:
+        if ESCALATE_MARK in cell.code or cell.code.lstrip().startswith("!"):
             request = EscalationRequest(
                 kind="cell",
                 summary="run a cell that posts data to collector.example.net",

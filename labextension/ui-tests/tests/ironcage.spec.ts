@@ -13,8 +13,8 @@ async function shot(page: Page, name: string): Promise<void> {
 const CELL_TEXT: Record<string, string> = {
   allowed: 'sum(range(10))',
   denied: 'id_rsa',
-  approve: 'sent after approval',
-  refuse: 'must not run'
+  approve: 'approved-%s',
+  refuse: 'refused-%s'
 };
 
 function cell(page: Page, id: string): Locator {
@@ -76,7 +76,7 @@ test('Iron Cage UI: status, markers, escalation dialog, audit panel', async ({ p
   await dialog.getByRole('button', { name: 'Approve once' }).click();
   await expect(dialog).toHaveCount(0);
   const approved = cell(page, 'approve');
-  await expect(approved.locator('.jp-OutputArea')).toContainText('sent after approval');
+  await expect(approved.locator('.jp-OutputArea')).toContainText('approved-42');
   await expect(approved).toHaveClass(/ironcage-cell-escalated/);
   await expect(approved).not.toHaveClass(/ironcage-cell-denied/);
   await expect(approved.locator('.ironcage-cell-marker')).toHaveAttribute('title', /approved once/);
@@ -89,7 +89,7 @@ test('Iron Cage UI: status, markers, escalation dialog, audit panel', async ({ p
   const refused = cell(page, 'refuse');
   await expect(refused).toHaveClass(/ironcage-cell-denied/);
   await expect(refused).toHaveClass(/ironcage-cell-escalated/);
-  await expect(refused.locator('.jp-OutputArea')).not.toContainText('must not run');
+  await expect(refused.locator('.jp-OutputArea')).not.toContainText('refused-42');
   await expect(refused.locator('.ironcage-cell-marker')).toHaveAttribute('title', /denied by the user/);
   await expect(status).toContainText(/escalated [2-9]/);
   await shot(page, 'escalation-denied');
