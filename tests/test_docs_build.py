@@ -22,7 +22,7 @@ def _mkdocs_available() -> bool:
 @pytest.mark.skipif(not _mkdocs_available(), reason="mkdocs / mkdocs-material not installed (pip install .[docs])")
 def test_docs_build_strict(tmp_path: Path) -> None:
     site = tmp_path / "site"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO), NO_MKDOCS_2_WARNING="1")
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=110,

@@ -3,6 +3,7 @@
 * Pages owned by other developers may not exist yet: navigation entries whose file is missing are
   dropped before the build (so ``strict: true`` still passes) and listed on stderr; set
   ``IRONCAGE_DOCS_REQUIRE_ALL=1`` to make a missing page an error (release builds).
+* ``docs/perf/<area>.md`` (each developer's measured tables) are added under Operations.
 * ``policy-reference.md`` is generated at build time from the pydantic schema by
   ``docs/gen_policy_reference.py`` (``render()``), so the reference can never drift from the code.
 """
@@ -62,9 +63,27 @@ def _generated(config: Any) -> set[str]:
     return {GENERATED_REFERENCE} if (Path(config["docs_dir"]) / GENERATOR).exists() else set()
 
 
+def _measurement_pages(docs_dir: Path) -> list[dict[str, str]]:
+    """Each area's measured tables (docs/perf/<area>.md), listed under Operations."""
+    pages = []
+    for path in sorted((docs_dir / "perf").glob("*.md")):
+        pages.append({f"Measurements: {path.stem}": f"perf/{path.name}"})
+    return pages
+
+
 def on_config(config: Any) -> Any:
     missing: list[str] = []
-    config["nav"] = _prune(config["nav"] or [], Path(config["docs_dir"]), missing, _generated(config))
+    docs_dir = Path(config["docs_dir"])
+    nav = _prune(config["nav"] or [], docs_dir, missing, _generated(config))
+    measurements = _measurement_pages(docs_dir)
+    if measurements:
+        for item in nav:
+            if isinstance(item, dict) and "Operations" in item:
+                item["Operations"].extend(measurements)
+                break
+        else:
+            nav.append({"Measurements": measurements})
+    config["nav"] = nav
     if missing:
         message = "documentation pages not written yet (left out of the navigation): " + ", ".join(missing)
         if os.environ.get("IRONCAGE_DOCS_REQUIRE_ALL") == "1":
