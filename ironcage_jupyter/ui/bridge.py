@@ -240,7 +240,7 @@ class UiBridge:
         elif kind == "escalation_answer":
             self._answer(data)
         elif kind == "audit_request":
-            self._send(comm_id, self._audit(data), parent)
+            self._send(comm_id, await self._audit(data), parent)
         else:
             raise BadRequest("unknown_type", f"unknown message type {kind!r}")
 
@@ -256,13 +256,14 @@ class UiBridge:
             raise BadRequest("bad_answer", f"answer must be one of {', '.join(ANSWERS)}; denied")
         future.set_result(answer)
 
-    def _audit(self, data: Mapping[str, Any]) -> dict[str, Any]:
+    async def _audit(self, data: Mapping[str, Any]) -> dict[str, Any]:
         request_id = data.get("request_id")
         query = parse_audit_request(data)
         if self.audit_query is None:
             raise BadRequest("audit_unavailable", "this kernel has no audit store")
         try:
-            events, total = self.audit_query(query)
+            # DuckDB work off the event loop: cells and escalation answers keep flowing meanwhile.
+            events, total = await asyncio.to_thread(self.audit_query, query)
         except Exception as exc:
             raise BadRequest("audit_unavailable", f"audit query failed: {exc}") from exc
         return {
