@@ -119,16 +119,20 @@ export function statusTitle(status: IStatusMessage | null): string {
   return lines.join('\n');
 }
 
-/** Known audit event types offered in the filter even before they were seen. */
+/** The audit store's event types (ironcage_jupyter/audit/events.py), offered before they are seen. */
 export const KNOWN_EVENT_TYPES = [
-  'cell',
-  'tool_call',
-  'network',
-  'credential',
+  'session_start',
+  'session_end',
+  'cell_submitted',
+  'firewall_findings',
+  'policy_decision',
   'escalation',
+  'execution',
+  'output_redaction',
+  'credential_access',
+  'tool_call',
   'violation',
-  'output',
-  'session'
+  'policy_change'
 ];
 
 export type Listener = (state: IronCageState) => void;
