@@ -143,7 +143,7 @@ class ChildKernel(LoggingConfigurable):
             "{connection_file}",
             "--IPKernelApp.kernel_class=ipykernel.ipkernel.IPythonKernel",
             # The child's own history would be a file in its private home; keep it in memory.
-            "--HistoryManager.enabled=False",
+            "--HistoryManager.hist_file=:memory:",
             "--Application.log_level=WARN",
         ]
 

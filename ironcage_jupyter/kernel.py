@@ -28,6 +28,18 @@ from .relay import Relay, Route
 #: Frontend comm targets that the wrapper answers itself; every other comm goes to the child.
 WRAPPER_COMM_TARGETS = ("ironcage.ui", "ironcage.tools")
 
+#: Fields a request must carry, with their types, before any handler sees it.
+REQUIRED_FIELDS: dict[str, dict[str, type]] = {
+    "execute_request": {"code": str},
+    "complete_request": {"code": str, "cursor_pos": int},
+    "inspect_request": {"code": str, "cursor_pos": int},
+    "is_complete_request": {"code": str},
+    "history_request": {"hist_access_type": str},
+    "comm_open": {"comm_id": str, "target_name": str},
+    "comm_msg": {"comm_id": str},
+    "comm_close": {"comm_id": str},
+}
+
 RED = "\x1b[0;31m"
 BOLD = "\x1b[1m"
 RESET = "\x1b[0m"
@@ -132,6 +144,8 @@ class IronCageKernel(Kernel):
         super().__init__(**kwargs)
         for msg_type in ("comm_open", "comm_msg", "comm_close"):
             self.shell_handlers[msg_type] = getattr(self, msg_type)
+        for msg_type, handler in list(self.shell_handlers.items()):
+            self.shell_handlers[msg_type] = self._guarded(msg_type, handler)
         self.session_started = time.time()
         self.child = ChildKernel(workspace=Path(self.workspace), parent=self)
         self.child.on_exit = self._on_child_exit
@@ -151,6 +165,41 @@ class IronCageKernel(Kernel):
         self.pipeline = Pipeline(self._build_stages())
         atexit.register(self.child.kill_now_sync)
 
+    def _guarded(self, msg_type: str, handler: Any) -> Any:
+        """Every request gets a reply: malformed content or an internal error yields an error reply."""
+        required = REQUIRED_FIELDS.get(msg_type, {})
+
+        async def guarded(stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+            content = parent.get("content")
+            problem = None
+            if not isinstance(content, dict):
+                problem = "content is not an object"
+            else:
+                for key, kind in required.items():
+                    if not isinstance(content.get(key), kind):
+                        problem = f"field {key!r} is missing or not of type {kind.__name__}"
+                        break
+            if problem is None:
+                try:
+                    await handler(stream, ident, parent)
+                    return
+                except Exception as exc:
+                    self.log.error("error handling %s", msg_type, exc_info=True)
+                    problem = f"internal error: {exc!r}"
+            if msg_type.startswith("comm_"):
+                return  # comm messages have no reply in the protocol
+            reply_type = msg_type.replace("_request", "_reply")
+            self.session.send(
+                stream,
+                reply_type,
+                {"status": "error", "ename": "MalformedMessage" if "internal" not in problem else "IronCageError",
+                 "evalue": f"{msg_type}: {problem}", "traceback": []},
+                parent,
+                ident,
+            )
+
+        return guarded
+
     def _build_stages(self) -> list[Stage]:
         """The ordered per-cell stages. Later components (firewall, policy, credentials, audit)
         register here; no stage is shipped that pretends to check something."""
@@ -162,13 +211,24 @@ class IronCageKernel(Kernel):
         stdin_stream = ZMQStream(self.stdin_socket)
         stdin_stream.on_recv(self._on_frontend_stdin, copy=False)
         self._stdin_stream = stdin_stream
-        self.io_loop.add_callback(self._launch_child)
+        self.io_loop.add_callback(self._schedule_launch)
 
-    async def _launch_child(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _schedule_launch(self, *, kill_first: bool = False) -> asyncio.Future[None]:
+        """Start (or replace) the child in the background; the returned future says when it is ready.
+
+        The future is installed at once, so every request arriving meanwhile waits for this one
+        launch instead of starting another.
+        """
+        loop = asyncio.get_event_loop()
         ready: asyncio.Future[None] = loop.create_future()
         self._child_ready = ready
+        loop.create_task(self._launch_child(ready, kill_first=kill_first))
+        return ready
+
+    async def _launch_child(self, ready: asyncio.Future[None], *, kill_first: bool = False) -> None:
         try:
+            if kill_first:
+                await self.child.kill()
             await self.child.start()
             client = self.child.km.client() if self.child.km else None
             if client is None:
@@ -202,16 +262,15 @@ class IronCageKernel(Kernel):
 
     async def ensure_child(self) -> None:
         """Wait for the child to be ready; raise with the reason when it cannot be."""
-        if self._child_ready is None:
-            await self._launch_child()
-        assert self._child_ready is not None
-        await asyncio.shield(self._child_ready)
+        ready = self._child_ready
+        if ready is None:
+            ready = self._schedule_launch()
+        await asyncio.shield(ready)
 
     async def restart_child(self) -> None:
         self.relay.detach(ChildDied("the child kernel is being restarted"))
-        await self.child.kill()
         self._restarts += 1
-        await self._launch_child()
+        await asyncio.shield(self._schedule_launch(kill_first=True))
 
     def _on_child_exit(self, child: ChildKernel, status: int | None) -> None:
         if self._shutting_down:
@@ -225,13 +284,7 @@ class IronCageKernel(Kernel):
         self.relay.detach(ChildDied(f"the child kernel died (exit status {status})"))
         # A fresh child, so the next cell runs.
         self._restarts += 1
-        self._child_ready = None
-        self.io_loop.add_callback(self._relaunch_after_death)
-
-    async def _relaunch_after_death(self) -> None:
-        await self.child.kill()
-        if self._child_ready is None:
-            await self._launch_child()
+        self._schedule_launch(kill_first=True)
 
     # -- kernel_info -----------------------------------------------------------------------------
     @property
@@ -367,7 +420,9 @@ class IronCageKernel(Kernel):
                 "store_history": cell.store_history,
                 "user_expressions": cell.user_expressions,
                 "allow_stdin": cell.allow_stdin,
-                "stop_on_error": True,
+                # The wrapper aborts the frontend's queue itself; a child aborting would race
+                # with the next cell the wrapper forwards.
+                "stop_on_error": False,
             },
             route,
             metadata=cell.metadata,
