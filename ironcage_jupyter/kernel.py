@@ -770,14 +770,31 @@ class IronCageKernel(Kernel):
             "restarts": self._restarts,
             "pipeline": self.pipeline.names,
             "cell_timeout_s": self.cell_timeout_seconds(),
+            "request_timeout_s": self.request_timeout,
         }
 
 
-def main() -> None:
+def make_app_class() -> type:
+    """The kernel application: IPKernelApp that also reads ``jupyter_ironcage_config.{py,json}``."""
     from ipykernel.kernelapp import IPKernelApp
+    from jupyter_core.paths import jupyter_config_path
+    from traitlets.config.application import Application
 
+    class IronCageKernelApp(IPKernelApp):
+        name = "ironcage-kernel"
+
+        def load_config_file(self, *args: Any, **kwargs: Any) -> None:
+            super().load_config_file(*args, **kwargs)
+            # Jupyter config path order: the first directory has the highest priority.
+            Application.load_config_file(self, "jupyter_ironcage_config", path=jupyter_config_path())
+
+    return IronCageKernelApp
+
+
+def main() -> None:
+    app_class = make_app_class()
     # The wrapper runs no user code, so nothing it prints belongs in the notebook: its stdout and
     # stderr stay the process's own (the Jupyter server log) instead of iopub streams, which also
     # spares two cross-thread flushes per request.
-    IPKernelApp.outstream_class = None  # type: ignore[assignment]
-    IPKernelApp.launch_instance(kernel_class=IronCageKernel)
+    app_class.outstream_class = None
+    app_class.launch_instance(kernel_class=IronCageKernel)
