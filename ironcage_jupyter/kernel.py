@@ -15,8 +15,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ipykernel.kernelbase import Kernel
 import zmq
+from ipykernel.kernelbase import Kernel
 from traitlets import Float, Int, Unicode, default
 from zmq.eventloop.zmqstream import ZMQStream
 
