@@ -15,8 +15,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import zmq
 from ipykernel.kernelbase import Kernel
-from traitlets import Float, Unicode, default
+from traitlets import Float, Int, Unicode, default
 from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
@@ -27,6 +28,18 @@ from .relay import Relay, Route
 
 #: Frontend comm targets that the wrapper answers itself; every other comm goes to the child.
 WRAPPER_COMM_TARGETS = ("ironcage.ui", "ironcage.tools")
+
+#: Fields a request must carry, with their types, before any handler sees it.
+REQUIRED_FIELDS: dict[str, dict[str, type]] = {
+    "execute_request": {"code": str},
+    "complete_request": {"code": str, "cursor_pos": int},
+    "inspect_request": {"code": str, "cursor_pos": int},
+    "is_complete_request": {"code": str},
+    "history_request": {"hist_access_type": str},
+    "comm_open": {"comm_id": str, "target_name": str},
+    "comm_msg": {"comm_id": str},
+    "comm_close": {"comm_id": str},
+}
 
 RED = "\x1b[0;31m"
 BOLD = "\x1b[1m"
@@ -127,11 +140,22 @@ class IronCageKernel(Kernel):
         "requests before replying with an error.",
     ).tag(config=True)
 
+    # ipykernel sleeps 0.5 ms after every execute as a workaround for lost flushes; the wrapper's
+    # outputs are already relayed in full before its reply, so the sleep is pure latency here.
+    _execute_sleep = Float(0.0).tag(config=True)
+
+    child_output_queue = Int(
+        200_000,
+        help="Messages from the child that may wait for the relay before zmq drops output (0: unbounded).",
+    ).tag(config=True)
+
     # -- lifecycle -----------------------------------------------------------------------------
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         for msg_type in ("comm_open", "comm_msg", "comm_close"):
             self.shell_handlers[msg_type] = getattr(self, msg_type)
+        for msg_type, handler in list(self.shell_handlers.items()):
+            self.shell_handlers[msg_type] = self._guarded(msg_type, handler)
         self.session_started = time.time()
         self.child = ChildKernel(workspace=Path(self.workspace), parent=self)
         self.child.on_exit = self._on_child_exit
@@ -144,12 +168,48 @@ class IronCageKernel(Kernel):
         self._child_error: str | None = None
         self._restarts = 0
         self._current_cell: CellRequest | None = None
+        self._cell_interrupted: asyncio.Future[bool] | None = None
         self._stdin_waiter: asyncio.Future[dict[str, Any]] | None = None
         self._wrapper_comms: dict[str, str] = {}
         self._shutting_down = False
         self._main_loop: asyncio.AbstractEventLoop | None = None
         self.pipeline = Pipeline(self._build_stages())
         atexit.register(self.child.kill_now_sync)
+
+    def _guarded(self, msg_type: str, handler: Any) -> Any:
+        """Every request gets a reply: malformed content or an internal error yields an error reply."""
+        required = REQUIRED_FIELDS.get(msg_type, {})
+
+        async def guarded(stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+            content = parent.get("content")
+            problem = None
+            if not isinstance(content, dict):
+                problem = "content is not an object"
+            else:
+                for key, kind in required.items():
+                    if not isinstance(content.get(key), kind):
+                        problem = f"field {key!r} is missing or not of type {kind.__name__}"
+                        break
+            if problem is None:
+                try:
+                    await handler(stream, ident, parent)
+                    return
+                except Exception as exc:
+                    self.log.error("error handling %s", msg_type, exc_info=True)
+                    problem = f"internal error: {exc!r}"
+            if msg_type.startswith("comm_"):
+                return  # comm messages have no reply in the protocol
+            reply_type = msg_type.replace("_request", "_reply")
+            self.session.send(
+                stream,
+                reply_type,
+                {"status": "error", "ename": "MalformedMessage" if "internal" not in problem else "IronCageError",
+                 "evalue": f"{msg_type}: {problem}", "traceback": []},
+                parent,
+                ident,
+            )
+
+        return guarded
 
     def _build_stages(self) -> list[Stage]:
         """The ordered per-cell stages. Later components (firewall, policy, credentials, audit)
@@ -162,17 +222,32 @@ class IronCageKernel(Kernel):
         stdin_stream = ZMQStream(self.stdin_socket)
         stdin_stream.on_recv(self._on_frontend_stdin, copy=False)
         self._stdin_stream = stdin_stream
-        self.io_loop.add_callback(self._launch_child)
+        # The child starts once the frontend's first kernel_info_request is answered (frontends
+        # always send one), so the wrapper's own start is not slowed by the child's.
 
-    async def _launch_child(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _schedule_launch(self, *, kill_first: bool = False) -> asyncio.Future[None]:
+        """Start (or replace) the child in the background; the returned future says when it is ready.
+
+        The future is installed at once, so every request arriving meanwhile waits for this one
+        launch instead of starting another.
+        """
+        loop = asyncio.get_event_loop()
         ready: asyncio.Future[None] = loop.create_future()
         self._child_ready = ready
+        loop.create_task(self._launch_child(ready, kill_first=kill_first))
+        return ready
+
+    async def _launch_child(self, ready: asyncio.Future[None], *, kill_first: bool = False) -> None:
         try:
+            if kill_first:
+                await self.child.kill()
             await self.child.start()
             client = self.child.km.client() if self.child.km else None
             if client is None:
                 raise RuntimeError("the child kernel manager has no client")
+            # A fast child can publish faster than the relay forwards; the default high-water mark
+            # (1,000) would silently drop outputs, so the receive queue is made much deeper.
+            client.context.setsockopt(zmq.RCVHWM, self.child_output_queue)
             client.start_channels(hb=False)
             self._child_client = client
             self.relay.attach(client)
@@ -202,16 +277,15 @@ class IronCageKernel(Kernel):
 
     async def ensure_child(self) -> None:
         """Wait for the child to be ready; raise with the reason when it cannot be."""
-        if self._child_ready is None:
-            await self._launch_child()
-        assert self._child_ready is not None
-        await asyncio.shield(self._child_ready)
+        ready = self._child_ready
+        if ready is None:
+            ready = self._schedule_launch()
+        await asyncio.shield(ready)
 
     async def restart_child(self) -> None:
         self.relay.detach(ChildDied("the child kernel is being restarted"))
-        await self.child.kill()
         self._restarts += 1
-        await self._launch_child()
+        await asyncio.shield(self._schedule_launch(kill_first=True))
 
     def _on_child_exit(self, child: ChildKernel, status: int | None) -> None:
         if self._shutting_down:
@@ -225,15 +299,14 @@ class IronCageKernel(Kernel):
         self.relay.detach(ChildDied(f"the child kernel died (exit status {status})"))
         # A fresh child, so the next cell runs.
         self._restarts += 1
-        self._child_ready = None
-        self.io_loop.add_callback(self._relaunch_after_death)
-
-    async def _relaunch_after_death(self) -> None:
-        await self.child.kill()
-        if self._child_ready is None:
-            await self._launch_child()
+        self._schedule_launch(kill_first=True)
 
     # -- kernel_info -----------------------------------------------------------------------------
+    async def kernel_info_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        await super().kernel_info_request(stream, ident, parent)
+        if self._child_ready is None:
+            self._schedule_launch()
+
     @property
     def kernel_info(self) -> dict[str, Any]:
         info = dict(super().kernel_info)
@@ -341,8 +414,16 @@ class IronCageKernel(Kernel):
         return self.cell_timeout or None
 
     async def execute_in_child(self, cell: CellRequest) -> None:
+        interrupted = self._cell_interrupted = asyncio.get_running_loop().create_future()
         try:
-            await self.ensure_child()
+            ready = asyncio.ensure_future(self.ensure_child())
+            await asyncio.wait({ready, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+            if not ready.done():
+                # Interrupted while the child was still starting: the cell is never sent.
+                ready.add_done_callback(lambda f: f.exception())
+                cell.block = Block(ename="KeyboardInterrupt", evalue="interrupted before the cell started")
+                return
+            ready.result()
         except Exception as exc:
             cell.block = Block(
                 ename="IronCageUnavailable",
@@ -367,7 +448,9 @@ class IronCageKernel(Kernel):
                 "store_history": cell.store_history,
                 "user_expressions": cell.user_expressions,
                 "allow_stdin": cell.allow_stdin,
-                "stop_on_error": True,
+                # The wrapper aborts the frontend's queue itself; a child aborting would race
+                # with the next cell the wrapper forwards.
+                "stop_on_error": False,
             },
             route,
             metadata=cell.metadata,
@@ -594,6 +677,9 @@ class IronCageKernel(Kernel):
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._main_loop))
 
     async def _interrupt_child(self) -> None:
+        pending_cell = self._cell_interrupted
+        if pending_cell is not None and not pending_cell.done():
+            pending_cell.set_result(True)
         waiter = self._stdin_waiter
         if waiter is not None and not waiter.done():
             waiter.cancel()
@@ -684,10 +770,31 @@ class IronCageKernel(Kernel):
             "restarts": self._restarts,
             "pipeline": self.pipeline.names,
             "cell_timeout_s": self.cell_timeout_seconds(),
+            "request_timeout_s": self.request_timeout,
         }
 
 
-def main() -> None:
+def make_app_class() -> type:
+    """The kernel application: IPKernelApp that also reads ``jupyter_ironcage_config.{py,json}``."""
     from ipykernel.kernelapp import IPKernelApp
+    from jupyter_core.paths import jupyter_config_path
+    from traitlets.config.application import Application
 
-    IPKernelApp.launch_instance(kernel_class=IronCageKernel)
+    class IronCageKernelApp(IPKernelApp):
+        name = "ironcage-kernel"
+
+        def load_config_file(self, *args: Any, **kwargs: Any) -> None:
+            super().load_config_file(*args, **kwargs)
+            # Jupyter config path order: the first directory has the highest priority.
+            Application.load_config_file(self, "jupyter_ironcage_config", path=jupyter_config_path())
+
+    return IronCageKernelApp
+
+
+def main() -> None:
+    app_class = make_app_class()
+    # The wrapper runs no user code, so nothing it prints belongs in the notebook: its stdout and
+    # stderr stay the process's own (the Jupyter server log) instead of iopub streams, which also
+    # spares two cross-thread flushes per request.
+    app_class.outstream_class = None
+    app_class.launch_instance(kernel_class=IronCageKernel)
