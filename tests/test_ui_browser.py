@@ -37,10 +37,15 @@ pytestmark = [
 ]
 
 
-def _kernel_wired() -> bool:
-    """True once the real wrapper kernel answers the ironcage.ui comm itself."""
+def _kernel_mode() -> str:
+    """"real": the plain ironcage kernel (UI bridge and policy stage wired in kernel.py); "fixture": the
+    same wrapper with a scripted decide stage (tests/ui_fixtures) while the policy is not wired yet.
+    IRONCAGE_UI_KERNEL=real|fixture forces one."""
+    forced = os.environ.get("IRONCAGE_UI_KERNEL")
+    if forced in ("real", "fixture"):
+        return forced
     source = (REPO / "ironcage_jupyter" / "kernel.py").read_text()
-    return "UiBridge" in source
+    return "real" if "UiBridge" in source and "PolicyStage" in source else "fixture"
 
 
 def _free_port() -> int:
@@ -86,7 +91,7 @@ def lab_server(tmp_path: Path) -> Iterator[dict[str, str]]:
 
     spec_dir = write_kernel_spec(jupyter_path / "kernels" / "ironcage", python=sys.executable,
                                  env={"PYTHONPATH": str(REPO)})
-    kernel_mode = "real" if _kernel_wired() else "fixture"
+    kernel_mode = _kernel_mode()
     if kernel_mode == "fixture":
         spec = json.loads((spec_dir / "kernel.json").read_text())
         spec["argv"] = [sys.executable, str(FIXTURE_KERNEL), "-f", "{connection_file}"]

@@ -7,19 +7,21 @@ scripted decide stage standing in for the policy engine until it lands on main:
   ``test.escalate``), as the default policy's ``shell-escapes`` rule does;
 * every decision is kept in an in-memory audit list that the audit panel queries.
 
-The browser tests use the real ``ironcage`` kernelspec once main wires the bridge
-(see tests/test_ui_browser.py, ``_kernel_wired``); this file is only their fallback.
+The real kernel reports cells to the lab extension itself (``report_cell``); this stage records its
+verdicts the way the policy stage does (``cell.decision``, ``cell.notes["escalation"]``). The browser
+tests use the plain ``ironcage`` kernelspec once the policy stage is wired into the kernel
+(see tests/test_ui_browser.py, ``_kernel_mode``); this file is only their fallback until then.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import uuid
+from types import SimpleNamespace
 from typing import Any
 
 from ironcage_jupyter.kernel import ExecuteStage, IronCageKernel
 from ironcage_jupyter.pipeline import Block, CellRequest, Stage
-from ironcage_jupyter.ui import Approver, AuditQuery, EscalationRequest, IsolationStatus, UiBridge
+from ironcage_jupyter.ui import Approver, AuditQuery, EscalationRequest, IsolationStatus
 
 ESCALATE_MARK = "# ironcage-test: escalate"
 
@@ -34,7 +36,8 @@ class ScriptedDecideStage:
     async def run(self, cell: CellRequest) -> None:
         kernel = self.kernel
         if ".ssh" in cell.code:
-            kernel._ui_cell = ("deny", None, ["fs.protected.ssh"], "reads a protected path under ~/.ssh")
+            cell.decision = SimpleNamespace(effect="deny", rules=["fs.protected.ssh"], findings=[],
+                                            reason="reads a protected path under ~/.ssh")
             cell.block = Block("PolicyDenied", "reading ~/.ssh is not allowed", rule="fs.protected.ssh",
                                reason="reads a protected path under ~/.ssh")
             kernel.audit("cell", "deny", "fs.protected.ssh", "reads a protected path under ~/.ssh", cell)
@@ -53,30 +56,29 @@ class ScriptedDecideStage:
                 request, allow_stdin=cell.allow_stdin, timeout_s=120, allow_session=True,
                 parent=kernel.get_parent("shell"),
             )
-            kernel._ui_cell = ("escalate", result.outcome, ["test.escalate"], request.reason)
+            cell.notes["escalation"] = {"outcome": {"approved_once": "allow-once", "approved_session": "allow-session",
+                                                    "timeout": "deny-timeout"}.get(result.outcome, "deny")}
+            cell.decision = SimpleNamespace(effect="allow" if result.approved else "deny", rules=["test.escalate"],
+                                            reason=request.reason, findings=[])
             kernel.audit("escalation", "allow" if result.approved else "deny", "test.escalate",
                          f"{request.reason}; answer {result.answer} by {result.by}", cell)
             if not result.approved:
                 cell.block = Block("EscalationDenied", f"not approved ({result.by})", rule="test.escalate",
                                    reason=request.reason)
             return
-        kernel._ui_cell = ("allow", None, [], "")
+        cell.decision = SimpleNamespace(effect="allow", rules=[], reason="", findings=[])
         kernel.audit("cell", "allow", None, None, cell)
 
 
 class UiTestKernel(IronCageKernel):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.session_uid = uuid.uuid4().hex
+        self.session_uid = self.ui.session_id
         self.events: list[dict[str, Any]] = []
-        self.ui = UiBridge(
-            self.send_comm_msg,
-            session_id=self.session_uid,
-            policy="ui-test",
-            isolation=IsolationStatus(layers={"process": ("active", "child kernel"),
-                                              "network": ("degraded", "test fixture: not sandboxed")}),
-            audit_query=self.query_audit,
-        )
+        self.ui.policy = "ui-test"
+        self.ui.isolation = IsolationStatus(layers={"process": ("active", "child kernel"),
+                                                    "network": ("degraded", "test fixture: not sandboxed")})
+        self.ui.audit_query = self.query_audit
         self.approver = Approver(self.ui, self.ask_frontend)
 
     def _build_stages(self) -> list[Stage]:
@@ -101,21 +103,6 @@ class UiTestKernel(IronCageKernel):
                 if (query.event_type is None or e["event_type"] == query.event_type)
                 and (query.decision is None or e["decision"] == query.decision)]
         return rows[: query.limit], len(rows)
-
-    async def on_wrapper_comm(self, event: str, content: dict[str, Any]) -> None:
-        await self.ui.handle(event, content)
-
-    async def do_execute(self, code: str, silent: bool, store_history: bool = True,  # type: ignore[override]
-                         user_expressions: dict[str, Any] | None = None, allow_stdin: bool = False, *,
-                         cell_meta: dict[str, Any] | None = None, cell_id: str | None = None) -> dict[str, Any]:
-        parent = self.get_parent("shell")
-        self._ui_cell: tuple[str, str | None, list[str], str] = ("allow", None, [], "")
-        reply = await super().do_execute(code, silent, store_history, user_expressions, allow_stdin,
-                                         cell_meta=cell_meta, cell_id=cell_id)
-        decision, outcome, rules, reason = self._ui_cell
-        self.ui.cell_finished(cell_id=cell_id, msg_id=parent.get("header", {}).get("msg_id"),
-                              decision=decision, outcome=outcome, rules=rules, reason=reason, parent=parent)
-        return reply
 
 
 if __name__ == "__main__":
