@@ -38,14 +38,15 @@ pytestmark = [
 
 
 def _kernel_mode() -> str:
-    """"real": the plain ironcage kernel (UI bridge and policy stage wired in kernel.py); "fixture": the
-    same wrapper with a scripted decide stage (tests/ui_fixtures) while the policy is not wired yet.
-    IRONCAGE_UI_KERNEL=real|fixture forces one."""
+    """"real": the plain ironcage kernel, once kernel.py wires the UI bridge, the policy stage and the audit
+    panel feed; "fixture": the same wrapper with a scripted decide stage and an in-memory audit
+    (tests/ui_fixtures) until then. IRONCAGE_UI_KERNEL=real|fixture forces one."""
     forced = os.environ.get("IRONCAGE_UI_KERNEL")
     if forced in ("real", "fixture"):
         return forced
     source = (REPO / "ironcage_jupyter" / "kernel.py").read_text()
-    return "real" if "UiBridge" in source and "PolicyStage" in source else "fixture"
+    wired = all(name in source for name in ("UiBridge", "PolicyStage", "audit_panel_query"))
+    return "real" if wired else "fixture"
 
 
 def _free_port() -> int:
