@@ -205,6 +205,23 @@ async def test_cell_finished_counts_and_reports() -> None:
     assert events[0]["findings"] == [{"id": "F1", "severity": "high", "line": 2, "message": "ssh"}]
     assert events[2]["outcome"] is None
     assert frontend.of_type("status")[-1]["counts"] == {"denied": 3, "escalated": 0, "redacted": 3}
+    # hello's status + one per cell that changed the counts (a, b, c, d): never one for a no-op cell
+    assert len(frontend.of_type("status")) == 5
+    bridge.cell_finished(cell_id="e", msg_id="m5", decision="allow")
+    assert len(frontend.of_type("status")) == 5
+
+
+async def test_status_follows_counts_changed_during_escalation() -> None:
+    bridge, frontend = make_bridge()
+    await open_comm(bridge)
+    task = asyncio.create_task(bridge.escalate(REQUEST, timeout_s=10, allow_session=True))
+    await asyncio.sleep(0)
+    esc_id = frontend.of_type("escalation")[0]["id"]
+    await bridge.handle("msg", {"comm_id": "c1", "data": {"type": "escalation_answer", "id": esc_id,
+                                                          "answer": "once"}})
+    await task
+    bridge.cell_finished(cell_id="a", msg_id="m1", decision="escalate", outcome="approved_once")
+    assert frontend.of_type("status")[-1]["counts"]["escalated"] == 1
 
 
 async def test_audit_request_is_answered_with_normalised_events() -> None:

@@ -66,7 +66,7 @@ def test_hello_status_and_cell_events(kernel: tuple[KernelManager, BlockingKerne
     msg_id = _send(kc, "execute_request", {"code": "print(6 * 7)", "silent": False, "store_history": True,
                                            "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
                    metadata={"cellId": cell_id})
-    received = _comm_msgs(kc, comm_id, lambda d: d["type"] == "status")
+    received = _comm_msgs(kc, comm_id, lambda d: d["type"] == "cell_event")
     (event,) = [d for d in received if d["type"] == "cell_event"]
     assert event["cell_id"] == cell_id and event["msg_id"] == msg_id
     assert event["decision"] == "allow" and event["redacted"] == 0

@@ -192,6 +192,8 @@ class UiBridge:
         self.counts = SessionCounts()
         self.comm_ids: list[str] = []
         self._pending: dict[str, tuple[asyncio.Future[str], EscalationRequest, dict[str, Any]]] = {}
+        #: counts in the last status broadcast; a cell only triggers a new one when they differ
+        self._published_counts = self.counts.as_dict()
         #: escalation id -> who settled it when it was not a frontend (interrupt, shutdown)
         self._settled_by: dict[str, str] = {}
 
@@ -306,7 +308,9 @@ class UiBridge:
         }
 
     def publish_status(self, parent: dict[str, Any] | None = None) -> None:
-        self.broadcast(self.status_message(), parent)
+        message = self.status_message()
+        self._published_counts = dict(message["counts"])
+        self.broadcast(message, parent)
 
     def cell_finished(
         self,
@@ -321,7 +325,7 @@ class UiBridge:
         findings: Iterable[Mapping[str, Any]] = (),
         parent: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Count the cell's outcome, then send its ``cell_event`` and the new ``status``.
+        """Count the cell's outcome, then send its ``cell_event`` (and ``status`` if the counts changed).
 
         Call once per execute request, after output filtering (so ``redacted`` is complete) and
         before the execute_reply. ``decision`` is the strictest one taken for the cell.
@@ -351,7 +355,8 @@ class UiBridge:
             ],
         }
         self.broadcast(event, parent)
-        self.publish_status(parent)
+        if self.counts.as_dict() != self._published_counts:
+            self.publish_status(parent)
         return event
 
     def _escalation_message(self, esc_id: str, request: EscalationRequest, extra: dict[str, Any]) -> dict[str, Any]:
