@@ -31,7 +31,7 @@ CHROMIUM = os.environ.get("IRONCAGE_CHROMIUM", "/usr/bin/chromium")
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.timeout(240),
+    pytest.mark.timeout(300),
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"chromium not installed at {CHROMIUM} "
                        "(apt-get install chromium; or set IRONCAGE_CHROMIUM)"),
 ]
@@ -177,7 +177,7 @@ def test_lab_extension_in_chromium(lab_server: dict[str, str]) -> None:
     })
     result = subprocess.run(
         [npx, "playwright", "test", "-c", "ui-tests/playwright.config.ts"],
-        cwd=LABEXT_SRC, env=env, capture_output=True, text=True, timeout=200,
+        cwd=LABEXT_SRC, env=env, capture_output=True, text=True, timeout=230,
     )
     report = result.stdout[-6000:] + result.stderr[-3000:]
     print(f"kernel used: {lab_server['kernel_mode']}\n{report}")

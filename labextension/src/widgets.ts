@@ -275,7 +275,7 @@ export class AuditPanel extends Widget {
     const table = el('table', 'ironcage-audit-table');
     const head = el('thead');
     const tr = el('tr');
-    for (const column of ['Time', 'Type', 'Decision', 'Rule / reason']) {
+    for (const column of ['Time', 'Event', 'Decision']) {
       tr.appendChild(el('th', undefined, column));
     }
     head.appendChild(tr);
@@ -324,9 +324,9 @@ export class AuditPanel extends Widget {
         tr.classList.add(`ironcage-decision-${event.decision}`);
       }
       tr.appendChild(el('td', 'ironcage-audit-time', shortTime(event.ts)));
-      tr.appendChild(el('td', 'ironcage-audit-type-cell', event.event_type));
-      tr.appendChild(el('td', 'ironcage-audit-decision-cell', event.decision ?? ''));
+      // Type, rule and reason stacked in one column: the sidebar is narrow.
       const what = el('td', 'ironcage-audit-what');
+      what.appendChild(el('div', 'ironcage-audit-type-cell', event.event_type));
       if (event.rule) {
         what.appendChild(el('div', 'ironcage-audit-rule', event.rule));
       }
@@ -335,6 +335,7 @@ export class AuditPanel extends Widget {
         what.appendChild(el('div', 'ironcage-audit-reason', text));
       }
       tr.appendChild(what);
+      tr.appendChild(el('td', 'ironcage-audit-decision-cell', event.decision ?? ''));
       tr.title = [
         `#${event.seq} at ${event.ts}`,
         event.summary,
