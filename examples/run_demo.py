@@ -7,7 +7,7 @@ The demo runs in a throw-away directory: a workspace holding the notebook, a HOM
 audit directory. It prints, per cell, whether it was allowed, blocked (denied, or escalated and then
 denied because nobody can answer headless), or had output redacted, then the audit counts from
 ``ironcage-jupyter audit query --json``. Exit status 1 if a secret or the fake SSH key reached the
-notebook's outputs, or if the notebook could not be run at all.
+notebook's outputs; 2 if the notebook could not be run at all (e.g. the kernel refused to start).
 """
 
 from __future__ import annotations
@@ -162,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
                 nb, kernel_name="ironcage", allow_errors=True, timeout=args.timeout,
                 resources={"metadata": {"path": str(workspace)}},
             )
-            client.execute()
+            try:
+                client.execute()
+            except Exception as exc:  # the kernel refused to start (bad policy, no sandbox, ...)
+                print(f"The ironcage kernel could not run the notebook: {exc}", file=sys.stderr)
+                return 2
         finally:
             os.environ.clear()
             os.environ.update(saved_env)
