@@ -438,7 +438,7 @@ class IronCageKernel(Kernel):
         route = Route(
             kind="execute",
             parent=self.get_parent("shell"),
-            ident=[self._parent_ident["shell"]],
+            ident=self._parent_ident["shell"],
             execution_count=cell.execution_count,
         )
         cell.notes["route"] = route
@@ -515,7 +515,7 @@ class IronCageKernel(Kernel):
     async def ask_frontend(self, prompt: str, *, password: bool = False, route: Route | None = None) -> str:
         """Send input_request to the frontend and wait for its input_reply."""
         parent = route.parent if route is not None else self.get_parent("shell")
-        ident = route.ident if route is not None else [self._parent_ident["shell"]]
+        ident = route.ident if route is not None else self._parent_ident["shell"]
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._stdin_waiter = waiter

@@ -31,7 +31,7 @@ class Route:
 
     kind: str
     parent: dict[str, Any] | None
-    ident: list[bytes] | None = None
+    ident: Any = None  # the frontend's zmq routing identities
     execution_count: int | None = None
     forward_outputs: bool = True
     reply: asyncio.Future[dict[str, Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
