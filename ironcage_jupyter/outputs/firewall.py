@@ -1,0 +1,415 @@
+"""The output firewall: screens every message the child kernel sends back before the frontend or the
+audit store sees it. Redacts, withholds, truncates; fails closed.
+
+The relay calls, per session::
+
+    fw = OutputFirewall(policy.outputs, policy.limits)
+    fw.start_cell(cell_id)                       # before forwarding a cell to the child
+    out = fw.screen(msg_type, content)           # for EVERY iopub/comm message of the child
+    for out in fw.flush_all(): ...               # when the cell's execute_reply arrives
+    fw.end_cell()
+
+and the credential broker calls ``fw.add_secret(name, value)`` for every value it hands out.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from ..sandbox.settings import ResourceLimits
+from .detectors import PRIVATE_KEY_RE, TypedDetectors, open_private_key_start
+from .known_values import KnownValueMatcher
+from .settings import OutputSettings
+
+TEXT_MIME_PREFIXES = ("text/",)
+TEXT_MIME_TYPES = {
+    "application/json",
+    "application/javascript",
+    "application/x-latex",
+    "image/svg+xml",
+    "application/xml",
+    "application/xhtml+xml",
+}
+# Message types whose content is only protocol bookkeeping (no child-controlled text to screen).
+PASS_THROUGH_TYPES = {"status", "execute_input", "clear_output", "comm_close_ack"}
+_NON_TOKEN_CHAR = re.compile(r"[^A-Za-z0-9+/=_\-.~@%:]")
+
+
+def is_text_mime(mime: str) -> bool:
+    return mime.startswith(TEXT_MIME_PREFIXES) or mime in TEXT_MIME_TYPES or mime.endswith("+json")
+
+
+class RedactionRecord(BaseModel):
+    """What was redacted: detector family, secret or type name, how often. Never the value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    detector: str
+    name: str
+    count: int
+
+
+@dataclass
+class ScreenedOutput:
+    """The result of screening one message.
+
+    ``content`` is what the relay forwards (``None``: forward nothing). ``notice`` is a human-readable
+    line the relay should show the user (e.g. as a stderr stream) when not ``None``.
+    """
+
+    content: dict[str, Any] | None
+    redactions: list[RedactionRecord] = field(default_factory=list)
+    withheld: bool = False
+    notice: str | None = None
+    flagged: bool = False
+
+    @property
+    def redacted(self) -> bool:
+        return bool(self.redactions)
+
+
+@dataclass
+class _StreamState:
+    held: str = ""
+    in_private_key: bool = False
+
+
+class _Redactions:
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str]] = Counter()
+
+    def add(self, detector: str, name: str, n: int) -> None:
+        if n:
+            self.counts[detector, name] += n
+
+    def records(self) -> list[RedactionRecord]:
+        return [RedactionRecord(detector=d, name=n, count=c) for (d, n), c in sorted(self.counts.items())]
+
+
+class OutputFirewall:
+    def __init__(self, settings: OutputSettings | None = None, limits: ResourceLimits | None = None) -> None:
+        self.settings = settings or OutputSettings()
+        self.limits = limits or ResourceLimits()
+        self._known = KnownValueMatcher(min_length=self.settings.min_secret_length)
+        self._sentinels = KnownValueMatcher(min_length=self.settings.min_secret_length)
+        self._typed = TypedDetectors(self.settings)
+        self._streams: dict[str, _StreamState] = {}
+        self.cell_id: str | None = None
+        self.cell_used_secret = False
+        self._cell_bytes = 0
+        self._cell_truncated = False
+
+    # -- secrets and cell lifecycle -------------------------------------------------------------------
+
+    def add_secret(self, name: str, value: str, *, sentinel: bool = False) -> list[str]:
+        """Match every form of ``value`` from now on. Returns forms too short to match safely.
+
+        Sentinels are only redacted when ``redact_sentinels`` is set: they are useless outside the
+        trusted side.
+        """
+        if sentinel:
+            if not self.settings.redact_sentinels:
+                return []
+            return self._sentinels.add(name, value)
+        return self._known.add(name, value)
+
+    @property
+    def secret_names(self) -> list[str]:
+        return self._known.names
+
+    def start_cell(self, cell_id: str | None = None) -> None:
+        self._streams.clear()
+        self.cell_id = cell_id
+        self.cell_used_secret = False
+        self._cell_bytes = 0
+        self._cell_truncated = False
+
+    def mark_cell_used_secret(self) -> None:
+        """Images/binary outputs of this cell are withheld or flagged per policy from now on."""
+        self.cell_used_secret = True
+
+    def end_cell(self) -> list[ScreenedOutput]:
+        """Flush every stream; the kernel forwards what this returns before the execute_reply."""
+        return self.flush_all()
+
+    # -- screening ----------------------------------------------------------------------------------
+
+    def screen(self, msg_type: str, content: dict[str, Any]) -> ScreenedOutput:
+        """Screen one child message. Never raises: on any error the message is withheld (fail closed)."""
+        try:
+            return self._screen(msg_type, content)
+        except Exception as exc:
+            return ScreenedOutput(
+                content=None,
+                withheld=True,
+                notice=f"[ironcage] output withheld: screening failed ({type(exc).__name__}); "
+                "failing closed",
+            )
+
+    def _screen(self, msg_type: str, content: dict[str, Any]) -> ScreenedOutput:
+        if msg_type in PASS_THROUGH_TYPES:
+            return ScreenedOutput(content=content)
+        if msg_type == "stream":
+            return self._screen_stream(content)
+        red = _Redactions()
+        content = copy.deepcopy(content)
+        notices: list[str] = []
+        withheld = flagged = False
+        if msg_type in ("execute_result", "display_data", "update_display_data"):
+            data = content.get("data") or {}
+            if not isinstance(data, dict):
+                raise TypeError("display data is not a mapping")
+            kept: dict[str, Any] = {}
+            for mime, value in data.items():
+                if is_text_mime(mime):
+                    kept[mime] = self._walk(value, red)
+                    continue
+                # Binary (base64) payloads: a secret fragment in the blob (e.g. PNG text chunk) withholds.
+                blob = value if isinstance(value, str) else json.dumps(value)
+                scan = self._scan_secret_forms(blob)
+                if scan:
+                    for name, n in scan.items():
+                        red.add("known_value", name, n)
+                    notices.append(f"[ironcage] {mime} output withheld: it contains a secret")
+                    continue
+                if self.cell_used_secret and self.settings.images_after_secret == "withhold":
+                    notices.append(
+                        f"[ironcage] {mime} output withheld: this cell used a secret and images "
+                        "cannot be checked for it"
+                    )
+                    continue
+                if self.cell_used_secret and self.settings.images_after_secret == "flag":
+                    flagged = True
+                    notices.append(f"[ironcage] {mime} output flagged: this cell used a secret")
+                kept[mime] = value
+            content["data"] = kept
+            if "metadata" in content:
+                content["metadata"] = self._walk(content["metadata"], red)
+            if data and not kept:
+                withheld = True
+        elif msg_type == "error":
+            for key in ("ename", "evalue"):
+                if key in content:
+                    content[key] = self._walk(content[key], red)
+            if "traceback" in content:
+                content["traceback"] = self._walk(content["traceback"], red)
+        else:
+            # comm_open / comm_msg / comm_close / input_request / anything new: every string, nested.
+            content = self._walk(content, red)
+        if red.counts:
+            self._note_known_value_use(red)
+        result = ScreenedOutput(
+            content=None if withheld else content,
+            redactions=red.records(),
+            withheld=withheld,
+            flagged=flagged,
+            notice="\n".join(notices) or None,
+        )
+        if result.content is not None and msg_type in ("execute_result", "display_data", "error", "stream"):
+            result = self._enforce_size(msg_type, result)
+        return result
+
+    def _note_known_value_use(self, red: _Redactions) -> None:
+        # A cell whose output carried a secret evidently used one: its images are suspect too.
+        if any(d == "known_value" for d, _ in red.counts):
+            self.cell_used_secret = True
+
+    def _scan_secret_forms(self, text: str) -> Counter[str]:
+        found: Counter[str] = Counter()
+        for needle in self._known.find(text):
+            found[needle.name] += 1
+        return found
+
+    def _redact_text(self, text: str, red: _Redactions) -> str:
+        if self.settings.detectors.known_values and len(self._known):
+            text, counts = self._known.redact(text)
+            for name, n in counts.items():
+                red.add("known_value", name, n)
+        if len(self._sentinels):
+            text, counts = self._sentinels.redact(text)
+            for name, n in counts.items():
+                red.add("sentinel", name, n)
+        if self._typed.active:
+            text, typed = self._typed.redact(text)
+            for (detector, name), n in typed.items():
+                red.add(detector, name, n)
+        return text
+
+    def _walk(self, value: Any, red: _Redactions) -> Any:
+        if isinstance(value, str):
+            return self._redact_text(value, red)
+        if isinstance(value, dict):
+            return {
+                (self._redact_text(k, red) if isinstance(k, str) else k): self._walk(v, red)
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self._walk(v, red) for v in value]
+        return value
+
+    # -- streams ----------------------------------------------------------------------------------
+
+    def _screen_stream(self, content: dict[str, Any]) -> ScreenedOutput:
+        name = content.get("name", "stdout")
+        text = content.get("text", "")
+        if not isinstance(name, str) or not isinstance(text, str):
+            raise TypeError("malformed stream message")
+        state = self._streams.setdefault(name, _StreamState())
+        buffer = state.held + text
+        red = _Redactions()
+        # Known values over the whole buffer first: a secret completed by this chunk is caught here.
+        if self.settings.detectors.known_values and len(self._known):
+            buffer, counts = self._known.redact(buffer)
+            for secret, n in counts.items():
+                red.add("known_value", secret, n)
+        hold = self._hold_index(buffer, state)
+        emit, state.held = buffer[:hold], buffer[hold:]
+        emit = self._redact_stream_segment(emit, state, red)
+        return self._stream_result(name, emit, red)
+
+    def _hold_index(self, buffer: str, state: _StreamState) -> int:
+        hold = len(buffer)
+        if self.settings.detectors.known_values:
+            hold -= max(self._known.held_tail_length(buffer), self._sentinels.held_tail_length(buffer))
+        if self._typed.active:
+            window = self.settings.stream_token_window
+            if self.settings.detectors.private_keys and not state.in_private_key:
+                start = open_private_key_start(buffer)
+                if start is not None and len(buffer) - start <= max(window, 65536):
+                    hold = min(hold, start)
+            # A token cut by the chunk boundary: hold the trailing run of token characters.
+            tail = buffer[-window:]
+            boundary = _NON_TOKEN_CHAR.search(tail[::-1])
+            if boundary is not None:
+                hold = min(hold, len(buffer) - boundary.start())
+            # else: a run longer than the window (a blob): emit it rather than stall the stream.
+        return max(0, hold)
+
+    def _redact_stream_segment(self, text: str, state: _StreamState, red: _Redactions) -> str:
+        if state.in_private_key:
+            end = re.search(r"-----END[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----", text)
+            if end is None:
+                red.add("private_key", "private_key", 1)
+                return "[REDACTED:private_key]" if text else ""
+            state.in_private_key = False
+            red.add("private_key", "private_key", 1)
+            text = "[REDACTED:private_key]" + text[end.end() :]
+        if self.settings.detectors.private_keys:
+            # An unterminated block that outgrew the window is redacted to the end, and we keep
+            # redacting in later chunks until its END marker.
+            if open_private_key_start(text) is not None:
+                state.in_private_key = True
+        if len(self._sentinels):
+            text, counts = self._sentinels.redact(text)
+            for secret, n in counts.items():
+                red.add("sentinel", secret, n)
+        if self._typed.active:
+            text, typed = self._typed.redact(text)
+            for (detector, kind), n in typed.items():
+                red.add(detector, kind, n)
+        return text
+
+    def _stream_result(self, name: str, emit: str, red: _Redactions) -> ScreenedOutput:
+        if red.counts:
+            self._note_known_value_use(red)
+        if not emit:
+            return ScreenedOutput(content=None, redactions=red.records())
+        result = ScreenedOutput(content={"name": name, "text": emit}, redactions=red.records())
+        return self._enforce_size("stream", result)
+
+    def flush(self, stream_name: str) -> ScreenedOutput | None:
+        """Release what a stream held back (end of cell). ``None`` if nothing was held."""
+        try:
+            state = self._streams.get(stream_name)
+            if state is None or not state.held:
+                return None
+            tail, state.held = state.held, ""
+            red = _Redactions()
+            if self.settings.detectors.known_values and len(self._known):
+                tail, counts = self._known.redact(tail)
+                for secret, n in counts.items():
+                    red.add("known_value", secret, n)
+            if self.settings.detectors.private_keys and open_private_key_start(tail) is not None:
+                tail = PRIVATE_KEY_RE.sub("[REDACTED:private_key]", tail)
+                red.add("private_key", "private_key", 1)
+            tail = self._redact_stream_segment(tail, state, red)
+            state.in_private_key = False
+            return self._stream_result(stream_name, tail, red)
+        except Exception as exc:
+            return ScreenedOutput(
+                content=None,
+                withheld=True,
+                notice=f"[ironcage] output withheld: screening failed ({type(exc).__name__}); "
+                "failing closed",
+            )
+
+    def flush_all(self) -> list[ScreenedOutput]:
+        out = []
+        for name in list(self._streams):
+            result = self.flush(name)
+            if result is not None:
+                out.append(result)
+        return out
+
+    # -- size limit -----------------------------------------------------------------------------------
+
+    def _enforce_size(self, msg_type: str, result: ScreenedOutput) -> ScreenedOutput:
+        limit = self.limits.output_max_bytes
+        content = result.content
+        assert content is not None
+        if self._cell_truncated:
+            return ScreenedOutput(content=None, redactions=result.redactions, withheld=True)
+        size = _content_size(msg_type, content)
+        if self._cell_bytes + size <= limit:
+            self._cell_bytes += size
+            return result
+        remaining = max(0, limit - self._cell_bytes)
+        self._cell_truncated = True
+        self._cell_bytes = limit
+        notice = (
+            f"[ironcage] output truncated: this cell's output exceeded {limit:,} bytes "
+            "(limits.output_max_bytes); the rest is not shown"
+        )
+        marker = "\n" + notice + "\n"
+        if msg_type == "stream":
+            content = {**content, "text": _cut(content["text"], remaining) + marker}
+        elif msg_type == "error":
+            content = {**content, "traceback": [_cut("\n".join(content.get("traceback", [])), remaining), notice]}
+        else:
+            data = {}
+            for mime, value in content.get("data", {}).items():
+                if isinstance(value, str) and mime.startswith("text/"):
+                    data[mime] = _cut(value, remaining) + marker
+            if not data:
+                data["text/plain"] = notice
+            content = {**content, "data": data}
+        return ScreenedOutput(
+            content=content, redactions=result.redactions, withheld=False, notice=notice, flagged=result.flagged
+        )
+
+
+def _cut(text: str, max_bytes: int) -> str:
+    return text.encode("utf-8", "surrogatepass")[:max_bytes].decode("utf-8", "ignore")
+
+
+def _content_size(msg_type: str, content: dict[str, Any]) -> int:
+    if msg_type == "stream":
+        return len(content.get("text", "").encode("utf-8", "surrogatepass"))
+    total = 0
+    stack: list[Any] = [content.get("data", {}) if msg_type != "error" else content.get("traceback", [])]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return total
