@@ -149,8 +149,7 @@ class OutputFirewall:
             return ScreenedOutput(
                 content=None,
                 withheld=True,
-                notice=f"[ironcage] output withheld: screening failed ({type(exc).__name__}); "
-                "failing closed",
+                notice=f"[ironcage] output withheld: screening failed ({type(exc).__name__}); failing closed",
             )
 
     def _screen(self, msg_type: str, content: dict[str, Any]) -> ScreenedOutput:
@@ -167,6 +166,7 @@ class OutputFirewall:
             if not isinstance(data, dict):
                 raise TypeError("display data is not a mapping")
             kept: dict[str, Any] = {}
+            image_rule = self.settings.images_after_secret
             for mime, value in data.items():
                 if is_text_mime(mime):
                     kept[mime] = self._walk(value, red)
@@ -179,13 +179,13 @@ class OutputFirewall:
                         red.add("known_value", name, n)
                     notices.append(f"[ironcage] {mime} output withheld: it contains a secret")
                     continue
-                if self.cell_used_secret and self.settings.images_after_secret == "withhold":
+                if self.cell_used_secret and image_rule == "withhold":
                     notices.append(
                         f"[ironcage] {mime} output withheld: this cell used a secret and images "
                         "cannot be checked for it"
                     )
                     continue
-                if self.cell_used_secret and self.settings.images_after_secret == "flag":
+                if self.cell_used_secret and image_rule == "flag":
                     flagged = True
                     notices.append(f"[ironcage] {mime} output flagged: this cell used a secret")
                 kept[mime] = value
@@ -346,8 +346,7 @@ class OutputFirewall:
             return ScreenedOutput(
                 content=None,
                 withheld=True,
-                notice=f"[ironcage] output withheld: screening failed ({type(exc).__name__}); "
-                "failing closed",
+                notice=f"[ironcage] output withheld: screening failed ({type(exc).__name__}); failing closed",
             )
 
     def flush_all(self) -> list[ScreenedOutput]:
@@ -381,7 +380,10 @@ class OutputFirewall:
         if msg_type == "stream":
             content = {**content, "text": _cut(content["text"], remaining) + marker}
         elif msg_type == "error":
-            content = {**content, "traceback": [_cut("\n".join(content.get("traceback", [])), remaining), notice]}
+            content = {
+                **content,
+                "traceback": [_cut("\n".join(content.get("traceback", [])), remaining), notice],
+            }
         else:
             data = {}
             for mime, value in content.get("data", {}).items():
@@ -391,7 +393,11 @@ class OutputFirewall:
                 data["text/plain"] = notice
             content = {**content, "data": data}
         return ScreenedOutput(
-            content=content, redactions=result.redactions, withheld=False, notice=notice, flagged=result.flagged
+            content=content,
+            redactions=result.redactions,
+            withheld=False,
+            notice=notice,
+            flagged=result.flagged,
         )
 
 
