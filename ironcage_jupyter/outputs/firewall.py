@@ -39,6 +39,7 @@ TEXT_MIME_TYPES = {
 }
 # Message types whose content is only protocol bookkeeping (no child-controlled text to screen).
 PASS_THROUGH_TYPES = {"status", "execute_input", "clear_output", "comm_close_ack"}
+_RELEASED_CONTEXT = 4096
 _NON_TOKEN_CHAR = re.compile(r"[^A-Za-z0-9+/=_\-.~@%:]")
 
 
@@ -78,6 +79,7 @@ class ScreenedOutput:
 @dataclass
 class _StreamState:
     held: str = ""
+    released: str = ""  # the last characters emitted, so a candidate secret start keeps growing
     in_private_key: bool = False
 
 
@@ -97,8 +99,12 @@ class OutputFirewall:
     def __init__(self, settings: OutputSettings | None = None, limits: ResourceLimits | None = None) -> None:
         self.settings = settings or OutputSettings()
         self.limits = limits or ResourceLimits()
-        self._known = KnownValueMatcher(min_length=self.settings.min_secret_length)
-        self._sentinels = KnownValueMatcher(min_length=self.settings.min_secret_length)
+        self._known = KnownValueMatcher(
+            min_length=self.settings.min_secret_length, release_below=self.settings.stream_release_below
+        )
+        self._sentinels = KnownValueMatcher(
+            min_length=self.settings.min_secret_length, release_below=self.settings.stream_release_below
+        )
         self._typed = TypedDetectors(self.settings)
         self._streams: dict[str, _StreamState] = {}
         self.cell_id: str | None = None
@@ -269,15 +275,24 @@ class OutputFirewall:
             buffer, counts = self._known.redact(buffer)
             for secret, n in counts.items():
                 red.add("known_value", secret, n)
+        if len(self._sentinels):
+            buffer, counts = self._sentinels.redact(buffer)
+            for secret, n in counts.items():
+                red.add("sentinel", secret, n)
         hold = self._hold_index(buffer, state)
         emit, state.held = buffer[:hold], buffer[hold:]
+        if emit:
+            state.released = (state.released + emit)[-_RELEASED_CONTEXT:]
         emit = self._redact_stream_segment(emit, state, red)
         return self._stream_result(name, emit, red)
 
     def _hold_index(self, buffer: str, state: _StreamState) -> int:
         hold = len(buffer)
         if self.settings.detectors.known_values:
-            hold -= max(self._known.held_tail_length(buffer), self._sentinels.held_tail_length(buffer))
+            hold -= max(
+                self._known.held_tail_length(buffer, state.released),
+                self._sentinels.held_tail_length(buffer, state.released),
+            )
         if self._typed.active:
             window = self.settings.stream_token_window
             if self.settings.detectors.private_keys and not state.in_private_key:
@@ -306,10 +321,6 @@ class OutputFirewall:
             # redacting in later chunks until its END marker.
             if open_private_key_start(text) is not None:
                 state.in_private_key = True
-        if len(self._sentinels):
-            text, counts = self._sentinels.redact(text)
-            for secret, n in counts.items():
-                red.add("sentinel", secret, n)
         if self._typed.active:
             text, typed = self._typed.redact(text)
             for (detector, kind), n in typed.items():
@@ -336,6 +347,10 @@ class OutputFirewall:
                 tail, counts = self._known.redact(tail)
                 for secret, n in counts.items():
                     red.add("known_value", secret, n)
+            if len(self._sentinels):
+                tail, counts = self._sentinels.redact(tail)
+                for secret, n in counts.items():
+                    red.add("sentinel", secret, n)
             if self.settings.detectors.private_keys and open_private_key_start(tail) is not None:
                 tail = PRIVATE_KEY_RE.sub("[REDACTED:private_key]", tail)
                 red.add("private_key", "private_key", 1)

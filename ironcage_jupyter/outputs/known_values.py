@@ -90,9 +90,10 @@ class _Needle:
 class KnownValueMatcher:
     """Holds the needles of every secret handed out; scans and redacts text."""
 
-    def __init__(self, min_length: int = 8, loose_min_length: int = 16) -> None:
+    def __init__(self, min_length: int = 8, loose_min_length: int = 16, release_below: int = 4) -> None:
         self.min_length = min_length
         self.loose_min_length = loose_min_length
+        self.release_below = release_below
         self._needles: dict[str, _Needle] = {}
         self._values: dict[str, str] = {}
         self._automaton: ahocorasick_rs.BytesAhoCorasick | None = None
@@ -127,6 +128,11 @@ class KnownValueMatcher:
             )
             if needle.strict and text not in needle.originals:
                 needle.originals.append(text)
+            if not needle.strict:
+                # A stream may release the first few characters of a form before knowing what follows;
+                # the rest of the form must still be caught, so it is a needle of its own.
+                for j in range(1, self.release_below):
+                    self._needles.setdefault(squeezed[j:], _Needle(name, f"{form}_from_{j}", squeezed[j:]))
         self._rebuild()
         return skipped
 
@@ -141,7 +147,13 @@ class KnownValueMatcher:
             [n.squeezed.encode("utf-8", "surrogatepass") for n in self._order],
             matchkind=ahocorasick_rs.MatchKind.LeftmostLongest,
         )
-        self._prefixes = {n.squeezed[:i] for n in self._order for i in range(1, len(n.squeezed))}
+        # Prefixes that make a stream hold its tail back: every prefix of a short (strict) needle, and
+        # prefixes of at least ``release_below`` characters of the others.
+        self._prefixes = {
+            n.squeezed[:i]
+            for n in self._order
+            for i in range(1 if n.strict else self.release_below, len(n.squeezed))
+        }
         self._max_needle = max(len(n.squeezed) for n in self._order)
 
     def find(self, text: str) -> list[_Needle]:
@@ -184,21 +196,23 @@ class KnownValueMatcher:
                 return text, counts
         raise RuntimeError("known-value redaction did not converge")
 
-    def held_tail_length(self, text: str) -> int:
-        """Length of the longest suffix of ``text`` that could be the start of a needle.
-
-        A stream holds this much back until more text (or the end of the cell) shows whether it is a
-        secret. Separators inside the suffix count towards its length but not towards the needle.
+    def held_tail_length(self, text: str, released: str = "") -> int:
+        """How many trailing characters of ``text`` a stream must hold back: the longest suffix that
+        could be the start of a needle. ``released`` is what the stream already emitted before
+        ``text``: a candidate that began there keeps growing, so releasing a few characters at a time
+        never lets a whole secret through. Separators count towards the returned length, not towards
+        the needle.
         """
         if not self._prefixes or not text:
             return 0
-        # Walk back collecting up to max_needle-1 non-separator characters.
+        combined = released + text
+        offset = len(released)
         limit = self._max_needle - 1
         collected: list[str] = []
         positions: list[int] = []
-        i = len(text) - 1
+        i = len(combined) - 1
         while i >= 0 and len(collected) < limit:
-            c = text[i]
+            c = combined[i]
             if c not in SEPARATORS:
                 collected.append(c)
                 positions.append(i)
@@ -206,5 +220,6 @@ class KnownValueMatcher:
         tail = "".join(reversed(collected))
         for length in range(len(tail), 0, -1):
             if tail[-length:] in self._prefixes:
-                return len(text) - positions[length - 1]
+                start = positions[length - 1]
+                return len(combined) - max(start, offset)
         return 0

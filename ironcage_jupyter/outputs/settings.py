@@ -51,6 +51,15 @@ class OutputSettings(BaseModel):
         gt=0,
         description="Longest trailing token a stream may hold back for the typed detectors.",
     )
+    stream_release_below: int = Field(
+        default=4,
+        ge=1,
+        le=8,
+        description="A stream tail that matches fewer than this many leading characters of a secret's "
+        "encoded form is released at once (live output); the remainder of the form is still redacted when "
+        "it arrives, so at most this-minus-one characters of a long form can pass. 1 holds every candidate "
+        "(nothing passes; a trailing character may wait for the next chunk or the end of the cell).",
+    )
     entropy_limit_base64: float = Field(default=4.5, ge=0, le=8)
     entropy_limit_hex: float = Field(default=3.0, ge=0, le=8)
     entropy_min_length: int = Field(default=20, ge=8)
