@@ -167,6 +167,8 @@ class TypedDetectors:
         """detect-secrets' entropy limits, applied whether or not the value was quoted."""
         if len(value) < self.settings.entropy_min_length:
             return False
+        if not any(c.isalpha() for c in value):
+            return False  # numbers are data (counts, ids, timestamps), not credentials
         if re.fullmatch(r"[0-9a-fA-F]+", value):
             return self._hex_entropy.calculate_shannon_entropy(value) > self._hex_entropy.entropy_limit
         return self._b64_entropy.calculate_shannon_entropy(value) > self._b64_entropy.entropy_limit
