@@ -1,25 +1,34 @@
 """Typed detectors: secrets that were never handed out (keys, tokens, JWTs, high-entropy assignments)
 and PII. Each family is enabled per policy; each hit is replaced with ``[REDACTED:<type>]``.
 
-Token formats are written here as one compiled alternation per family (fast, explainable);
-detect-secrets contributes the formats we do not spell out ourselves (its regex plugins run
-in-process through ``analyze_string``) and its Shannon-entropy calculation, which we re-apply to
-unquoted values as well (in ``scan_line`` mode detect-secrets only limits quoted strings).
+Python's ``re`` scans slowly for patterns without a literal prefix (``\\b...``: about 20 MB/s each),
+so every pattern has literal keywords (as gitleaks does). One Aho–Corasick pass over the lower-cased
+UTF-8 bytes finds the keywords; only a window around each hit is checked with the exact pattern. Digit
+patterns (cards, SSNs, Telegram tokens) are found the same way after mapping every digit to ``0``
+(``123-45-6789`` becomes the literal ``000-00-0000``).
+
+detect-secrets contributes regexes for formats we do not spell out (its plugins' ``denylist`` run
+in-process in those windows) and its Shannon-entropy calculation, which we apply to unquoted values as
+well (in ``scan_line`` mode detect-secrets only limits quoted strings).
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-from detect_secrets.plugins.base import BasePlugin
-from detect_secrets.plugins.high_entropy_strings import (
-    Base64HighEntropyString,
-    HexHighEntropyString,
-)
+import ahocorasick_rs
+from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString, HexHighEntropyString
+from detect_secrets.plugins.mailchimp import MailchimpDetector
+from detect_secrets.plugins.npm import NpmDetector
+from detect_secrets.plugins.pypi_token import PypiTokenDetector
+from detect_secrets.plugins.sendgrid import SendGridDetector
+from detect_secrets.plugins.square_oauth import SquareOAuthDetector
+from detect_secrets.plugins.telegram_token import TelegramBotTokenDetector
 
-from .settings import OutputDetectors, OutputSettings
+from .settings import OutputSettings
 
 PRIVATE_KEY_RE = re.compile(
     r"-----BEGIN[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----"
@@ -27,50 +36,199 @@ PRIVATE_KEY_RE = re.compile(
     re.DOTALL,
 )
 PRIVATE_KEY_BEGIN_RE = re.compile(r"-----BEGIN[ A-Z0-9]{0,40}PRIVATE KEY")
+PRIVATE_KEY_END_RE = re.compile(r"-----END[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----")
 
-_TOKEN_PATTERNS: dict[str, str] = {
-    "aws_access_key_id": r"\b(?:AKIA|ASIA|ABIA|ACCA|AROA|AIDA)[A-Z0-9]{16}\b",
-    "aws_secret_access_key": r"(?i:aws.{0,20}?(?:secret|private).{0,20}?[=:\"'\s]{1,4})[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+])",
-    "gcp_api_key": r"\bAIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])",
-    "gcp_oauth_token": r"\bya29\.[0-9A-Za-z_\-]{20,}",
-    "gcp_service_account_key_id": r"\"private_key_id\"\s*:\s*\"[0-9a-f]{40}\"",
-    "azure_storage_key": r"(?i:AccountKey=)[A-Za-z0-9+/]{86}==",
-    "azure_sas_signature": r"[?&]sig=[A-Za-z0-9%+/]{30,}={0,2}",
-    "github_token": r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{60,255})\b",
-    "gitlab_token": r"\bgl(?:pat|dt|rt|ptt|cbt)-[A-Za-z0-9_\-]{20,}",
-    "slack_token": r"\bxox[abposre]-[A-Za-z0-9\-]{10,}",
-    "slack_webhook": r"https://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9_/]{20,}",
-    "stripe_key": r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}\b",
-    "anthropic_key": r"\bsk-ant-[a-z]{2,8}\d{0,3}-[A-Za-z0-9_\-]{20,}",
-    "openai_key": r"\bsk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_\-]{20,}T3BlbkFJ[A-Za-z0-9_\-]{20,}"
-    r"|\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{40,}|\bsk-[A-Za-z0-9]{48}\b",
-    "jwt": r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{16,}",
-    "url_password": r"(?<=://)[^/\s:@\"'<>]{1,64}:[^/\s@\"'<>]{3,128}(?=@[A-Za-z0-9.\-\[])",
-}
+_NB = r"(?<![A-Za-z0-9_\-])"  # not preceded by a token character
+_NA = r"(?![A-Za-z0-9_\-])"  # not followed by one
 
-# detect-secrets regex plugins for formats not spelled out above.
-_DETECT_SECRETS_PLUGINS = (
-    ("twilio_key", "detect_secrets.plugins.twilio", "TwilioKeyDetector"),
-    ("sendgrid_key", "detect_secrets.plugins.sendgrid", "SendGridDetector"),
-    ("mailchimp_key", "detect_secrets.plugins.mailchimp", "MailchimpDetector"),
-    ("npm_token", "detect_secrets.plugins.npm", "NpmDetector"),
-    ("pypi_token", "detect_secrets.plugins.pypi_token", "PypiTokenDetector"),
-    ("discord_token", "detect_secrets.plugins.discord", "DiscordBotTokenDetector"),
-    ("telegram_token", "detect_secrets.plugins.telegram_token", "TelegramBotTokenDetector"),
-    ("square_oauth", "detect_secrets.plugins.square_oauth", "SquareOAuthDetector"),
+
+@dataclass(frozen=True)
+class Pattern:
+    """A detector: its family, its type name, the keywords that must occur, and how far around a
+    keyword hit the match may start (``back``) and end (``forward``). A ``value`` group, when present,
+    is the only part redacted."""
+
+    family: str
+    kind: str
+    regex: re.Pattern[str]
+    keywords: tuple[str, ...]
+    back: int = 0
+    forward: int = 400
+    digits: bool = False  # keywords are searched in the digits-to-0 view
+    check: str | None = None  # extra validation: "entropy", "luhn"
+
+
+def _p(family, kind, regex, keywords, back=0, forward=400, digits=False, check=None, flags=0) -> Pattern:
+    return Pattern(family, kind, re.compile(regex, flags), tuple(keywords), back, forward, digits, check)
+
+
+_ASSIGNMENT_NAMES = (
+    "secret",
+    "token",
+    "passw",
+    "pwd",
+    "api_key",
+    "apikey",
+    "api-key",
+    "access_key",
+    "accesskey",
+    "private_key",
+    "credential",
+    "auth_key",
+    "authkey",
 )
 
-_ASSIGNMENT_RE = re.compile(
-    r"(?i)\b[A-Za-z0-9_.\-]*(?:secret|token|passw(?:or)?d|pwd|api[_\-]?key|access[_\-]?key|"
-    r"private[_\-]?key|client[_\-]?secret|credential|auth[_\-]?key)[A-Za-z0-9_]*['\"]?"
-    r"\s{0,3}(?:=|:|=>|->)\s{0,3}[bru]?['\"]?(?P<value>[A-Za-z0-9+/=_\-.~]{8,})"
+PATTERNS: tuple[Pattern, ...] = (
+    # -- tokens --------------------------------------------------------------------------------------
+    _p(
+        "token",
+        "aws_access_key_id",
+        r"(?:AKIA|ASIA|ABIA|ACCA|AROA|AIDA)[A-Z0-9]{16}(?![A-Z0-9])",
+        ["akia", "asia", "abia", "acca", "aroa", "aida"],
+        forward=20,
+    ),
+    _p(
+        "token",
+        "aws_secret_access_key",
+        r"(?i:aws.{0,20}?(?:secret|private).{0,20}?[=:\"'\s]{1,4})(?P<value>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])",
+        ["aws"],
+        forward=120,
+    ),
+    _p("token", "gcp_api_key", _NB + r"AIza[0-9A-Za-z_\-]{35}" + _NA, ["aiza"], forward=39),
+    _p("token", "gcp_oauth_token", r"ya29\.[0-9A-Za-z_\-]{20,}", ["ya29."]),
+    _p(
+        "token",
+        "gcp_service_account_key_id",
+        r"\"private_key_id\"\s*:\s*\"(?P<value>[0-9a-f]{40})\"",
+        ["private_key_id"],
+        forward=80,
+    ),
+    _p(
+        "token",
+        "azure_storage_key",
+        r"(?i:AccountKey=)(?P<value>[A-Za-z0-9+/]{86}==)",
+        ["accountkey="],
+        forward=100,
+    ),
+    _p("token", "azure_sas_signature", r"[?&]sig=(?P<value>[A-Za-z0-9%+/]{30,}={0,2})", ["sig="], back=1),
+    _p(
+        "token",
+        "github_token",
+        r"(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{60,255})" + _NA,
+        ["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
+        forward=270,
+    ),
+    _p(
+        "token",
+        "gitlab_token",
+        r"gl(?:pat|dt|rt|ptt|cbt)-[A-Za-z0-9_\-]{20,}",
+        ["glpat-", "gldt-", "glrt-", "glptt-", "glcbt-"],
+    ),
+    _p(
+        "token",
+        "slack_token",
+        r"xox[abposre]-[A-Za-z0-9\-]{10,}",
+        ["xoxa-", "xoxb-", "xoxp-", "xoxo-", "xoxs-", "xoxr-", "xoxe-"],
+    ),
+    _p(
+        "token",
+        "slack_webhook",
+        r"https://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9_/]{20,}",
+        ["hooks.slack.com"],
+        back=8,
+    ),
+    _p(
+        "token",
+        "stripe_key",
+        _NB + r"(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}" + _NA,
+        ["sk_live_", "sk_test_", "rk_live_", "rk_test_", "pk_live_", "pk_test_"],
+    ),
+    _p("token", "anthropic_key", r"sk-ant-[a-z]{2,8}\d{0,3}-[A-Za-z0-9_\-]{20,}", ["sk-ant-"]),
+    _p(
+        "token",
+        "openai_key",
+        r"sk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_\-]{20,}T3BlbkFJ[A-Za-z0-9_\-]{20,}",
+        ["t3blbkfj"],
+        back=260,
+    ),
+    _p(
+        "token",
+        "openai_key",
+        r"sk-(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{40,}",
+        ["sk-proj-", "sk-svcacct-", "sk-admin-"],
+    ),
+    _p("token", "openai_key", _NB + r"sk-[A-Za-z0-9]{48}" + _NA, ["sk-"], forward=52),
+    _p(
+        "token",
+        "jwt",
+        r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{16,}",
+        ["eyj"],
+        forward=4096,
+    ),
+    _p(
+        "token",
+        "url_password",
+        r"://[^/\s:@\"'<>]{1,64}:(?P<value>[^/\s@\"'<>]{3,128})(?=@[A-Za-z0-9.\-\[])",
+        ["://"],
+        forward=200,
+    ),
+    # detect-secrets' own regexes for formats we do not spell out.
+    *(
+        _p("token", kind, plugin.denylist[0].pattern, keywords, back=back, forward=fwd, digits=digits)  # type: ignore[attr-defined]
+        for kind, plugin, keywords, back, fwd, digits in (
+            ("sendgrid_key", SendGridDetector, ["sg."], 0, 70, False),
+            ("npm_token", NpmDetector, [":_authtoken="], 200, 120, False),
+            ("pypi_token", PypiTokenDetector, ["pypi-ageichlwas5vcmc"], 0, 400, False),
+            ("square_oauth", SquareOAuthDetector, ["sq0csp-"], 0, 50, False),
+            ("mailchimp_key", MailchimpDetector, ["-us"], 32, 6, False),
+            ("telegram_token", TelegramBotTokenDetector, ["00000000:"], 2, 47, True),
+        )
+    ),
+    # -- high-entropy assignments --------------------------------------------------------------------
+    _p(
+        "entropy",
+        "high_entropy_assignment",
+        r"[A-Za-z0-9_.\-]{0,48}(?:"
+        + "|".join(re.escape(n) for n in _ASSIGNMENT_NAMES)
+        + r")[A-Za-z0-9_]{0,32}"
+        r"['\"]?\s{0,3}(?:=|:|=>|->)\s{0,3}[bru]?['\"]?(?P<value>[A-Za-z0-9+/=_\-.~]{8,256})",
+        _ASSIGNMENT_NAMES,
+        back=48,
+        forward=340,
+        check="entropy",
+        flags=re.IGNORECASE,
+    ),
+    # -- PII ------------------------------------------------------------------------------------------
+    _p(
+        "pii",
+        "email",
+        r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}(?![A-Za-z0-9\-])",
+        ["@"],
+        back=64,
+        forward=300,
+    ),
+    _p(
+        "pii",
+        "card_number",
+        r"(?<![\d.\-])\d(?:[ \-]?\d){12,18}(?![\d.])",
+        ["0" * 13, "0000 0000 0000", "0000-0000-0000", "0000 000000 0000", "0000-000000-0000"],
+        back=6,
+        forward=30,
+        digits=True,
+        check="luhn",
+    ),
+    _p(
+        "pii",
+        "ssn",
+        r"(?<![\d\-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d\-])",
+        ["000-00-0000"],
+        back=1,
+        forward=12,
+        digits=True,
+    ),
 )
 
-_EMAIL_RE = re.compile(
-    r"\b[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}\b"
-)
-_CARD_RE = re.compile(r"(?<![\d.\-])\d(?:[ \-]?\d){12,18}(?![\d.])")
-_SSN_RE = re.compile(r"(?<![\d\-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d\-])")
+_DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0000000000")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -85,13 +243,34 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _import_plugin(module: str, cls: str) -> BasePlugin:
-    mod = __import__(module, fromlist=[cls])
-    plugin: BasePlugin = getattr(mod, cls)()
-    return plugin
+class _KeywordIndex:
+    """One automaton over the keywords of the enabled patterns."""
 
+    def __init__(self, patterns: list[Pattern], digits: bool) -> None:
+        keywords: dict[str, list[Pattern]] = {}
+        for pattern in patterns:
+            if pattern.digits != digits:
+                continue
+            for keyword in pattern.keywords:
+                keywords.setdefault(keyword, []).append(pattern)
+        self.digits = digits
+        self.keywords = list(keywords)
+        self.patterns = [keywords[k] for k in self.keywords]
+        self.automaton = (
+            ahocorasick_rs.BytesAhoCorasick(
+                [k.encode() for k in self.keywords], implementation=ahocorasick_rs.Implementation.DFA
+            )
+            if self.keywords
+            else None
+        )
 
-Replacer = Callable[[str], tuple[str, Counter[tuple[str, str]]]]
+    def hits(self, data: bytes) -> list[tuple[int, int]]:
+        if self.automaton is None:
+            return []
+        # Overlapping for text keywords ("sk-" inside "sk-ant-"); digit runs would give one hit per
+        # position, and one window covers them.
+        found = self.automaton.find_matches_as_indexes(data, overlapping=not self.digits)
+        return [(i, start) for i, start, _ in found]
 
 
 class TypedDetectors:
@@ -99,69 +278,22 @@ class TypedDetectors:
 
     def __init__(self, settings: OutputSettings) -> None:
         self.settings = settings
-        enabled: OutputDetectors = settings.detectors
-        self._steps: list[Replacer] = []
-        if enabled.private_keys:
-            self._steps.append(self._private_keys)
-        if enabled.tokens:
-            self._token_re = re.compile(
-                "|".join(f"(?P<{name}>{pattern})" for name, pattern in _TOKEN_PATTERNS.items())
-            )
-            self._plugins = [(name, _import_plugin(m, c)) for name, m, c in _DETECT_SECRETS_PLUGINS]
-            self._steps.append(self._tokens)
-            self._steps.append(self._plugin_tokens)
-        if enabled.entropy:
-            self._b64_entropy = Base64HighEntropyString(limit=settings.entropy_limit_base64)
-            self._hex_entropy = HexHighEntropyString(limit=settings.entropy_limit_hex)
-            self._steps.append(self._entropy)
-        if enabled.pii:
-            self._steps.append(self._pii)
+        enabled = settings.detectors
+        families = {
+            "token": enabled.tokens,
+            "entropy": enabled.entropy,
+            "pii": enabled.pii,
+        }
+        self.private_keys = enabled.private_keys
+        self.patterns = [p for p in PATTERNS if families[p.family]]
+        self._text_index = _KeywordIndex(self.patterns, digits=False)
+        self._digit_index = _KeywordIndex(self.patterns, digits=True)
+        self._b64_entropy = Base64HighEntropyString(limit=settings.entropy_limit_base64)
+        self._hex_entropy = HexHighEntropyString(limit=settings.entropy_limit_hex)
 
     @property
     def active(self) -> bool:
-        return bool(self._steps)
-
-    def redact(self, text: str) -> tuple[str, Counter[tuple[str, str]]]:
-        """Counts are keyed by (detector family, type)."""
-        counts: Counter[tuple[str, str]] = Counter()
-        for step in self._steps:
-            text, found = step(text)
-            counts.update(found)
-        return text, counts
-
-    # -- families ------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _private_keys(text: str) -> tuple[str, Counter[tuple[str, str]]]:
-        counts: Counter[tuple[str, str]] = Counter()
-        if "PRIVATE KEY" not in text:
-            return text, counts
-        text, n = PRIVATE_KEY_RE.subn("[REDACTED:private_key]", text)
-        if n:
-            counts["private_key", "private_key"] += n
-        return text, counts
-
-    def _tokens(self, text: str) -> tuple[str, Counter[tuple[str, str]]]:
-        counts: Counter[tuple[str, str]] = Counter()
-
-        def replace(match: re.Match[str]) -> str:
-            kind = match.lastgroup or "token"
-            counts["token", kind] += 1
-            return f"[REDACTED:{kind}]"
-
-        return self._token_re.sub(replace, text), counts
-
-    def _plugin_tokens(self, text: str) -> tuple[str, Counter[tuple[str, str]]]:
-        counts: Counter[tuple[str, str]] = Counter()
-        for kind, plugin in self._plugins:
-            found = set(plugin.analyze_string(text))
-            for value in sorted(found, key=len, reverse=True):
-                if len(value) < 8:
-                    continue
-                n = text.count(value)
-                text = text.replace(value, f"[REDACTED:{kind}]")
-                counts["token", kind] += n
-        return text, counts
+        return self.private_keys or bool(self.patterns)
 
     def high_entropy(self, value: str) -> bool:
         """detect-secrets' entropy limits, applied whether or not the value was quoted."""
@@ -173,54 +305,98 @@ class TypedDetectors:
             return self._hex_entropy.calculate_shannon_entropy(value) > self._hex_entropy.entropy_limit
         return self._b64_entropy.calculate_shannon_entropy(value) > self._b64_entropy.entropy_limit
 
-    def _entropy(self, text: str) -> tuple[str, Counter[tuple[str, str]]]:
+    def redact(self, text: str) -> tuple[str, Counter[tuple[str, str]]]:
+        """Counts are keyed by (detector family, type)."""
         counts: Counter[tuple[str, str]] = Counter()
+        if self.private_keys and "PRIVATE KEY" in text:
+            text, n = PRIVATE_KEY_RE.subn("[REDACTED:private_key]", text)
+            if n:
+                counts["private_key", "private_key"] += n
+        if not self.patterns or not text:
+            return text, counts
+        data = text.encode("utf-8", "surrogatepass")
+        hits = [
+            (p, start)
+            for i, start in self._text_index.hits(data.lower())
+            for p in self._text_index.patterns[i]
+        ]
+        if self._digit_index.automaton is not None:
+            digit_view = data.translate(_DIGITS_TO_ZERO)
+            hits += [
+                (p, start)
+                for i, start in self._digit_index.hits(digit_view)
+                for p in self._digit_index.patterns[i]
+            ]
+        if not hits:
+            return text, counts
+        spans = self._spans(text, data, hits)
+        if not spans:
+            return text, counts
+        out: list[str] = []
+        last = 0
+        for start, end, kind, family in spans:
+            if start < last:
+                continue  # overlapping a span already redacted
+            out.append(text[last:start])
+            out.append(f"[REDACTED:{kind}]")
+            counts[family, kind] += 1
+            last = end
+        out.append(text[last:])
+        return "".join(out), counts
 
-        def replace(match: re.Match[str]) -> str:
-            value = match.group("value")
-            if not self.high_entropy(value):
-                return match.group(0)
-            counts["entropy", "high_entropy_assignment"] += 1
-            start = match.start("value") - match.start(0)
-            return match.group(0)[:start] + "[REDACTED:high_entropy_assignment]"
+    def _spans(
+        self, text: str, data: bytes, hits: list[tuple[Pattern, int]]
+    ) -> list[tuple[int, int, str, str]]:
+        to_char = _byte_to_char_offsets(text, data, (b for _, b in hits))
+        seen: set[tuple[int, int]] = set()
+        spans: list[tuple[int, int, str, str]] = []
+        checked: set[tuple[int, int]] = set()  # (pattern id, window start): each window once
+        for pattern, byte_start in hits:
+            at = to_char[byte_start]
+            lo = max(0, at - pattern.back)
+            hi = min(len(text), at + pattern.forward + len(pattern.keywords[0]))
+            key = (id(pattern), lo)
+            if key in checked:
+                continue
+            checked.add(key)
+            for match in pattern.regex.finditer(text, lo, hi):
+                group = "value" if "value" in pattern.regex.groupindex else 0
+                start, end = match.span(group)
+                if (start, end) in seen or start == end:
+                    continue
+                if pattern.check == "entropy" and not self.high_entropy(match.group(group)):
+                    continue
+                if pattern.check == "luhn":
+                    digits = re.sub(r"[ \-]", "", match.group(0))
+                    if not (13 <= len(digits) <= 19 and digits[0] in "23456" and luhn_valid(digits)):
+                        continue
+                seen.add((start, end))
+                spans.append((start, end, pattern.kind, pattern.family))
+        spans.sort(key=lambda s: (s[0], -(s[1] - s[0])))
+        return spans
 
-        return _ASSIGNMENT_RE.sub(replace, text), counts
 
-    @staticmethod
-    def _pii(text: str) -> tuple[str, Counter[tuple[str, str]]]:
-        counts: Counter[tuple[str, str]] = Counter()
-
-        def email(match: re.Match[str]) -> str:
-            counts["pii", "email"] += 1
-            return "[REDACTED:email]"
-
-        def card(match: re.Match[str]) -> str:
-            digits = re.sub(r"[ \-]", "", match.group(0))
-            if 13 <= len(digits) <= 19 and digits[0] in "23456" and luhn_valid(digits):
-                counts["pii", "card_number"] += 1
-                return "[REDACTED:card_number]"
-            return match.group(0)
-
-        def ssn(match: re.Match[str]) -> str:
-            counts["pii", "ssn"] += 1
-            return "[REDACTED:ssn]"
-
-        if "@" in text:
-            text = _EMAIL_RE.sub(email, text)
-        text = _CARD_RE.sub(card, text)
-        if "-" in text:
-            text = _SSN_RE.sub(ssn, text)
-        return text, counts
+def _byte_to_char_offsets(text: str, data: bytes, offsets: Iterable[int]) -> dict[int, int]:
+    """Character offsets of UTF-8 byte offsets (each at a character boundary), in one pass."""
+    if len(data) == len(text):  # ASCII: offsets coincide
+        return {b: b for b in offsets}
+    result: dict[int, int] = {}
+    prev_b = prev_c = 0
+    for b in sorted(set(offsets)):
+        prev_c += len(data[prev_b:b].decode("utf-8", "surrogatepass"))
+        prev_b = b
+        result[b] = prev_c
+    return result
 
 
 def open_private_key_start(text: str) -> int | None:
     """Index of a private-key BEGIN marker with no END after it (a stream must hold from there)."""
+    if "-----BEGIN" not in text:
+        return None
     last = None
     for match in PRIVATE_KEY_BEGIN_RE.finditer(text):
         last = match.start()
-    if last is None:
-        return None
-    if re.search(r"-----END[ A-Z0-9]{0,40}PRIVATE KEY", text[last:]):
+    if last is None or PRIVATE_KEY_END_RE.search(text, last):
         return None
     return last
 

@@ -98,9 +98,11 @@ class KnownValueMatcher:
         self._values: dict[str, str] = {}
         self._automaton: ahocorasick_rs.BytesAhoCorasick | None = None
         self._order: list[_Needle] = []
-        self._prefixes: set[str] = set()
+        self._prefixes: set[bytes] = set()
+        self._heads: ahocorasick_rs.BytesAhoCorasick | None = None
         self._max_needle = 0
         self._regex_cache: dict[str, re.Pattern[str]] = {}
+        self._dirty = False
 
     def __len__(self) -> int:
         return len(self._values)
@@ -133,31 +135,38 @@ class KnownValueMatcher:
                 # the rest of the form must still be caught, so it is a needle of its own.
                 for j in range(1, self.release_below):
                     self._needles.setdefault(squeezed[j:], _Needle(name, f"{form}_from_{j}", squeezed[j:]))
-        self._rebuild()
+        self._dirty = True  # automata are rebuilt once, at the next scan
         return skipped
 
     def _rebuild(self) -> None:
+        self._dirty = False
         self._order = list(self._needles.values())
         if not self._order:
             self._automaton = None
+            self._heads = None
             self._prefixes = set()
             self._max_needle = 0
             return
         self._automaton = ahocorasick_rs.BytesAhoCorasick(
             [n.squeezed.encode("utf-8", "surrogatepass") for n in self._order],
-            matchkind=ahocorasick_rs.MatchKind.LeftmostLongest,
+            matchkind=ahocorasick_rs.MatchKind.Standard,
+            implementation=ahocorasick_rs.Implementation.DFA,
         )
         # Prefixes that make a stream hold its tail back: every prefix of a short (strict) needle, and
         # prefixes of at least ``release_below`` characters of the others.
+        encoded = [(n, n.squeezed.encode("utf-8", "surrogatepass")) for n in self._order]
         self._prefixes = {
-            n.squeezed[:i]
-            for n in self._order
-            for i in range(1 if n.strict else self.release_below, len(n.squeezed))
+            b[:i] for n, b in encoded for i in range(1 if n.strict else self.release_below, len(b))
         }
-        self._max_needle = max(len(n.squeezed) for n in self._order)
+        # Where a candidate may start: the first release_below bytes of a needle (1 for short ones).
+        heads = {b[: 1 if n.strict else self.release_below] for n, b in encoded}
+        self._heads = ahocorasick_rs.BytesAhoCorasick(list(heads))
+        self._max_needle = max(len(b) for _, b in encoded)
 
     def find(self, text: str) -> list[_Needle]:
         """Needles present in ``text`` (separators ignored), or an empty list. The hot path."""
+        if self._dirty:
+            self._rebuild()
         if self._automaton is None or not text:
             return []
         data = text.encode("utf-8", "surrogatepass").translate(None, _SEPARATOR_BYTES)
@@ -203,23 +212,38 @@ class KnownValueMatcher:
         never lets a whole secret through. Separators count towards the returned length, not towards
         the needle.
         """
-        if not self._prefixes or not text:
+        if self._dirty:
+            self._rebuild()
+        if self._heads is None or not text:
             return 0
         combined = released + text
-        offset = len(released)
         limit = self._max_needle - 1
-        collected: list[str] = []
-        positions: list[int] = []
-        i = len(combined) - 1
-        while i >= 0 and len(collected) < limit:
-            c = combined[i]
-            if c not in SEPARATORS:
-                collected.append(c)
-                positions.append(i)
-            i -= 1
-        tail = "".join(reversed(collected))
-        for length in range(len(tail), 0, -1):
-            if tail[-length:] in self._prefixes:
-                start = positions[length - 1]
-                return len(combined) - max(start, offset)
+        width = 4 * limit + 64
+        while True:
+            window = combined[-width:]
+            tail = window.encode("utf-8", "surrogatepass").translate(None, _SEPARATOR_BYTES)
+            if len(tail) >= limit or len(window) == len(combined):
+                break
+            width *= 4  # mostly separators: look further back
+        tail = tail[-limit:] if limit > 0 else b""
+        candidates = sorted(
+            {start for _, start, _ in self._heads.find_matches_as_indexes(tail, overlapping=True)}
+        )
+        # Earliest candidate first: the longest suffix that is still a needle's prefix. A candidate
+        # shorter than a head (release_below bytes) is released by design.
+        for start in candidates:
+            if tail[start:] in self._prefixes:
+                return min(len(text), self._raw_suffix_length(combined, len(tail) - start))
         return 0
+
+    @staticmethod
+    def _raw_suffix_length(text: str, squeezed_bytes: int) -> int:
+        """Length of the shortest suffix of ``text`` holding ``squeezed_bytes`` non-separator bytes."""
+        count = 0
+        i = len(text)
+        while i > 0 and count < squeezed_bytes:
+            i -= 1
+            c = text[i]
+            if c not in SEPARATORS:
+                count += len(c.encode("utf-8", "surrogatepass"))
+        return len(text) - i
