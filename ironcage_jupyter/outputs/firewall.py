@@ -111,6 +111,7 @@ class OutputFirewall:
         self.cell_used_secret = False
         self._cell_bytes = 0
         self._cell_truncated = False
+        self.last_reply_redactions: list[RedactionRecord] = []
 
     # -- secrets and cell lifecycle -------------------------------------------------------------------
 
@@ -131,7 +132,8 @@ class OutputFirewall:
         return self._known.names
 
     def start_cell(self, cell_id: str | None = None) -> None:
-        self._streams.clear()
+        """Reset the per-cell state (size budget, secret use). Stream windows are kept: text a thread
+        printed between cells is still held, screened and released, never dropped."""
         self.cell_id = cell_id
         self.cell_used_secret = False
         self._cell_bytes = 0
@@ -259,6 +261,26 @@ class OutputFirewall:
         if isinstance(value, list | tuple):
             return [self._walk(v, red) for v in value]
         return value
+
+    def screen_reply(self, msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
+        """Screen a reply the child sends on shell (execute_reply with an error's ename/evalue/
+        traceback and payloads, inspect_reply's data, complete_reply's matches, history_reply...).
+        Every string is redacted; no size accounting. On failure a safe error reply is returned."""
+        try:
+            red = _Redactions()
+            screened = self._walk(content, red)
+            if red.counts:
+                self._note_known_value_use(red)
+            self.last_reply_redactions = red.records()
+            return screened if isinstance(screened, dict) else {}
+        except Exception as exc:
+            self.last_reply_redactions = []
+            return {
+                "status": "error",
+                "ename": "IronCageError",
+                "evalue": f"reply withheld: screening failed ({type(exc).__name__}); failing closed",
+                "traceback": [],
+            }
 
     # -- streams ----------------------------------------------------------------------------------
 
