@@ -86,9 +86,24 @@ def test_token_formats_are_redacted(kind):
     assert secret_part[-12:] not in text
 
 
-def test_detect_secrets_plugins_contribute_formats():
-    text, records = screen_plain(typed(tokens=True), "SG." + "a" * 22 + "." + "b" * 43)
-    assert "[REDACTED:sendgrid_key]" in text
+@pytest.mark.parametrize(
+    "kind,line,secret",
+    [
+        ("sendgrid_key", "key SG." + "a1B2" * 5 + "xy." + "Q" * 43, "Q" * 20),
+        (
+            "telegram_token",
+            "bot 123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw0 ok",
+            "AAHdqTcvCH1vGWJxfSeofSAs0K5",
+        ),
+        ("mailchimp_key", "mc 0123456789abcdef0123456789abcdef-us12 ok", "0123456789abcdef0123456789"),
+        ("square_oauth", "sq sq0csp-" + "A" * 43, "A" * 30),
+        ("pypi_token", "pypi-AgEIcHlwaS5vcmc" + "x" * 70, "x" * 60),
+    ],
+)
+def test_detect_secrets_plugins_contribute_formats(kind, line, secret):
+    text, records = screen_plain(typed(tokens=True), line)
+    assert f"[REDACTED:{kind}]" in text, text
+    assert secret not in text
     assert records[0].detector == "token"
 
 

@@ -70,7 +70,9 @@ class CredentialSession:
         """Screen a shell reply from the child before it is sent to the client (execute_reply,
         inspect_reply, complete_reply, history_reply, ...)."""
         screened = self.firewall.screen_reply(msg_type, content)
-        self._record(msg_type, ScreenedOutput(content=screened, redactions=self.firewall.last_reply_redactions))
+        self._record(
+            msg_type, ScreenedOutput(content=screened, redactions=self.firewall.last_reply_redactions)
+        )
         return screened
 
     def end_cell(self) -> list[ScreenedOutput]:

@@ -181,7 +181,8 @@ PATTERNS: tuple[Pattern, ...] = (
             ("pypi_token", PypiTokenDetector, ["pypi-ageichlwas5vcmc"], 0, 400, False),
             ("square_oauth", SquareOAuthDetector, ["sq0csp-"], 0, 50, False),
             ("mailchimp_key", MailchimpDetector, ["-us"], 32, 6, False),
-            ("telegram_token", TelegramBotTokenDetector, ["00000000:"], 2, 47, True),
+            # Bot tokens are digits ':' 35 characters; the second part starts "AA" in current tokens.
+            ("telegram_token", TelegramBotTokenDetector, [":aa"], 11, 40, False),
         )
     ),
     # -- high-entropy assignments --------------------------------------------------------------------

@@ -304,7 +304,10 @@ class OutputFirewall:
         hold = self._hold_index(buffer, state)
         emit, state.held = buffer[:hold], buffer[hold:]
         if emit:
-            state.released = (state.released + emit)[-_RELEASED_CONTEXT:]
+            if len(emit) >= _RELEASED_CONTEXT:
+                state.released = emit[-_RELEASED_CONTEXT:]
+            else:
+                state.released = (state.released + emit)[-_RELEASED_CONTEXT:]
         emit = self._redact_stream_segment(emit, state, red)
         return self._stream_result(name, emit, red)
 

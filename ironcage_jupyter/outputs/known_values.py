@@ -216,13 +216,17 @@ class KnownValueMatcher:
             self._rebuild()
         if self._heads is None or not text:
             return 0
-        combined = released + text
+        total = len(released) + len(text)
         limit = self._max_needle - 1
         width = 4 * limit + 64
         while True:
-            window = combined[-width:]
+            # The last ``width`` characters of released + text, without copying a large text.
+            if len(text) >= width:
+                window = text[-width:]
+            else:
+                window = released[max(0, len(released) - (width - len(text))) :] + text
             tail = window.encode("utf-8", "surrogatepass").translate(None, _SEPARATOR_BYTES)
-            if len(tail) >= limit or len(window) == len(combined):
+            if len(tail) >= limit or len(window) == total:
                 break
             width *= 4  # mostly separators: look further back
         tail = tail[-limit:] if limit > 0 else b""
@@ -233,7 +237,7 @@ class KnownValueMatcher:
         # shorter than a head (release_below bytes) is released by design.
         for start in candidates:
             if tail[start:] in self._prefixes:
-                return min(len(text), self._raw_suffix_length(combined, len(tail) - start))
+                return min(len(text), self._raw_suffix_length(window, len(tail) - start))
         return 0
 
     @staticmethod
