@@ -188,3 +188,40 @@ def test_audit_log_has_names_and_never_values(kernel):
     assert "credential.grant" in events and "output.redacted" in events and "credential.taint" in events
     assert_clean(text)
     assert_clean(text, OPENAI)
+
+
+def test_restart_after_injection_policy(tmp_path):
+    config = tmp_path / "creds.json"
+    config.write_text(
+        json.dumps(
+            {
+                "audit_log": str(tmp_path / "audit.jsonl"),
+                "credentials": {
+                    "restart_after_injection": True,
+                    "grants": {
+                        "DB_PASSWORD": {"mode": "inject", "cells": True, "source": "env:IRONCAGE_TEST_DB"}
+                    },
+                },
+            }
+        )
+    )
+    km, kc = start_kernel(
+        tmp_path,
+        env={"IRONCAGE_TEST_CREDENTIALS": str(config), "IRONCAGE_TEST_DB": DB},
+        extra_arguments=[
+            "--IPKernelApp.kernel_class=tests.creds_kernel.creds_test_kernel.CredentialsTestKernel"
+        ],
+    )
+    try:
+        assert execute(kc, "%%ironcage with-secret DB_PASSWORD\nx = 1").status == "ok"
+        blocked = execute(kc, "print('should not run')")
+        assert blocked.status == "error" and "RestartRequired" in blocked.text
+        assert "should not run" not in blocked.stdout
+        assert status(kc)["credentials"]["restart_required"] is True
+        km.restart_kernel(now=True)
+        kc.wait_for_ready(timeout=60)
+        after = execute(kc, "print('runs again')")
+        assert after.status == "ok" and after.stdout == "runs again\n"
+        assert status(kc)["credentials"]["tainted"] is False
+    finally:
+        stop_kernel(km, kc)

@@ -133,6 +133,16 @@ class CredentialBroker:
         self._by_sentinel: dict[str, str] = {}
         self.taint = TaintState()
 
+    @property
+    def tainted(self) -> bool:
+        """A secret was injected into the running child (it cannot be erased from it)."""
+        return self.taint.tainted
+
+    @property
+    def restart_required(self) -> bool:
+        """The policy requires a child restart before the next cell."""
+        return self.taint.restart_required
+
     # -- helpers ----------------------------------------------------------------------------------
 
     def _audit(self, event_type: str, **detail: Any) -> None:

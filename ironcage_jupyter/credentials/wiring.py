@@ -147,7 +147,18 @@ def install(kernel: IronCageKernel, session: CredentialSession) -> None:
     index = next(i for i, stage in enumerate(stages) if stage.name == "execute")
     stages.insert(index + 1, OutputFinishStage(kernel, session))
     stages.insert(index, CredentialStage(kernel, session))
-    # 4. %ironcage status shows grants and taint (the lead adds this key to status_info itself)
+    # 4. a replaced child (crash, watchdog) starts clean: its memory and the taint are gone, and it
+    #    gets the sentinels again (leases renewed)
+    original_launch = kernel._launch_child
+
+    async def launch_child(ready: asyncio.Future[None], *, kill_first: bool = False) -> None:
+        if kill_first:
+            session.child_restarted()
+        kernel.child.env_overrides.update(session.child_env_overrides())
+        await original_launch(ready, kill_first=kill_first)
+
+    kernel._launch_child = launch_child  # type: ignore[method-assign]
+    # 5. %ironcage status shows grants and taint (the lead adds this key to status_info itself)
     original_status = kernel.status_info
 
     def status_info() -> dict[str, Any]:

@@ -400,17 +400,3 @@ def open_private_key_start(text: str) -> int | None:
     if last is None or PRIVATE_KEY_END_RE.search(text, last):
         return None
     return last
-
-
-def iter_strings(value: object) -> Iterable[str]:
-    """Every string inside nested dicts/lists (keys included)."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            if isinstance(k, str):
-                yield k
-            yield from iter_strings(v)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from iter_strings(item)
