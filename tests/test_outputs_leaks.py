@@ -334,3 +334,13 @@ def test_short_secret_forms_are_not_matched_loosely():
     fw.add_secret("PIN", "48151623")
     assert screen_text(fw, "[4, 8, 1, 5, 1, 6, 2, 3]") == "[4, 8, 1, 5, 1, 6, 2, 3]"
     assert screen_text(fw, "pin=48151623") == "pin=[REDACTED:PIN]"
+
+
+def test_binary_buffers_with_a_secret_withhold_the_message(fw):
+    clean = fw.screen_buffers("comm_msg", [b"\x00\x01plain", memoryview(b"abc")])
+    assert not clean.withheld and clean.redactions == []
+    dirty = fw.screen_buffers("comm_msg", [b"\x00\x01", b"\xff" + SECRET.encode("utf-16-le") + b"\x00"])
+    assert dirty.withheld and dirty.redactions[0].name == SECRET_NAME
+    assert "binary buffers" in dirty.notice
+    b64 = fw.screen_buffers("comm_msg", [base64.b64encode(b"zz" + OTHER.encode())])
+    assert b64.withheld and b64.redactions[0].name == OTHER_NAME

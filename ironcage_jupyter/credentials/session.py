@@ -66,6 +66,12 @@ class CredentialSession:
         self._record(msg_type, result)
         return result
 
+    def screen_buffers(self, msg_type: str, buffers: list[Any]) -> ScreenedOutput:
+        """Binary buffers of a child message: ``withheld`` means drop the whole message."""
+        result = self.firewall.screen_buffers(msg_type, buffers)
+        self._record(msg_type, result)
+        return result
+
     def screen_reply(self, msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
         """Screen a shell reply from the child before it is sent to the client (execute_reply,
         inspect_reply, complete_reply, history_reply, ...)."""

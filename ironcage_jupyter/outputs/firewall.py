@@ -262,6 +262,31 @@ class OutputFirewall:
             return [self._walk(v, red) for v in value]
         return value
 
+    def screen_buffers(self, msg_type: str, buffers: list[Any]) -> ScreenedOutput:
+        """Binary buffers of a message (widgets, comm data): a known secret in any of them withholds the
+        whole message (binary data cannot be redacted in place). ``content`` is unused (None) here:
+        the caller forwards the message only when ``withheld`` is false."""
+        try:
+            red = _Redactions()
+            for buffer in buffers or []:
+                for needle in self._known.find_bytes(bytes(buffer)):
+                    red.add("known_value", needle.name, 1)
+            if not red.counts:
+                return ScreenedOutput(content=None)
+            self._note_known_value_use(red)
+            return ScreenedOutput(
+                content=None,
+                redactions=red.records(),
+                withheld=True,
+                notice=f"[ironcage] {msg_type} withheld: its binary buffers contain a secret",
+            )
+        except Exception as exc:
+            return ScreenedOutput(
+                content=None,
+                withheld=True,
+                notice=f"[ironcage] {msg_type} withheld: screening failed ({type(exc).__name__}); failing closed",
+            )
+
     def screen_reply(self, msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
         """Screen a reply the child sends on shell (execute_reply with an error's ename/evalue/
         traceback and payloads, inspect_reply's data, complete_reply's matches, history_reply...).

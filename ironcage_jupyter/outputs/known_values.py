@@ -175,6 +175,15 @@ class KnownValueMatcher:
             return []
         return [self._order[i] for i in dict.fromkeys(h[0] for h in hits)]
 
+    def find_bytes(self, data: bytes) -> list[_Needle]:
+        """Needles present in raw bytes (binary message buffers): ASCII/UTF-8 forms only."""
+        if self._dirty:
+            self._rebuild()
+        if self._automaton is None or not data:
+            return []
+        hits = self._automaton.find_matches_as_indexes(bytes(data).translate(None, _SEPARATOR_BYTES))
+        return [self._order[i] for i in dict.fromkeys(h[0] for h in hits)]
+
     def _regex(self, needle: _Needle) -> re.Pattern[str]:
         rx = self._regex_cache.get(needle.squeezed)
         if rx is None:
