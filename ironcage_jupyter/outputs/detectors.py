@@ -77,6 +77,20 @@ _ASSIGNMENT_NAMES = (
     "auth_key",
     "authkey",
 )
+# camelCase spellings the lower/UPPER/Capitalized keyword variants do not cover.
+_ASSIGNMENT_KEYWORDS = (
+    *_ASSIGNMENT_NAMES,
+    "apiKey",
+    "ApiKey",
+    "accessKey",
+    "AccessKey",
+    "privateKey",
+    "PrivateKey",
+    "authKey",
+    "AuthKey",
+    "passWord",
+    "PassWord",
+)
 
 PATTERNS: tuple[Pattern, ...] = (
     # -- tokens --------------------------------------------------------------------------------------
@@ -84,7 +98,7 @@ PATTERNS: tuple[Pattern, ...] = (
         "token",
         "aws_access_key_id",
         r"(?:AKIA|ASIA|ABIA|ACCA|AROA|AIDA)[A-Z0-9]{16}(?![A-Z0-9])",
-        ["akia", "asia", "abia", "acca", "aroa", "aida"],
+        ["AKIA", "ASIA", "ABIA", "ACCA", "AROA", "AIDA"],
         forward=20,
     ),
     _p(
@@ -94,7 +108,7 @@ PATTERNS: tuple[Pattern, ...] = (
         ["aws"],
         forward=120,
     ),
-    _p("token", "gcp_api_key", _NB + r"AIza[0-9A-Za-z_\-]{35}" + _NA, ["aiza"], forward=39),
+    _p("token", "gcp_api_key", _NB + r"AIza[0-9A-Za-z_\-]{35}" + _NA, ["AIza"], forward=39),
     _p("token", "gcp_oauth_token", r"ya29\.[0-9A-Za-z_\-]{20,}", ["ya29."]),
     _p(
         "token",
@@ -107,7 +121,7 @@ PATTERNS: tuple[Pattern, ...] = (
         "token",
         "azure_storage_key",
         r"(?i:AccountKey=)(?P<value>[A-Za-z0-9+/]{86}==)",
-        ["accountkey="],
+        ["AccountKey=", "accountkey="],
         forward=100,
     ),
     _p("token", "azure_sas_signature", r"[?&]sig=(?P<value>[A-Za-z0-9%+/]{30,}={0,2})", ["sig="], back=1),
@@ -148,7 +162,7 @@ PATTERNS: tuple[Pattern, ...] = (
         "token",
         "openai_key",
         r"sk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_\-]{20,}T3BlbkFJ[A-Za-z0-9_\-]{20,}",
-        ["t3blbkfj"],
+        ["T3BlbkFJ"],
         back=260,
     ),
     _p(
@@ -162,7 +176,7 @@ PATTERNS: tuple[Pattern, ...] = (
         "token",
         "jwt",
         r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{16,}",
-        ["eyj"],
+        ["eyJ"],
         forward=4096,
     ),
     _p(
@@ -176,13 +190,13 @@ PATTERNS: tuple[Pattern, ...] = (
     *(
         _p("token", kind, plugin.denylist[0].pattern, keywords, back=back, forward=fwd, digits=digits)  # type: ignore[attr-defined]
         for kind, plugin, keywords, back, fwd, digits in (
-            ("sendgrid_key", SendGridDetector, ["sg."], 0, 70, False),
-            ("npm_token", NpmDetector, [":_authtoken="], 200, 120, False),
-            ("pypi_token", PypiTokenDetector, ["pypi-ageichlwas5vcmc"], 0, 400, False),
+            ("sendgrid_key", SendGridDetector, ["SG."], 0, 70, False),
+            ("npm_token", NpmDetector, [":_authToken="], 200, 120, False),
+            ("pypi_token", PypiTokenDetector, ["pypi-AgEIcHlwaS5vcmc"], 0, 400, False),
             ("square_oauth", SquareOAuthDetector, ["sq0csp-"], 0, 50, False),
             ("mailchimp_key", MailchimpDetector, ["-us"], 32, 6, False),
             # Bot tokens are digits ':' 35 characters; the second part starts "AA" in current tokens.
-            ("telegram_token", TelegramBotTokenDetector, [":aa"], 11, 40, False),
+            ("telegram_token", TelegramBotTokenDetector, [":AA"], 11, 40, False),
         )
     ),
     # -- high-entropy assignments --------------------------------------------------------------------
@@ -193,7 +207,7 @@ PATTERNS: tuple[Pattern, ...] = (
         + "|".join(re.escape(n) for n in _ASSIGNMENT_NAMES)
         + r")[A-Za-z0-9_]{0,32}"
         r"['\"]?\s{0,3}(?:=|:|=>|->)\s{0,3}[bru]?['\"]?(?P<value>[A-Za-z0-9+/=_\-.~]{8,256})",
-        _ASSIGNMENT_NAMES,
+        _ASSIGNMENT_KEYWORDS,
         back=48,
         forward=340,
         check="entropy",
@@ -253,7 +267,14 @@ class _KeywordIndex:
             if pattern.digits != digits:
                 continue
             for keyword in pattern.keywords:
-                keywords.setdefault(keyword, []).append(pattern)
+                # Matching is case-sensitive (no lower-cased copy of the text): each keyword as written
+                # and in lower, UPPER and Capitalized case; the pattern's own regex decides.
+                for variant in dict.fromkeys(
+                    (keyword, keyword.lower(), keyword.upper(), keyword.capitalize())
+                ):
+                    bucket = keywords.setdefault(variant, [])
+                    if pattern not in bucket:
+                        bucket.append(pattern)
         self.digits = digits
         self.keywords = list(keywords)
         self.patterns = [keywords[k] for k in self.keywords]
@@ -306,8 +327,9 @@ class TypedDetectors:
             return self._hex_entropy.calculate_shannon_entropy(value) > self._hex_entropy.entropy_limit
         return self._b64_entropy.calculate_shannon_entropy(value) > self._b64_entropy.entropy_limit
 
-    def redact(self, text: str) -> tuple[str, Counter[tuple[str, str]]]:
-        """Counts are keyed by (detector family, type)."""
+    def redact(self, text: str, data: bytes | None = None) -> tuple[str, Counter[tuple[str, str]]]:
+        """Counts are keyed by (detector family, type). ``data``: ``text`` already encoded (UTF-8,
+        surrogatepass), when the caller has it."""
         counts: Counter[tuple[str, str]] = Counter()
         if self.private_keys and "PRIVATE KEY" in text:
             text, n = PRIVATE_KEY_RE.subn("[REDACTED:private_key]", text)
@@ -315,12 +337,9 @@ class TypedDetectors:
                 counts["private_key", "private_key"] += n
         if not self.patterns or not text:
             return text, counts
-        data = text.encode("utf-8", "surrogatepass")
-        hits = [
-            (p, start)
-            for i, start in self._text_index.hits(data.lower())
-            for p in self._text_index.patterns[i]
-        ]
+        if data is None or counts:
+            data = text.encode("utf-8", "surrogatepass")
+        hits = [(p, start) for i, start in self._text_index.hits(data) for p in self._text_index.patterns[i]]
         if self._digit_index.automaton is not None:
             digit_view = data.translate(_DIGITS_TO_ZERO)
             hits += [

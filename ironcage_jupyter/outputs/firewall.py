@@ -236,16 +236,21 @@ class OutputFirewall:
         return found
 
     def _redact_text(self, text: str, red: _Redactions) -> str:
+        encoded: bytes | None = text.encode("utf-8", "surrogatepass")  # shared by both matchers
         if self.settings.detectors.known_values and len(self._known):
-            text, counts = self._known.redact(text)
+            text, counts = self._known.redact(text, encoded)
             for name, n in counts.items():
                 red.add("known_value", name, n)
+            if counts:
+                encoded = None
         if len(self._sentinels):
             text, counts = self._sentinels.redact(text)
             for name, n in counts.items():
                 red.add("sentinel", name, n)
+            if counts:
+                encoded = None
         if self._typed.active:
-            text, typed = self._typed.redact(text)
+            text, typed = self._typed.redact(text, encoded)
             for (detector, name), n in typed.items():
                 red.add(detector, name, n)
         return text
@@ -317,26 +322,34 @@ class OutputFirewall:
         state = self._streams.setdefault(name, _StreamState())
         buffer = state.held + text
         red = _Redactions()
+        encoded: bytes | None = buffer.encode("utf-8", "surrogatepass")  # shared by the matchers
         # Known values over the whole buffer first: a secret completed by this chunk is caught here.
         if self.settings.detectors.known_values and len(self._known):
-            buffer, counts = self._known.redact(buffer)
+            buffer, counts = self._known.redact(buffer, encoded)
             for secret, n in counts.items():
                 red.add("known_value", secret, n)
+            if counts:
+                encoded = None
         if len(self._sentinels):
             buffer, counts = self._sentinels.redact(buffer)
             for secret, n in counts.items():
                 red.add("sentinel", secret, n)
-        hold = self._hold_index(buffer, state)
+            if counts:
+                encoded = None
+        may_hold_key = self.settings.detectors.private_keys and "PRIVATE KEY" in buffer
+        hold = self._hold_index(buffer, state, may_hold_key)
         emit, state.held = buffer[:hold], buffer[hold:]
         if emit:
             if len(emit) >= _RELEASED_CONTEXT:
                 state.released = emit[-_RELEASED_CONTEXT:]
             else:
                 state.released = (state.released + emit)[-_RELEASED_CONTEXT:]
-        emit = self._redact_stream_segment(emit, state, red)
+        emit = self._redact_stream_segment(
+            emit, state, red, encoded if hold == len(buffer) else None, may_hold_key or state.in_private_key
+        )
         return self._stream_result(name, emit, red)
 
-    def _hold_index(self, buffer: str, state: _StreamState) -> int:
+    def _hold_index(self, buffer: str, state: _StreamState, may_hold_key: bool = True) -> int:
         hold = len(buffer)
         if self.settings.detectors.known_values:
             hold -= max(
@@ -345,7 +358,7 @@ class OutputFirewall:
             )
         if self._typed.active:
             window = self.settings.stream_token_window
-            if self.settings.detectors.private_keys and not state.in_private_key:
+            if may_hold_key and not state.in_private_key:
                 start = open_private_key_start(buffer)
                 if start is not None and len(buffer) - start <= max(window, 65536):
                     hold = min(hold, start)
@@ -357,7 +370,14 @@ class OutputFirewall:
             # else: a run longer than the window (a blob): emit it rather than stall the stream.
         return max(0, hold)
 
-    def _redact_stream_segment(self, text: str, state: _StreamState, red: _Redactions) -> str:
+    def _redact_stream_segment(
+        self,
+        text: str,
+        state: _StreamState,
+        red: _Redactions,
+        encoded: bytes | None = None,
+        may_hold_key: bool = True,
+    ) -> str:
         if state.in_private_key:
             end = re.search(r"-----END[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----", text)
             if end is None:
@@ -366,13 +386,13 @@ class OutputFirewall:
             state.in_private_key = False
             red.add("private_key", "private_key", 1)
             text = "[REDACTED:private_key]" + text[end.end() :]
-        if self.settings.detectors.private_keys:
+        if self.settings.detectors.private_keys and may_hold_key:
             # An unterminated block that outgrew the window is redacted to the end, and we keep
             # redacting in later chunks until its END marker.
             if open_private_key_start(text) is not None:
                 state.in_private_key = True
         if self._typed.active:
-            text, typed = self._typed.redact(text)
+            text, typed = self._typed.redact(text, encoded)
             for (detector, kind), n in typed.items():
                 red.add(detector, kind, n)
         return text

@@ -163,13 +163,16 @@ class KnownValueMatcher:
         self._heads = ahocorasick_rs.BytesAhoCorasick(list(heads))
         self._max_needle = max(len(b) for _, b in encoded)
 
-    def find(self, text: str) -> list[_Needle]:
-        """Needles present in ``text`` (separators ignored), or an empty list. The hot path."""
+    def find(self, text: str, encoded: bytes | None = None) -> list[_Needle]:
+        """Needles present in ``text`` (separators ignored), or an empty list. The hot path.
+        ``encoded``: ``text`` as UTF-8 (surrogatepass), when the caller has it."""
         if self._dirty:
             self._rebuild()
         if self._automaton is None or not text:
             return []
-        data = text.encode("utf-8", "surrogatepass").translate(None, _SEPARATOR_BYTES)
+        if encoded is None:
+            encoded = text.encode("utf-8", "surrogatepass")
+        data = encoded.translate(None, _SEPARATOR_BYTES)
         hits = self._automaton.find_matches_as_indexes(data)
         if not hits:
             return []
@@ -195,13 +198,14 @@ class KnownValueMatcher:
             self._regex_cache[needle.squeezed] = rx
         return rx
 
-    def redact(self, text: str) -> tuple[str, Counter[str]]:
-        """Replace every form of every secret with ``[REDACTED:NAME]``; counts per secret name."""
+    def redact(self, text: str, encoded: bytes | None = None) -> tuple[str, Counter[str]]:
+        """Replace every form of every secret with ``[REDACTED:NAME]``; counts per secret name.
+        Returns ``text`` itself (the same object) when nothing was found."""
         counts: Counter[str] = Counter()
-        # Non-overlapping leftmost-longest hits can hide an overlapping needle of another secret:
-        # rescan until clean.
+        # Non-overlapping hits can hide an overlapping needle of another secret: rescan until clean.
         for _ in range(16):
-            needles = self.find(text)
+            needles = self.find(text, encoded)
+            encoded = None
             replaced = 0
             for needle in sorted(needles, key=lambda n: len(n.squeezed), reverse=True):
                 text, n = self._regex(needle).subn(REDACTION_FORMAT.format(name=needle.name), text)
