@@ -22,6 +22,14 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
 from .child import ChildDied, ChildKernel
+from .credentials.session import CredentialSession
+from .credentials.wiring import (
+    CredentialStage,
+    OutputFinishStage,
+    make_session,
+    prepare_child_launch,
+    screen_child_output,
+)
 from .magics import MagicResult, is_ironcage_magic, run_magic
 from .pipeline import Block, CellRequest, Pipeline, Stage
 from .relay import Relay, Route
@@ -173,6 +181,7 @@ class IronCageKernel(Kernel):
         self._wrapper_comms: dict[str, str] = {}
         self._shutting_down = False
         self._main_loop: asyncio.AbstractEventLoop | None = None
+        self.credentials = self._make_credential_session()
         self.pipeline = Pipeline(self._build_stages())
         atexit.register(self.child.kill_now_sync)
 
@@ -211,10 +220,18 @@ class IronCageKernel(Kernel):
 
         return guarded
 
+    def _make_credential_session(self) -> CredentialSession:
+        """Credential broker + output firewall of this session (see credentials/wiring.py)."""
+        return make_session(self)
+
     def _build_stages(self) -> list[Stage]:
         """The ordered per-cell stages. Later components (firewall, policy, credentials, audit)
         register here; no stage is shipped that pretends to check something."""
-        return [ExecuteStage(self)]
+        return [
+            CredentialStage(self, self.credentials),
+            ExecuteStage(self),
+            OutputFinishStage(self, self.credentials),
+        ]
 
     def start(self) -> None:
         super().start()
@@ -241,6 +258,7 @@ class IronCageKernel(Kernel):
         try:
             if kill_first:
                 await self.child.kill()
+            prepare_child_launch(self.credentials, self.child, replacing=kill_first)
             await self.child.start()
             client = self.child.km.client() if self.child.km else None
             if client is None:
@@ -336,7 +354,7 @@ class IronCageKernel(Kernel):
 
     def _screen_output(self, msg_type: str, content: dict[str, Any], route: Route) -> dict[str, Any] | None:
         """The output firewall's hook on every child message (see the outputs package)."""
-        return content
+        return screen_child_output(self, self.credentials, msg_type, content, route)
 
     def publish_error(self, block: Block, parent: dict[str, Any] | None = None) -> dict[str, Any]:
         """Show a refusal or fault as a proper error in the cell; returns the reply content."""
@@ -771,6 +789,7 @@ class IronCageKernel(Kernel):
             "pipeline": self.pipeline.names,
             "cell_timeout_s": self.cell_timeout_seconds(),
             "request_timeout_s": self.request_timeout,
+            "credentials": self.credentials.status(),
         }
 
 

@@ -1,27 +1,33 @@
 """How the wrapper kernel plugs in the credential session and the output firewall.
 
-``install(kernel, session)`` makes every call the kernel needs, through the kernel's public hooks
-(``relay.screen``, ``child.env_overrides``, the pipeline's stage list, the ``%ironcage`` subcommand
-registry). It is the reference for the lead's wiring in ``kernel.py``: each step below says which
-kernel hook it uses. The leak tests through the real kernel run with it installed.
+``kernel.py`` calls, at its hook points: ``make_session`` (in ``__init__``), ``CredentialStage`` /
+``OutputFinishStage`` (around the execute stage), ``screen_child_output`` (``_screen_output``, every
+child message), ``prepare_child_launch`` (before each child start), ``session.status()``
+(``status_info``). Importing this module registers ``%%ironcage with-secret``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
 from typing import TYPE_CHECKING, Any
 
 from ..magics import MagicResult, subcommand
+from ..outputs.settings import OutputSettings
 from ..pipeline import Block, CellRequest
 from ..relay import Route
-from .broker import CredentialRefused
+from ..sandbox.settings import ResourceLimits
+from .broker import AuditCallback, CredentialRefused
 from .session import CredentialSession
+from .settings import CredentialSettings
+from .sources import SecretsFileSource, default_sources
 
 if TYPE_CHECKING:
     from ..kernel import IronCageKernel
 
 SILENT_TIMEOUT_S = 30.0
+NO_OUTPUT_LIMIT = 2**62
 
 
 async def run_silent_in_child(kernel: IronCageKernel, code: str, timeout: float = SILENT_TIMEOUT_S) -> None:
@@ -122,51 +128,42 @@ class OutputFinishStage:
                 self.session.end_injection(cell.cell_id)
 
 
-def screen_hook(kernel: IronCageKernel, session: CredentialSession):
-    """The relay's ``screen(msg_type, content, route) -> content | None``."""
+def screen_child_output(
+    kernel: IronCageKernel, session: CredentialSession, msg_type: str, content: dict[str, Any], route: Route
+) -> dict[str, Any] | None:
+    """The relay's screen for every child message: the screened content, or None to withhold it.
+    A notice (withheld image, truncation, failure) is shown to the user on stderr."""
+    result = session.screen(msg_type, content)
+    if result.notice:
+        _notice(kernel, result.notice, route.parent)
+    return result.content
 
-    def screen(msg_type: str, content: dict[str, Any], route: Route) -> dict[str, Any] | None:
-        result = session.screen(msg_type, content)
-        if result.notice:
-            _notice(kernel, result.notice, route.parent)
-        return result.content
 
-    return screen
+def make_session(
+    kernel: IronCageKernel,
+    policy: Any | None = None,
+    audit_callback: AuditCallback | None = None,
+) -> CredentialSession:
+    """The session's broker and firewall. Settings from the loaded policy (``policy.credentials``,
+    ``policy.outputs``, ``policy.limits``); without a policy: no grants, default detectors and no
+    output size limit (as the kernel has no cell timeout without a policy). Sources read the wrapper's
+    launch environment; the secrets file is the kernel's ``secrets_file`` trait."""
+    if policy is not None:
+        credentials, outputs, limits = policy.credentials, policy.outputs, policy.limits
+    else:
+        credentials, outputs = CredentialSettings(), OutputSettings()
+        limits = ResourceLimits(output_max_bytes=NO_OUTPUT_LIMIT)
+    sources = dict(default_sources(os.environ, credentials.vault_mount))
+    sources["file"] = SecretsFileSource(getattr(kernel, "secrets_file", "") or None)
+    return CredentialSession(credentials, outputs, limits, audit_callback, sources=sources)
 
 
-def install(kernel: IronCageKernel, session: CredentialSession) -> None:
-    """Wire ``session`` into ``kernel``. Call once, after the kernel's __init__, before the child
-    starts."""
-    kernel.credential_session = session  # type: ignore[attr-defined]
-    # 1. every child message passes the firewall (relay hook)
-    kernel.relay.screen = screen_hook(kernel, session)
-    # 2. the child starts with sentinels for brokered secrets (its env is otherwise an allowlist)
-    kernel.child.env_overrides.update(session.child_env_overrides())
-    # 3. stages around execute: credentials before, output flush + injection cleanup after
-    stages = kernel.pipeline.stages
-    index = next(i for i, stage in enumerate(stages) if stage.name == "execute")
-    stages.insert(index + 1, OutputFinishStage(kernel, session))
-    stages.insert(index, CredentialStage(kernel, session))
-    # 4. a replaced child (crash, watchdog) starts clean: its memory and the taint are gone, and it
-    #    gets the sentinels again (leases renewed)
-    original_launch = kernel._launch_child
-
-    async def launch_child(ready: asyncio.Future[None], *, kill_first: bool = False) -> None:
-        if kill_first:
-            session.child_restarted()
-        kernel.child.env_overrides.update(session.child_env_overrides())
-        await original_launch(ready, kill_first=kill_first)
-
-    kernel._launch_child = launch_child  # type: ignore[method-assign]
-    # 5. %ironcage status shows grants and taint (the lead adds this key to status_info itself)
-    original_status = kernel.status_info
-
-    def status_info() -> dict[str, Any]:
-        info = original_status()
-        info["credentials"] = session.status()
-        return info
-
-    kernel.status_info = status_info  # type: ignore[method-assign]
+def prepare_child_launch(session: CredentialSession, child: Any, *, replacing: bool) -> None:
+    """Before (re)starting the child: a replaced child's memory and the taint are gone; the new
+    child gets the sentinels (leases renewed)."""
+    if replacing:
+        session.child_restarted()
+    child.env_overrides.update(session.child_env_overrides())
 
 
 @subcommand("with-secret", "run this cell with the named secrets in its environment (taints the session)")
@@ -175,7 +172,7 @@ async def _with_secret(kernel: IronCageKernel, argstring: str, body: str | None)
     ``cell.secrets`` set; the credentials stage injects and the finish stage removes them."""
     if body is None:
         return MagicResult.fail("with-secret is a cell magic: %%ironcage with-secret NAME[,NAME]")
-    if getattr(kernel, "credential_session", None) is None:
+    if getattr(kernel, "credentials", None) is None:
         return MagicResult.fail("no credential session is configured", name="CredentialRefused")
     names = [n for part in shlex.split(argstring) for n in part.split(",") if n]
     if not names:

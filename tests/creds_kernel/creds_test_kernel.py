@@ -1,6 +1,6 @@
-"""The ironcage wrapper kernel with the credential session installed exactly as
-``ironcage_jupyter.credentials.wiring.install`` does it; settings come from a JSON file named by
-IRONCAGE_TEST_CREDENTIALS (until the policy loader feeds them). Audit events go to a JSONL file."""
+"""The ironcage wrapper kernel with its credential session built from a JSON file named by
+IRONCAGE_TEST_CREDENTIALS (grants, output settings, limits) instead of the policy, and audit events
+appended to a JSONL file, so leak tests can check both the client's view and the audit trail."""
 
 from __future__ import annotations
 
@@ -10,15 +10,14 @@ from typing import Any
 
 from ironcage_jupyter.credentials.session import CredentialSession
 from ironcage_jupyter.credentials.settings import CredentialSettings
-from ironcage_jupyter.credentials.wiring import install
+from ironcage_jupyter.credentials.sources import default_sources
 from ironcage_jupyter.kernel import IronCageKernel
 from ironcage_jupyter.outputs.settings import OutputSettings
 from ironcage_jupyter.sandbox.settings import ResourceLimits
 
 
 class CredentialsTestKernel(IronCageKernel):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def _make_credential_session(self) -> CredentialSession:
         with open(os.environ["IRONCAGE_TEST_CREDENTIALS"]) as fh:
             config = json.load(fh)
         audit_path = config["audit_log"]
@@ -27,10 +26,11 @@ class CredentialsTestKernel(IronCageKernel):
             with open(audit_path, "a") as out:
                 out.write(json.dumps({"event": event_type, "detail": detail}) + "\n")
 
-        session = CredentialSession(
-            CredentialSettings.model_validate(config.get("credentials", {})),
+        credentials = CredentialSettings.model_validate(config.get("credentials", {}))
+        return CredentialSession(
+            credentials,
             OutputSettings.model_validate(config.get("outputs", {})),
             ResourceLimits.model_validate(config.get("limits", {})),
             audit,
+            sources=default_sources(os.environ, credentials.vault_mount),
         )
-        install(self, session)
