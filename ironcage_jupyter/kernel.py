@@ -28,6 +28,7 @@ from .credentials.wiring import (
     OutputFinishStage,
     make_session,
     prepare_child_launch,
+    screen_child_buffers,
     screen_child_output,
 )
 from .magics import MagicResult, is_ironcage_magic, run_magic
@@ -172,6 +173,7 @@ class IronCageKernel(Kernel):
             on_input_request=self._forward_input_request,
         )
         self.relay.screen = self._screen_output
+        self.relay.screen_buffers = self._screen_buffers
         self._child_ready: asyncio.Future[None] | None = None
         self._child_error: str | None = None
         self._restarts = 0
@@ -355,6 +357,10 @@ class IronCageKernel(Kernel):
     def _screen_output(self, msg_type: str, content: dict[str, Any], route: Route) -> dict[str, Any] | None:
         """The output firewall's hook on every child message (see the outputs package)."""
         return screen_child_output(self, self.credentials, msg_type, content, route)
+
+    def _screen_buffers(self, msg_type: str, buffers: list[Any], route: Route) -> bool:
+        """The output firewall's hook on binary buffers (widgets): True forwards them."""
+        return screen_child_buffers(self, self.credentials, msg_type, buffers, route)
 
     def publish_error(self, block: Block, parent: dict[str, Any] | None = None) -> dict[str, Any]:
         """Show a refusal or fault as a proper error in the cell; returns the reply content."""

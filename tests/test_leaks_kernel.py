@@ -167,6 +167,28 @@ def test_images_of_a_secret_using_cell_are_withheld(kernel):
     assert later.of_type("display_data")[0]["content"]["data"]["image/png"] == PNG
 
 
+def test_widget_binary_buffers_with_a_secret_or_from_a_secret_cell_are_withheld(kernel):
+    kc, _ = kernel
+    leak = execute(
+        kc,
+        "import ipywidgets\nimg = ipywidgets.Image(value=b'\\x89PNG ' + SECRET.encode(), format='png')\ndisplay(img)",
+    )
+    assert "binary buffers contain a secret" in leak.stderr
+    for m in leak.messages:
+        for buffer in m.get("buffers") or []:
+            assert DB.encode() not in bytes(buffer)
+    clean = execute(kc, "img2 = ipywidgets.Image(value=b'\\x89PNG plain', format='png')\ndisplay(img2)")
+    assert clean.status == "ok" and "withheld" not in clean.stderr
+    assert any(m.get("buffers") for m in clean.messages)
+    tainted = execute(
+        kc,
+        "%%ironcage with-secret DB_PASSWORD\nimport ipywidgets\n"
+        "img3 = ipywidgets.Image(value=b'\\x89PNG drawn', format='png')\ndisplay(img3)",
+    )
+    assert "binary data cannot be checked" in tainted.stderr
+    assert not any(m.get("buffers") for m in tainted.messages)
+
+
 def test_brokered_secret_cannot_be_injected(kernel):
     kc, _ = kernel
     ex = execute(kc, "%%ironcage with-secret OPENAI_API_KEY\nprint('ran')")

@@ -344,3 +344,17 @@ def test_binary_buffers_with_a_secret_withhold_the_message(fw):
     assert "binary buffers" in dirty.notice
     b64 = fw.screen_buffers("comm_msg", [base64.b64encode(b"zz" + OTHER.encode())])
     assert b64.withheld and b64.redactions[0].name == OTHER_NAME
+
+
+def test_binary_buffers_of_a_secret_using_cell_follow_the_image_policy():
+    for rule, withheld, flagged in (
+        ("withhold", True, False),
+        ("flag", False, True),
+        ("allow", False, False),
+    ):
+        fw = OutputFirewall(known_only().model_copy(update={"images_after_secret": rule}))
+        fw.start_cell("c")
+        assert not fw.screen_buffers("comm_msg", [b"\x89PNG..."]).withheld
+        fw.mark_cell_used_secret()
+        out = fw.screen_buffers("comm_msg", [b"\x89PNG..."])
+        assert (out.withheld, out.flagged) == (withheld, flagged), rule

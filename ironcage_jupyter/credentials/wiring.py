@@ -139,6 +139,16 @@ def screen_child_output(
     return result.content
 
 
+def screen_child_buffers(
+    kernel: IronCageKernel, session: CredentialSession, msg_type: str, buffers: list[Any], route: Route
+) -> bool:
+    """The relay's screen for binary buffers: True forwards them, False withholds the message."""
+    result = session.screen_buffers(msg_type, buffers)
+    if result.notice:
+        _notice(kernel, result.notice, route.parent)
+    return not result.withheld
+
+
 def make_session(
     kernel: IronCageKernel,
     policy: Any | None = None,

@@ -276,15 +276,30 @@ class OutputFirewall:
             for buffer in buffers or []:
                 for needle in self._known.find_bytes(bytes(buffer)):
                     red.add("known_value", needle.name, 1)
-            if not red.counts:
-                return ScreenedOutput(content=None)
-            self._note_known_value_use(red)
-            return ScreenedOutput(
-                content=None,
-                redactions=red.records(),
-                withheld=True,
-                notice=f"[ironcage] {msg_type} withheld: its binary buffers contain a secret",
-            )
+            if red.counts:
+                self._note_known_value_use(red)
+                return ScreenedOutput(
+                    content=None,
+                    redactions=red.records(),
+                    withheld=True,
+                    notice=f"[ironcage] {msg_type} withheld: its binary buffers contain a secret",
+                )
+            # Binary data of a secret-using cell (a widget's image, say) is treated like an image output.
+            rule = self.settings.images_after_secret
+            if self.cell_used_secret and rule == "withhold":
+                return ScreenedOutput(
+                    content=None,
+                    withheld=True,
+                    notice=f"[ironcage] {msg_type} withheld: this cell used a secret and binary data "
+                    "cannot be checked for it",
+                )
+            if self.cell_used_secret and rule == "flag":
+                return ScreenedOutput(
+                    content=None,
+                    flagged=True,
+                    notice=f"[ironcage] {msg_type} binary data flagged: this cell used a secret",
+                )
+            return ScreenedOutput(content=None)
         except Exception as exc:
             return ScreenedOutput(
                 content=None,
