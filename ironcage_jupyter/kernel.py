@@ -768,6 +768,8 @@ class IronCageKernel(Kernel):
             return self.publish_error(
                 Block(ename=result.error_name or "UsageError", evalue=result.error, details=result.details)
             )
+        if result.reply is not None:
+            return result.reply
         if not silent and result.data:
             self.publish_display(result.data)
         return {"status": "ok", "execution_count": self.execution_count, "payload": [],

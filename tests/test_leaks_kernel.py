@@ -189,6 +189,18 @@ def test_widget_binary_buffers_with_a_secret_or_from_a_secret_cell_are_withheld(
     assert not any(m.get("buffers") for m in tainted.messages)
 
 
+def test_with_secret_cell_reply_reports_the_bodys_error_redacted(kernel):
+    kc, _ = kernel
+    ex = execute(
+        kc, "%%ironcage with-secret DB_PASSWORD\nimport os\nraise KeyError(os.environ['DB_PASSWORD'])"
+    )
+    assert ex.status == "error"
+    assert ex.reply["content"]["ename"] == "KeyError"
+    assert "[REDACTED:DB_PASSWORD]" in ex.reply["content"]["evalue"]
+    assert_clean(everything(ex))
+    assert execute(kc, "import os\nprint('DB_PASSWORD' in os.environ)").stdout.strip() == "False"
+
+
 def test_brokered_secret_cannot_be_injected(kernel):
     kc, _ = kernel
     ex = execute(kc, "%%ironcage with-secret OPENAI_API_KEY\nprint('ran')")

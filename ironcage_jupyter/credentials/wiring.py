@@ -187,18 +187,25 @@ async def _with_secret(kernel: IronCageKernel, argstring: str, body: str | None)
     names = [n for part in shlex.split(argstring) for n in part.split(",") if n]
     if not names:
         return MagicResult.fail("name at least one secret: %%ironcage with-secret NAME[,NAME]")
+    parent = kernel.get_parent("shell") or {}
+    request = parent.get("content") or {}
+    metadata = parent.get("metadata") or {}
     cell = CellRequest(
         code=body,
-        silent=False,
-        store_history=True,
-        user_expressions={},
-        allow_stdin=False,
-        cell_id=None,
-        metadata={},
+        silent=bool(request.get("silent", False)),
+        store_history=bool(request.get("store_history", True)),
+        user_expressions=request.get("user_expressions") or {},
+        allow_stdin=bool(request.get("allow_stdin", False)),
+        cell_id=metadata.get("cellId"),
+        metadata=metadata,
         execution_count=kernel.execution_count,
         secrets=names,
     )
-    await kernel.pipeline.run(cell)
+    kernel._current_cell = cell
+    try:
+        await kernel.pipeline.run(cell)
+    finally:
+        kernel._current_cell = None
     if cell.block is not None:
         return MagicResult.fail(cell.block.evalue, name=cell.block.ename, details=[cell.block.reason or ""])
-    return MagicResult()
+    return MagicResult(reply=cell.reply)
