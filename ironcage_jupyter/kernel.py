@@ -555,7 +555,8 @@ class IronCageKernel(Kernel):
         return value if isinstance(value, str) else ""
 
     async def _forward_input_request(self, route: Route, msg: dict[str, Any]) -> None:
-        content = msg["content"]
+        # The prompt is child output too (input(secret) would show it): screened, "" if withheld.
+        content = self.credentials.screen("input_request", msg["content"]).content or {}
         try:
             value = await self.ask_frontend(
                 str(content.get("prompt", "")), password=bool(content.get("password")), route=route
@@ -576,9 +577,11 @@ class IronCageKernel(Kernel):
             done, _ = await asyncio.wait({route.reply}, timeout=self.request_timeout)
             if not done:
                 return None
-            return dict(route.reply.result()["content"])
+            reply = dict(route.reply.result()["content"])
         except ChildDied:
             return None
+        # Completions, inspection, history come from the child: screened like its outputs.
+        return self.credentials.screen_reply(msg_type.replace("_request", "_reply"), reply)
 
     async def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:  # type: ignore[override]
         reply = await self._ask_child("complete_request", {"code": code, "cursor_pos": cursor_pos})

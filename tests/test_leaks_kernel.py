@@ -201,6 +201,26 @@ def test_with_secret_cell_reply_reports_the_bodys_error_redacted(kernel):
     assert execute(kc, "import os\nprint('DB_PASSWORD' in os.environ)").stdout.strip() == "False"
 
 
+def test_inspection_history_and_input_prompts_are_screened(kernel):
+    kc, _ = kernel
+    execute(kc, "%%ironcage with-secret DB_PASSWORD\nimport os\nSECRET = os.environ['DB_PASSWORD']")
+    reply = kc.inspect("SECRET", reply=True, timeout=30)
+    assert reply["content"]["found"]
+    assert "[REDACTED:DB_PASSWORD]" in json.dumps(reply["content"])
+    assert_clean(json.dumps(reply["content"]))
+    execute(kc, f"x = {DB!r}  # an agent pasted the value into a cell")
+    reply = kc.history(hist_access_type="tail", n=5, output=False, raw=True, reply=True, timeout=30)
+    assert_clean(json.dumps(reply["content"]))
+    msg_id = kc.execute("v = input(SECRET)", allow_stdin=True)
+    request = kc.get_stdin_msg(timeout=30)
+    assert request["content"]["prompt"] == "[REDACTED:DB_PASSWORD]"
+    kc.input("ok")
+    reply = kc.get_shell_msg(timeout=30)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = kc.get_shell_msg(timeout=30)
+    assert reply["content"]["status"] == "ok"
+
+
 def test_brokered_secret_cannot_be_injected(kernel):
     kc, _ = kernel
     ex = execute(kc, "%%ironcage with-secret OPENAI_API_KEY\nprint('ran')")
