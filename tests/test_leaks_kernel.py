@@ -58,6 +58,7 @@ def kernel(tmp_path_factory):
         )
     )
     env = {
+        "IRONCAGE_POLICY": "observe",  # these cells must reach the child: the firewall under test is the output one
         "IRONCAGE_TEST_CREDENTIALS": str(config),
         "OPENAI_API_KEY": OPENAI,  # the wrapper's launch environment holds the real values
         "IRONCAGE_TEST_DB": DB,
@@ -261,7 +262,7 @@ def test_restart_after_injection_policy(tmp_path):
     )
     km, kc = start_kernel(
         tmp_path,
-        env={"IRONCAGE_TEST_CREDENTIALS": str(config), "IRONCAGE_TEST_DB": DB},
+        env={"IRONCAGE_POLICY": "observe", "IRONCAGE_TEST_CREDENTIALS": str(config), "IRONCAGE_TEST_DB": DB},
         extra_arguments=[
             "--IPKernelApp.kernel_class=tests.creds_kernel.creds_test_kernel.CredentialsTestKernel"
         ],
