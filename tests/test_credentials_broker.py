@@ -161,6 +161,15 @@ def test_tool_scope():
         broker.value_for_tool("UNKNOWN", "http")
 
 
+def test_hostless_tool_swap_checks_the_tool_grant_only():
+    broker, audit, _ = make_broker()
+    s = broker.sentinel_for("OPENAI_API_KEY")
+    assert broker.swap_sentinels(f"key={s}", None, tool="http") == (f"key={OPENAI}", ["OPENAI_API_KEY"])
+    assert broker.swap_sentinels(f"key={s}", None, tool="shell") == (f"key={s}", [])
+    assert broker.swap_sentinels(f"key={s}", None) == (f"key={s}", [])
+    assert "only swapped toward a host or for a granted tool" in audit.events[-1][1]["reason"]
+
+
 def test_rate_limit_per_minute():
     broker, audit, clock = make_broker()
     s = broker.sentinel_for("OPENAI_API_KEY")

@@ -259,11 +259,13 @@ class CredentialBroker:
         env.update(self.sentinel_environment())
         return env
 
-    def swap_sentinels(self, data: Any, host: str, tool: str | None = None) -> tuple[Any, list[str]]:
+    def swap_sentinels(self, data: Any, host: str | None, tool: str | None = None) -> tuple[Any, list[str]]:
         """Replace sentinels in ``data`` (str, bytes, a headers mapping or a list of (key, value) pairs)
         by their real values, only for secrets whose grant allows ``host`` (and ``tool`` when given),
-        within rate and TTL. Sentinels not allowed are left as they are (the far end gets a useless
-        string) and the refusal is audited. Returns ``(swapped_data, names_used)``."""
+        within rate and TTL. ``host=None`` is a trusted-side tool call with no destination host: then
+        ``tool`` is required and only the tool grant is checked. Sentinels not allowed are left as they
+        are (the far end gets a useless string) and the refusal is audited. Returns
+        ``(swapped_data, names_used)``."""
         if isinstance(data, str | bytes):
             return self._swap_text(data, host, tool)
         if isinstance(data, Mapping):
@@ -284,7 +286,9 @@ class CredentialBroker:
             return (tuple(items) if isinstance(data, tuple) else items), used_all
         return data, []
 
-    def _swap_text(self, text: str | bytes, host: str, tool: str | None) -> tuple[str | bytes, list[str]]:
+    def _swap_text(
+        self, text: str | bytes, host: str | None, tool: str | None
+    ) -> tuple[str | bytes, list[str]]:
         is_bytes = isinstance(text, bytes)
         prefix = SENTINEL_PREFIX.encode() if is_bytes else SENTINEL_PREFIX
         if prefix not in text:  # type: ignore[operator]
@@ -301,12 +305,16 @@ class CredentialBroker:
                 used.append(name)
         return text, used
 
-    def _authorize_swap(self, name: str, host: str, tool: str | None) -> str | None:
+    def _authorize_swap(self, name: str, host: str | None, tool: str | None) -> str | None:
         scope = {"scope": "tool" if tool else "egress", "host": host, "tool": tool}
         self._audit("credential.request", name=name, **scope)
         try:
             grant = self._grant(name)
-            if not host_allowed(host, grant.hosts):
+            if host is None and tool is None:
+                raise CredentialRefused(
+                    name, "a sentinel is only swapped toward a host or for a granted tool"
+                )
+            if host is not None and not host_allowed(host, grant.hosts):
                 raise CredentialRefused(name, f"host {host!r} is not among the secret's hosts")
             if tool is not None and tool not in grant.tools:
                 raise CredentialRefused(name, f"tool {tool!r} is not granted this secret")
