@@ -170,6 +170,29 @@ def test_hostless_tool_swap_checks_the_tool_grant_only():
     assert "only swapped toward a host or for a granted tool" in audit.events[-1][1]["reason"]
 
 
+def test_restore_sentinels_in_what_comes_back():
+    broker, _, _ = make_broker()
+    s = broker.sentinel_for("OPENAI_API_KEY")
+    broker.swap_sentinels(f"Bearer {s}", "api.openai.com")
+    echoed = {"headers": {"Authorization": f"Bearer {OPENAI}"}, "body": [f"{OPENAI}".encode()]}
+    restored, names = broker.restore_sentinels(echoed)
+    assert restored == {"headers": {"Authorization": f"Bearer {s}"}, "body": [s.encode()]}
+    assert names == ["OPENAI_API_KEY"]
+    assert broker.restore_sentinels("nothing") == ("nothing", [])
+
+
+def test_a_value_too_short_to_match_is_audited():
+    fw = OutputFirewall()
+    broker = CredentialBroker(
+        CredentialSettings(grants={"PIN": SecretGrant(mode="inject", cells=True)}),
+        sources={"env": EnvSource({"PIN": "1234"})},
+        audit_callback=(audit := Audit()),
+        output_firewall=fw,
+    )
+    broker.begin_injection(["PIN"], "c")
+    assert "credential.unmatchable" in audit.types()
+
+
 def test_rate_limit_per_minute():
     broker, audit, clock = make_broker()
     s = broker.sentinel_for("OPENAI_API_KEY")

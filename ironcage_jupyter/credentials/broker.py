@@ -5,8 +5,10 @@ request, grant and refusal by name and scope, never by value.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import secrets as _random
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -26,6 +28,17 @@ class SecretSink(Protocol):
     def add_secret(self, name: str, value: str, *, sentinel: bool = False) -> Any: ...
 
     def mark_cell_used_secret(self) -> None: ...
+
+
+def _locked(method):
+    """The broker is called from the kernel's loop and from proxy/tool threads: one at a time."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class CredentialRefused(Exception):
@@ -132,6 +145,7 @@ class CredentialBroker:
         self._state: dict[str, _SecretState] = {name: _SecretState() for name in settings.grants}
         self._by_sentinel: dict[str, str] = {}
         self.taint = TaintState()
+        self._lock = threading.RLock()
 
     @property
     def tainted(self) -> bool:
@@ -188,8 +202,28 @@ class CredentialBroker:
         state.value = value
         state.value_expires_at = now + self._grant(name).ttl_s
         if self.output_firewall is not None:
-            self.output_firewall.add_secret(name, value)
+            # Before the value goes anywhere, the firewall learns every form of it.
+            skipped = self.output_firewall.add_secret(name, value)
+            if skipped and "raw" in skipped:
+                self._audit(
+                    "credential.unmatchable",
+                    name=name,
+                    reason="the value is shorter than outputs.min_secret_length: outputs cannot be "
+                    "checked for it",
+                )
         return value
+
+    @_locked
+    def restore_sentinels(self, data: Any) -> tuple[Any, list[str]]:
+        """The reverse of ``swap_sentinels`` for what comes back toward the child (an HTTP response
+        that echoes the Authorization header, say): every real value of a brokered secret becomes its
+        sentinel again. Same data shapes; returns ``(data, names_restored)``."""
+        pairs = [
+            (state.value, state.sentinel, name)
+            for name, state in self._state.items()
+            if state.value and state.sentinel
+        ]
+        return _replace_values(data, pairs)
 
     def _check_rate(self, name: str, grant: SecretGrant) -> None:
         if grant.rate_per_minute is None:
@@ -210,6 +244,7 @@ class CredentialBroker:
 
     # -- brokered mode ----------------------------------------------------------------------------
 
+    @_locked
     def sentinel_for(self, name: str) -> str:
         """The stand-in the child sees for a brokered secret. Stable for the session; each call renews
         the lease (TTL)."""
@@ -230,6 +265,7 @@ class CredentialBroker:
         self._audit("credential.grant", name=name, scope="sentinel", ttl_s=grant.ttl_s, hosts=grant.hosts)
         return state.sentinel
 
+    @_locked
     def sentinel_environment(self) -> dict[str, str]:
         """``{ENV_VAR: sentinel}`` for every brokered grant with hosts: pass it into the child's
         environment at start, so libraries reading e.g. OPENAI_API_KEY send the sentinel through the
@@ -259,6 +295,7 @@ class CredentialBroker:
         env.update(self.sentinel_environment())
         return env
 
+    @_locked
     def swap_sentinels(self, data: Any, host: str | None, tool: str | None = None) -> tuple[Any, list[str]]:
         """Replace sentinels in ``data`` (str, bytes, a headers mapping or a list of (key, value) pairs)
         by their real values, only for secrets whose grant allows ``host`` (and ``tool`` when given),
@@ -330,6 +367,7 @@ class CredentialBroker:
         self._record_use(name)
         return value
 
+    @_locked
     def value_for_tool(self, name: str, tool: str, host: str | None = None) -> str:
         """The real value for a tool running on the trusted side (raises ``CredentialRefused``)."""
         scope = {"scope": "tool", "tool": tool, "host": host}
@@ -350,6 +388,7 @@ class CredentialBroker:
 
     # -- per-cell injection --------------------------------------------------------------------------
 
+    @_locked
     def begin_injection(self, names: Iterable[str], cell_id: str | None = None) -> dict[str, str]:
         """For ``%%ironcage with-secret NAME[,NAME]``: ``{ENV_VAR: real value}`` to set in the child for
         this one cell. All or nothing: one refusal refuses the cell (``CredentialRefused``)."""
@@ -393,6 +432,7 @@ class CredentialBroker:
         self._audit("credential.taint", names=sorted(self.taint.injected), cell_id=cell_id)
         return env
 
+    @_locked
     def end_injection(self, cell_id: str | None = None) -> list[str]:
         """After the cell: the env vars the kernel must unset in the child. Sets ``restart_required``
         when the policy says so."""
@@ -409,11 +449,13 @@ class CredentialBroker:
         )
         return sorted(active)
 
+    @_locked
     def child_restarted(self) -> None:
         """The child kernel was restarted: the injected values are gone with its memory."""
         self.taint = TaintState()
         self._audit("credential.taint_cleared")
 
+    @_locked
     def status(self) -> dict[str, Any]:
         """For ``%ironcage status``: grants (names and scopes only) and the taint."""
         now = self.clock()
@@ -437,3 +479,32 @@ class CredentialBroker:
             "tainted_by": sorted(self.taint.injected),
             "restart_required": self.taint.restart_required,
         }
+
+
+def _replace_values(data: Any, pairs: list[tuple[str, str, str]]) -> tuple[Any, list[str]]:
+    """Replace each ``value`` by its ``replacement`` in str/bytes/mapping/list data."""
+    if isinstance(data, str | bytes):
+        used: list[str] = []
+        for value, replacement, name in sorted(pairs, key=lambda p: len(p[0]), reverse=True):
+            v: str | bytes = value.encode() if isinstance(data, bytes) else value
+            r: str | bytes = replacement.encode() if isinstance(data, bytes) else replacement
+            if v in data:  # type: ignore[operator]
+                data = data.replace(v, r)  # type: ignore[arg-type]
+                used.append(name)
+        return data, used
+    if isinstance(data, Mapping):
+        out: dict[Any, Any] = {}
+        used_all: list[str] = []
+        for key, item in data.items():
+            out[key], used = _replace_values(item, pairs)
+            used_all.extend(n for n in used if n not in used_all)
+        return out, used_all
+    if isinstance(data, list | tuple):
+        items = []
+        used_all = []
+        for item in data:
+            new, used = _replace_values(item, pairs)
+            items.append(new)
+            used_all.extend(n for n in used if n not in used_all)
+        return (tuple(items) if isinstance(data, tuple) else items), used_all
+    return data, []

@@ -13,6 +13,7 @@ import base64
 import html
 import json
 import re
+import threading
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
@@ -103,6 +104,8 @@ class KnownValueMatcher:
         self._max_needle = 0
         self._regex_cache: dict[str, re.Pattern[str]] = {}
         self._dirty = False
+        # add() may come from another thread (a proxy resolving a secret) while the relay scans.
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._values)
@@ -113,6 +116,10 @@ class KnownValueMatcher:
 
     def add(self, name: str, value: str) -> list[str]:
         """Register a secret. Returns the forms skipped because they were too short to match safely."""
+        with self._lock:
+            return self._add(name, value)
+
+    def _add(self, name: str, value: str) -> list[str]:
         if not value:
             return ["raw"]
         if self._values.get(value) == name:
@@ -139,6 +146,10 @@ class KnownValueMatcher:
         return skipped
 
     def _rebuild(self) -> None:
+        with self._lock:
+            self._rebuild_locked()
+
+    def _rebuild_locked(self) -> None:
         self._dirty = False
         self._order = list(self._needles.values())
         if not self._order:
