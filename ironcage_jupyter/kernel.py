@@ -23,6 +23,15 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
 from .child import ChildDied, ChildKernel
+from .credentials.session import CredentialSession
+from .credentials.wiring import (
+    CredentialStage,
+    OutputFinishStage,
+    make_session,
+    prepare_child_launch,
+    screen_child_buffers,
+    screen_child_output,
+)
 from .magics import MagicResult, is_ironcage_magic, run_magic
 from .pipeline import Block, CellRequest, Pipeline, Stage
 from .relay import Relay, Route
@@ -168,6 +177,7 @@ class IronCageKernel(Kernel):
             on_input_request=self._forward_input_request,
         )
         self.relay.screen = self._screen_output
+        self.relay.screen_buffers = self._screen_buffers
         self._child_ready: asyncio.Future[None] | None = None
         self._child_error: str | None = None
         self._restarts = 0
@@ -177,6 +187,7 @@ class IronCageKernel(Kernel):
         self._wrapper_comms: dict[str, str] = {}
         self._shutting_down = False
         self._main_loop: asyncio.AbstractEventLoop | None = None
+        self.credentials = self._make_credential_session()
         self.pipeline = Pipeline(self._build_stages())
         atexit.register(self.child.kill_now_sync)
 
@@ -215,10 +226,18 @@ class IronCageKernel(Kernel):
 
         return guarded
 
+    def _make_credential_session(self) -> CredentialSession:
+        """Credential broker + output firewall of this session (see credentials/wiring.py)."""
+        return make_session(self)
+
     def _build_stages(self) -> list[Stage]:
         """The ordered per-cell stages. Later components (firewall, policy, credentials, audit)
         register here; no stage is shipped that pretends to check something."""
-        return [ExecuteStage(self)]
+        return [
+            CredentialStage(self, self.credentials),
+            ExecuteStage(self),
+            OutputFinishStage(self, self.credentials),
+        ]
 
     def start(self) -> None:
         super().start()
@@ -245,6 +264,7 @@ class IronCageKernel(Kernel):
         try:
             if kill_first:
                 await self.child.kill()
+            prepare_child_launch(self.credentials, self.child, replacing=kill_first)
             await self.child.start()
             client = self.child.km.client() if self.child.km else None
             if client is None:
@@ -340,7 +360,11 @@ class IronCageKernel(Kernel):
 
     def _screen_output(self, msg_type: str, content: dict[str, Any], route: Route) -> dict[str, Any] | None:
         """The output firewall's hook on every child message (see the outputs package)."""
-        return content
+        return screen_child_output(self, self.credentials, msg_type, content, route)
+
+    def _screen_buffers(self, msg_type: str, buffers: list[Any], route: Route) -> bool:
+        """The output firewall's hook on binary buffers (widgets): True forwards them."""
+        return screen_child_buffers(self, self.credentials, msg_type, buffers, route)
 
     def publish_error(self, block: Block, parent: dict[str, Any] | None = None) -> dict[str, Any]:
         """Show a refusal or fault as a proper error in the cell; returns the reply content."""
@@ -535,7 +559,8 @@ class IronCageKernel(Kernel):
         return value if isinstance(value, str) else ""
 
     async def _forward_input_request(self, route: Route, msg: dict[str, Any]) -> None:
-        content = msg["content"]
+        # The prompt is child output too (input(secret) would show it): screened, "" if withheld.
+        content = self.credentials.screen("input_request", msg["content"]).content or {}
         try:
             value = await self.ask_frontend(
                 str(content.get("prompt", "")), password=bool(content.get("password")), route=route
@@ -556,9 +581,11 @@ class IronCageKernel(Kernel):
             done, _ = await asyncio.wait({route.reply}, timeout=self.request_timeout)
             if not done:
                 return None
-            return dict(route.reply.result()["content"])
+            reply = dict(route.reply.result()["content"])
         except ChildDied:
             return None
+        # Completions, inspection, history come from the child: screened like its outputs.
+        return self.credentials.screen_reply(msg_type.replace("_request", "_reply"), reply)
 
     async def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:  # type: ignore[override]
         reply = await self._ask_child("complete_request", {"code": code, "cursor_pos": cursor_pos})
@@ -748,6 +775,8 @@ class IronCageKernel(Kernel):
             return self.publish_error(
                 Block(ename=result.error_name or "UsageError", evalue=result.error, details=result.details)
             )
+        if result.reply is not None:
+            return result.reply
         if not silent and result.data:
             self.publish_display(result.data)
         return {"status": "ok", "execution_count": self.execution_count, "payload": [],
@@ -777,6 +806,7 @@ class IronCageKernel(Kernel):
             "request_timeout_s": self.request_timeout,
             "child_messages": {"received": self.relay.received, "published": self.relay.published,
                                "hwm": self.relay.sockets["iopub"].getsockopt(zmq.RCVHWM) if self.relay.sockets else None},
+            "credentials": self.credentials.status(),
         }
 
 
