@@ -35,6 +35,8 @@ from .credentials.wiring import (
 from .magics import MagicResult, is_ironcage_magic, run_magic
 from .pipeline import Block, CellRequest, Pipeline, Stage
 from .relay import Relay, Route
+from .ui import UiBridge
+from .ui.integration import policy_ask, report_cell
 
 #: Frontend comm targets that the wrapper answers itself; every other comm goes to the child.
 WRAPPER_COMM_TARGETS = ("ironcage.ui", "ironcage.tools")
@@ -188,8 +190,22 @@ class IronCageKernel(Kernel):
         self._shutting_down = False
         self._main_loop: asyncio.AbstractEventLoop | None = None
         self.credentials = self._make_credential_session()
+        self._current_parent: dict[str, Any] | None = None
+        # The JupyterLab extension's comm (docs/ui-protocol.md). Isolation shows "unsafe" until the
+        # sandbox reports its layers (self.ui.isolation). Escalations: pass `self.ui_ask` as the
+        # policy stage's `ask` (dialog when the extension is attached, input_request otherwise).
+        self.ui = UiBridge(self.send_comm_msg, session_id=self._ui_session_id(), policy=Path(self.policy).stem)
+        self.ui_ask = policy_ask(self.ui, self.ask_frontend, self._ui_current_cell)
         self.pipeline = Pipeline(self._build_stages())
         atexit.register(self.child.kill_now_sync)
+
+    def _ui_session_id(self) -> str:
+        session = getattr(self, "session", None)
+        return str(getattr(session, "session", "") or os.getpid())
+
+    def _ui_current_cell(self) -> tuple[str | None, dict[str, Any] | None]:
+        cell = self._current_cell
+        return (cell.cell_id if cell is not None else None), self._current_parent
 
     def _guarded(self, msg_type: str, handler: Any) -> Any:
         """Every request gets a reply: malformed content or an internal error yields an error reply."""
@@ -419,10 +435,16 @@ class IronCageKernel(Kernel):
                 execution_count=self.execution_count,
             )
             self._current_cell = cell
+            self._current_parent = parent = self.get_parent("shell")
             try:
                 await self.pipeline.run(cell)
             finally:
                 self._current_cell = None
+                self._current_parent = None
+            try:
+                report_cell(self.ui, cell, parent)
+            except Exception:  # the UI report never changes the cell's outcome
+                self.log.warning("could not report the cell to the lab extension", exc_info=True)
             if cell.block is not None:
                 return self.publish_error(cell.block)
             assert cell.reply is not None
@@ -682,6 +704,8 @@ class IronCageKernel(Kernel):
 
     async def on_wrapper_comm(self, event: str, content: dict[str, Any]) -> None:
         """Comms the wrapper itself answers (the lab extension, tool calls from agents)."""
+        # The bridge only takes ironcage.ui opens and the comm ids it opened.
+        await self.ui.handle(event, content)
 
     def send_comm_msg(self, comm_id: str, data: dict[str, Any], parent: dict[str, Any] | None = None) -> None:
         self.session.send(
@@ -714,6 +738,7 @@ class IronCageKernel(Kernel):
         waiter = self._stdin_waiter
         if waiter is not None and not waiter.done():
             waiter.cancel()
+        self.ui.cancel_escalations("interrupt")
         if self.child.alive and self.relay.sockets:
             route = Route(kind="interrupt", parent=None, forward_outputs=False)
             self.relay.send("control", "interrupt_request", {}, route, wait_idle=False)
