@@ -1,0 +1,114 @@
+"""`ironcage-jupyter tools ...`: list the tools a configuration offers, run one call through the broker.
+
+The configuration is a YAML file with the policy sections `tools:`, `budgets:` and (optionally)
+`network: {allow: [...]}` — or a policy name/path when the policy package can load it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+from typing import Any
+
+from .hooks import MemoryAudit
+from .session import ToolSession
+from .settings import BudgetSettings, ToolSettings
+
+
+def _load_config(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: top level must be a mapping")
+    return data
+
+
+def _network_allowlist(config: dict[str, Any]) -> list[str]:
+    network = config.get("network") or {}
+    for key in ("allow", "allowed_hosts", "hosts", "egress"):
+        if isinstance(network.get(key), list):
+            return [str(h) for h in network[key]]
+    return []
+
+
+def build_session(args: argparse.Namespace) -> ToolSession:
+    config = _load_config(args.config)
+    return ToolSession(
+        ToolSettings.model_validate(config.get("tools") or {}),
+        BudgetSettings.model_validate(config.get("budgets") or {}),
+        audit=MemoryAudit(),
+        workspace=os.path.abspath(args.workspace),
+        egress_allowlist=_network_allowlist(config),
+    )
+
+
+async def _run(args: argparse.Namespace) -> int:
+    session = build_session(args)
+    with tempfile.TemporaryDirectory(prefix="ironcage-tools-cli-") as socket_dir:
+        await session.start(socket_dir, egress=False)
+        try:
+            for server, error in session.mcp_failures.items():
+                print(f"warning: MCP server {server} unavailable: {error}", file=sys.stderr)
+            if args.tools_command == "list":
+                if args.json:
+                    from .channel import describe_tools
+
+                    print(json.dumps(describe_tools(session.broker), indent=2))
+                else:
+                    print(session.tools_table()[0])
+                return 0
+            try:
+                arguments = json.loads(args.args)
+            except ValueError as exc:
+                print(f"error: --args is not valid JSON: {exc}", file=sys.stderr)
+                return 2
+            if not isinstance(arguments, dict):
+                print("error: --args must be a JSON object", file=sys.stderr)
+                return 2
+            outcome = await session.call(args.name, arguments, origin="cli")
+            print(json.dumps(outcome.to_reply(), indent=2, default=str, ensure_ascii=False))
+            return 0 if outcome.ok else 1
+        finally:
+            await session.close()
+
+
+def _handler(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_run(args))
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("tools", help="list tools / run one tool call through the broker")
+    sub = parser.add_subparsers(dest="tools_command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="YAML with `tools:`, `budgets:` and `network: {allow: [...]}` sections")
+    common.add_argument("--workspace", default=".", help="workspace root for fs.* (default: current directory)")
+    listing = sub.add_parser("list", parents=[common], help="tools offered and what the policy does with them")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=_handler)
+    calling = sub.add_parser("call", parents=[common], help="run one call (exit 0 ok, 1 refused, 2 bad input)")
+    calling.add_argument("name")
+    calling.add_argument("--args", default="{}", help="arguments as a JSON object")
+    calling.set_defaults(func=_handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ironcage-jupyter")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
