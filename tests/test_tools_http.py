@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from tools_support import SentinelSwapper, make_test_ca, start_echo_server
 
 from ironcage_jupyter.tools.broker import ToolBroker
 from ironcage_jupyter.tools.builtin import HttpTool, make_upstream_ssl_context, register_builtins
@@ -19,7 +20,6 @@ from ironcage_jupyter.tools.netguard import (
     parse_ip_literal,
 )
 from ironcage_jupyter.tools.settings import ToolSettings
-from tools_support import SentinelSwapper, make_test_ca, start_echo_server
 
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
 

@@ -91,9 +91,9 @@ class ToolChannelServer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         self._server = await asyncio.start_unix_server(self._handle, path=path, limit=MAX_LINE_BYTES)
-        # The sandboxed child may run as another uid (e.g. 65534 in a user namespace): the directory's
-        # bind mount, not the mode, is what keeps everyone else out.
-        os.chmod(path, 0o666)  # noqa: S103 - see above
+        # Owner only: the sandbox reaches it as the same host uid (user namespaces map ids, the kernel
+        # checks the host uid); no other local user may drive tools through it.
+        os.chmod(path, 0o600)
         self.path = path
         return path
 

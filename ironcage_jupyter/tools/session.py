@@ -108,7 +108,8 @@ class ToolSession:
         `socket_dir` is bound into the sandbox (it holds only tools.sock and egress.sock and the CA
         bundle); `private_dir` (wrapper-only, default: a fresh temp dir) holds the CA key material.
         """
-        os.makedirs(socket_dir, mode=0o755, exist_ok=True)
+        os.makedirs(socket_dir, mode=0o700, exist_ok=True)
+        os.chmod(socket_dir, 0o700)
         self.socket_dir = socket_dir
         self.mcp_failures = await self.mcp.start(self.broker)
         for server, error in self.mcp_failures.items():
