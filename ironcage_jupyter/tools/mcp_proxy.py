@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -164,7 +165,14 @@ class McpProxy:
     async def start(self, broker: ToolBroker) -> dict[str, str]:
         """Start every server and register its tools; returns {server: error} for those that failed."""
         failures: dict[str, str] = {}
+        if not self.servers:
+            return failures
+        # The SDK imports jsonschema lazily on the first call_tool (about 1-2 s here); pay that while the
+        # servers start instead of inside the first tool call.
+        warm = asyncio.create_task(asyncio.to_thread(importlib.import_module, "jsonschema"))
         results = await asyncio.gather(*(s.start() for s in self.servers.values()), return_exceptions=True)
+        with contextlib.suppress(ImportError):
+            await warm
         for server, result in zip(self.servers.values(), results, strict=True):
             if isinstance(result, BaseException):
                 failures[server.name] = str(getattr(result, "reason", result))
