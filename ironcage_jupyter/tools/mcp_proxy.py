@@ -17,9 +17,6 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from mcp import Client
-from mcp.client.stdio import StdioServerParameters, stdio_client
-
 from .broker import ExecutionContext, ToolBroker
 from .errors import ToolRefusal
 from .fs import canonical_host_path
@@ -72,6 +69,11 @@ class McpServer:
 
     async def _serve(self) -> None:
         try:
+            # Imported here: the SDK takes about a second to import, and sessions without MCP servers
+            # (and the CLI) should not pay for it.
+            from mcp import Client
+            from mcp.client.stdio import StdioServerParameters, stdio_client
+
             argv = build_mcp_server_argv(self.settings)
             params = StdioServerParameters(command=argv[0], args=argv[1:], env=dict(self.settings.env) or None)
             transport = stdio_client(params, errlog=self._stderr)
