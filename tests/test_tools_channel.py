@@ -10,10 +10,11 @@ import subprocess
 import sys
 import tempfile
 
+from tools_support import REPO
+
 from ironcage_jupyter.tools.hooks import MemoryAudit
 from ironcage_jupyter.tools.session import ToolSession
 from ironcage_jupyter.tools.settings import BudgetSettings, ToolSettings
-from tools_support import REPO
 
 CHILD = r"""
 import json, sys
