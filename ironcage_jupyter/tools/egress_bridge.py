@@ -77,5 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def start_bridge_from_env() -> int | None:
+    """Child bootstrap hook: start the bridge if $IRONCAGE_EGRESS_SOCKET and $IRONCAGE_EGRESS_PORT are set."""
+    import os
+
+    socket_path = os.environ.get("IRONCAGE_EGRESS_SOCKET")
+    port = os.environ.get("IRONCAGE_EGRESS_PORT")
+    if not socket_path or not port:
+        return None
+    return start_bridge_thread(socket_path, int(port))
+
+
 if __name__ == "__main__":
     sys.exit(main())
