@@ -72,7 +72,10 @@ async def test_allowed_call_runs_and_is_audited_with_genai_names(tmp_path):
     assert event["detail"]["gen_ai.operation.name"] == "execute_tool"
     assert event["detail"]["gen_ai.tool.name"] == "t.echo"
     assert event["detail"]["gen_ai.tool.call.id"] == "c1"
-    assert event["detail"]["result_bytes"] > 0
+    assert event["detail"]["result_size_bytes"] > 0 and event["detail"]["status"] == "ok"
+    decision = audit.events[-2]  # recorded before the tool ran
+    assert decision["event_type"] == "policy_decision" and decision["decision"] == "allow"
+    assert decision["detail"]["subject"] == "tool" and decision["detail"]["gen_ai.tool.call.id"] == "c1"
 
 
 @pytest.mark.parametrize(
@@ -193,7 +196,7 @@ async def test_output_firewall_redacts_and_high_findings_deny(tmp_path):
     broker, audit, _ = make_broker(tmp_path, screen_output=redact)
     outcome = await broker.call(ToolCall(name="t.echo", arguments={"text": "AKIA..."}))
     assert outcome.result == {"echo": "[REDACTED]"} and outcome.redactions == [{"detector": "test", "count": 1}]
-    assert audit.events[-1]["detail"]["redactions"] == [{"detector": "test", "count": 1}]
+    assert "AKIA" not in repr(audit.events[-1]["detail"].get("result"))
 
     class Finding:
         id, severity, message = "exfil-url", "high", "argument carries an exfiltration URL"
@@ -249,7 +252,8 @@ async def test_circuit_breaker_trips_after_limit_identical_calls(tmp_path):
     assert all(o.ok for o in outcomes[:20])
     assert outcomes[20].refusal.rule == "budget.circuit_breaker" and len(executed) == 20
     assert "identical" in outcomes[20].refusal.reason
-    assert audit.events[-1]["event_type"] == "budget_exceeded"
+    assert audit.events[-1]["event_type"] == "tool_call" and audit.events[-1]["rule"] == "budget.circuit_breaker"
+    assert audit.events[-1]["detail"]["status"] == "denied"
     warned = [o for o in outcomes if o.warnings]
     assert len(warned) == 1 and warned[0] is outcomes[15]  # 16 of 20 = 80%
     # different arguments still pass; the same ones pass again once the window has slid
@@ -265,12 +269,12 @@ async def test_rate_and_total_budgets(tmp_path):
     results = [await broker.call(ToolCall(name="t.echo", arguments={"text": str(i)})) for i in range(6)]
     assert [r.ok for r in results] == [True] * 5 + [False]
     assert results[5].refusal.rule == "budget.tool_calls_per_minute"
-    assert any(e["event_type"] == "budget_warning" for e in audit.events)
+    assert any(e["rule"] == "budget.warning" and e["event_type"] == "policy_decision" for e in audit.events)
     clock.now += 60.5
     more = [await broker.call(ToolCall(name="t.echo", arguments={"text": f"n{i}"})) for i in range(4)]
     assert [r.ok for r in more] == [True, True, True, False]
     assert more[3].refusal.rule == "budget.total_tool_calls"
-    assert audit.events[-1]["event_type"] == "budget_exceeded" and audit.events[-1]["decision"] == "deny"
+    assert audit.events[-1]["rule"] == "budget.total_tool_calls" and audit.events[-1]["decision"] == "deny"
 
 
 def test_cells_per_minute_budget():
@@ -282,3 +286,21 @@ def test_cells_per_minute_budget():
     assert verdicts[2].warnings  # 3 of 3 crosses 80%
     clock.now += 60.1
     assert tracker.check_cell().allowed
+
+
+async def test_audit_records_match_the_audit_store_schema(tmp_path):
+    """Every record the broker writes validates against the audit store's event models."""
+    events = pytest.importorskip("ironcage_jupyter.audit.events")
+    clock = FakeClock()
+    budgets = BudgetTracker(BudgetSettings(tool_calls_per_minute=5), clock)
+    broker, audit, _ = make_broker(tmp_path, budgets=budgets, settings=ToolSettings(allow=["t.*", "fs.read"]))
+    for arguments in ({"text": "a"}, {"text": "boom"}, {"text": "b", "bad": 1}, {"text": "crash"}):
+        await broker.call(ToolCall(name="t.echo", arguments=arguments, cell_id="cell-1"))
+    await broker.call(ToolCall(name="fs.write", arguments={"path": "x", "content": "y"}))
+    await broker.call_raw({"name": 5})
+    for _ in range(3):
+        await broker.call(ToolCall(name="fs.read", arguments={"path": "../x"}))
+    assert len(audit.events) > 8
+    for event in audit.events:
+        events.validate_detail(event["event_type"], event["detail"])
+        assert event["decision"] in (None, "allow", "deny", "escalate")

@@ -137,5 +137,6 @@ async def test_cell_budget_stage_blocks_with_the_rule():
         await stage.run(cell)
     assert [c.block is None for c in cells] == [True, True, False]
     assert cells[2].block.rule == "budget.cells_per_minute"
-    assert session.audit.events[-1]["event_type"] == "budget_exceeded"
+    assert session.audit.events[-1]["event_type"] == "policy_decision"
+    assert session.audit.events[-1]["rule"] == "budget.cells_per_minute"
     await session.close()

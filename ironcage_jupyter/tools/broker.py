@@ -9,7 +9,6 @@ naming the stage's rule, and nothing the tool produced passes without a successf
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from . import audit_events
 from .budgets import BudgetTracker
 from .errors import ToolExecutionError, ToolRefusal
 from .hooks import (
@@ -168,9 +168,9 @@ class ToolBroker:
         return await self.call(call)
 
     def _malformed(self, call_id: str, name: str, reason: str) -> ToolOutcome:
-        outcome = ToolOutcome(call_id=call_id[:200], name=name[:200], ok=False,
+        outcome = ToolOutcome(call_id=call_id[:200] or "?", name=name[:200] or "?", ok=False,
                               refusal=Refusal(rule="schema.malformed_request", reason=reason, stage="schema"))
-        self._audit_refusal_best_effort(None, outcome, 0.0)
+        self._audit_refusal_best_effort(None, outcome, self.clock())
         return outcome
 
     async def call(self, call: ToolCall) -> ToolOutcome:
@@ -195,8 +195,10 @@ class ToolBroker:
                 raise ToolRefusal(verdict.rule or "budget", verdict.reason or "budget exhausted")
             warnings.extend(verdict.warnings)
             for warning in verdict.warnings:
-                self.audit.record("budget_warning", reason=warning,
-                                  detail={"gen_ai.tool.name": call.name, "gen_ai.tool.call.id": call.call_id})
+                self.audit.record(
+                    audit_events.POLICY_DECISION, decision="allow", rule="budget.warning", reason=warning,
+                    detail=audit_events.tool_decision_detail(name=call.name, call_id=call.call_id, cell_id=call.cell_id,
+                                                             target=None, rules=["budget.warning"]))
 
             stage = "input_firewall"
             findings = list(self.screen_arguments(call.name, call.arguments)) if self.screen_arguments else []
@@ -209,6 +211,18 @@ class ToolBroker:
             if decision.effect == "escalate":
                 stage = "escalation"
                 decision = await self._escalate(request, decision)
+            # The decision is recorded before anything runs; a failed write refuses the call.
+            stage = "audit"
+            self.audit.record(
+                audit_events.POLICY_DECISION, decision="allow" if decision.effect == "allow" else "deny",
+                rule=",".join(decision.rules) or None, reason=decision.reason,
+                detail=audit_events.tool_decision_detail(
+                    name=call.name, call_id=call.call_id, cell_id=call.cell_id,
+                    target="; ".join(f"{v.role} {v.canonical}" for v in request.roled) or None,
+                    rules=list(decision.rules), duration_ms=self._elapsed_ms(started)),
+                durable=True,
+            )
+            stage = "policy"
             if decision.effect != "allow":
                 raise ToolRefusal(",".join(decision.rules) or "policy.deny", decision.reason or "denied by policy")
 
@@ -236,8 +250,8 @@ class ToolBroker:
                                   warnings=warnings, redactions=redactions)
             self.audit.record(
                 AUDIT_EVENT, decision="allow", rule=",".join(decision.rules) or None, reason=decision.reason,
-                detail=self._detail(call, request, started, stage="done", result_bytes=encoded, is_error=is_error,
-                                    redactions=redactions, warnings=warnings),
+                detail=self._detail(call, tool.schema, started, status="error" if is_error else "ok",
+                                    result_size=len(encoded)),
                 durable=True,
             )
             return outcome
@@ -282,54 +296,37 @@ class ToolBroker:
                 values.append(RoledValue(argument=name, role=spec.role, value=item, canonical=canonical))
         return values
 
-    def _detail(self, call: ToolCall, request: ToolRequest | None, started: float, *, stage: str,
-                result_bytes: bytes | None = None, is_error: bool = False,
-                redactions: list[dict[str, Any]] | None = None, warnings: list[str] | None = None) -> dict[str, Any]:
-        detail: dict[str, Any] = {
-            "gen_ai.operation.name": "execute_tool",
-            "gen_ai.tool.name": call.name,
-            "gen_ai.tool.call.id": call.call_id,
-            "gen_ai.tool.type": "extension" if "." in call.name and not call.name.startswith(("fs.", "http.")) else "function",
-            "ironcage.origin": call.origin,
-            "ironcage.stage": stage,
-            "arguments": _short(call.arguments),
-            "duration_ms": round((self.clock() - started) * 1000, 3),
-        }
-        if call.cell_id:
-            detail["ironcage.cell_id"] = call.cell_id
-        if request is not None:
-            detail["roles"] = [v.model_dump() for v in request.roled]
-            if request.findings:
-                detail["findings"] = [str(getattr(f, "id", f)) for f in request.findings]
-        if result_bytes is not None:
-            detail["result_bytes"] = len(result_bytes)
-            detail["result_sha256"] = hashlib.sha256(result_bytes).hexdigest()
-            detail["is_error"] = is_error
-        if redactions:
-            detail["redactions"] = redactions
-        if warnings:
-            detail["warnings"] = warnings
-        return detail
+    def _elapsed_ms(self, started: float) -> float:
+        return round((self.clock() - started) * 1000, 3)
+
+    def _detail(self, call: ToolCall, schema: ToolSchema | None, started: float, *, status: str,
+                result_size: int | None = None, error_type: str | None = None) -> dict[str, Any]:
+        return audit_events.tool_call_detail(
+            name=call.name, call_id=call.call_id, server=schema.server if schema else None,
+            arguments=_short(call.arguments), status=status, duration_ms=self._elapsed_ms(started),
+            result_size_bytes=result_size, error_type=error_type)
 
     def _refuse(self, call: ToolCall, request: ToolRequest | None, started: float, stage: str,
                 rule: str, reason: str, warnings: list[str]) -> ToolOutcome:
         outcome = ToolOutcome(call_id=call.call_id, name=call.name, ok=False,
                               refusal=Refusal(rule=rule, reason=reason, stage=stage), warnings=warnings)
-        self._audit_refusal_best_effort(call, outcome, started, request)
+        self._audit_refusal_best_effort(call, outcome, started, request.schema if request else self._schema(call))
         return outcome
 
+    def _schema(self, call: ToolCall) -> ToolSchema | None:
+        tool = self._tools.get(call.name)
+        return tool.schema if tool else None
+
     def _audit_refusal_best_effort(self, call: ToolCall | None, outcome: ToolOutcome, started: float,
-                                   request: ToolRequest | None = None) -> None:
+                                   schema: ToolSchema | None = None) -> None:
         # The call is already refused; a failing audit write cannot make it less safe, so only note it.
         assert outcome.refusal is not None
-        if call is not None:
-            detail = self._detail(call, request, started, stage=outcome.refusal.stage)
-        else:
-            detail = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": outcome.name,
-                      "gen_ai.tool.call.id": outcome.call_id, "ironcage.stage": "schema"}
-        event = "budget_exceeded" if outcome.refusal.rule.startswith("budget.") else AUDIT_EVENT
+        status = "timeout" if outcome.refusal.rule.endswith("timeout") else "denied"
+        if call is None:
+            call = ToolCall(name=outcome.name or "?", call_id=outcome.call_id or "?", origin="cell")
+        detail = self._detail(call, schema, started, status=status, error_type=f"refused.{outcome.refusal.stage}")
         try:
-            self.audit.record(event, decision="deny", rule=outcome.refusal.rule, reason=outcome.refusal.reason,
+            self.audit.record(AUDIT_EVENT, decision="deny", rule=outcome.refusal.rule, reason=outcome.refusal.reason,
                               detail=detail, durable=True)
         except Exception as exc:  # noqa: BLE001
             outcome.warnings.append(f"audit write failed for this refusal: {type(exc).__name__}")

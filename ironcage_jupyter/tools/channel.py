@@ -51,7 +51,7 @@ def _error(reason: str, request_id: Any = None, rule: str = "schema.malformed_re
 async def handle_request(broker: ToolBroker, data: Any, origin: str, cell_id: str | None = None) -> dict[str, Any]:
     """One request from any channel -> reply dict (never raises)."""
     if not isinstance(data, dict):
-        return _error("request must be a JSON object")
+        return (await broker.call_raw(data, origin=origin)).to_reply()  # refused and audited
     request_id = data.get("id")
     op = data.get("op", "call")
     try:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from .audit_events import POLICY_DECISION, network_decision_detail
 from .hooks import AuditSink, CredentialSwapper
 from .netguard import AllowEntry, CheckedDestination, DestinationRefused, NetworkGate, normalize_host
 from .tls import SessionCA
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 10 * 1024 * 1024
 COPY_CHUNK = 256 * 1024
-AUDIT_EVENT = "egress"
+AUDIT_EVENT = POLICY_DECISION
 
 _HOP_BY_HOP = {"connection", "proxy-connection", "keep-alive", "proxy-authorization", "proxy-authenticate", "te",
                "trailer", "transfer-encoding", "upgrade"}
@@ -219,25 +220,22 @@ class EgressProxy:
         return any(e.matches_host(host, None) for e in entries)
 
     async def _decide(self, host: str, port: int, mode: str, method: str) -> CheckedDestination:
-        detail: dict[str, Any] = {"host": host, "port": port, "mode": mode, "method": method}
         try:
             checked = await self.gate.check(host, port)
         except DestinationRefused as exc:
-            detail["decision"] = "deny"
-            self._audit("deny", exc.rule, exc.reason, detail)
+            with contextlib.suppress(Exception):  # the connection is refused either way
+                self.audit.record(AUDIT_EVENT, decision="deny", rule=exc.rule, reason=f"egress {method}: {exc.reason}",
+                                  detail=network_decision_detail(host=host, port=port, rules=[exc.rule]), durable=True)
             raise _Refused(403, exc.rule, exc.reason) from None
-        detail["address"] = checked.address
         # Audit before connecting; a failed write refuses the connection (fail closed).
         try:
-            self.audit.record(AUDIT_EVENT, decision="allow", rule="network.allow",
-                              reason=f"{host}:{port} allowed", detail=detail, durable=True)
+            self.audit.record(AUDIT_EVENT, decision="allow", rule=checked.rule,
+                              reason=f"egress {method} ({mode}) to {checked.address}: {checked.reason}",
+                              detail=network_decision_detail(host=host, port=port, rules=[checked.rule]),
+                              durable=True)
         except Exception as exc:  # noqa: BLE001
             raise _Refused(503, "audit.write_failed", f"audit write failed ({type(exc).__name__})") from None
         return checked
-
-    def _audit(self, decision: str, rule: str, reason: str, detail: dict[str, Any]) -> None:
-        with contextlib.suppress(Exception):  # the connection is refused either way
-            self.audit.record(AUDIT_EVENT, decision=decision, rule=rule, reason=reason, detail=detail, durable=True)
 
     # connection handling --------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -363,10 +361,6 @@ class EgressProxy:
         if body or head.method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {len(body)}")
         lines.append("Connection: close")
-        self._audit("allow", "network.allow", "request forwarded", {
-            "host": checked.host, "port": checked.port, "mode": "intercept" if secure else "http",
-            "method": head.method, "path": urlsplit(target).path[:500], "credentials_used": sorted(set(used)),
-        })
         up_reader, up_writer = await self._open_upstream(checked, tls=secure)
         try:
             up_writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1") + body)

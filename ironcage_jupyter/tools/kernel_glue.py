@@ -27,6 +27,7 @@ from typing import Any
 
 from ..magics import MagicResult, subcommand
 from ..pipeline import Block, CellRequest
+from . import audit_events
 from .session import ToolSession
 
 TOOLS_COMM_TARGET = "ironcage.tools"
@@ -92,10 +93,14 @@ class CellBudgetStage:
         verdict = self.session.budget_tracker.check_cell()
         for warning in verdict.warnings:
             with contextlib.suppress(Exception):
-                self.session.audit.record("budget_warning", reason=warning, detail={"cell_id": cell.cell_id})
+                self.session.audit.record(
+                    audit_events.POLICY_DECISION, decision="allow", rule="budget.warning", reason=warning,
+                    detail=audit_events.cell_decision_detail(cell_id=cell.cell_id, rules=["budget.warning"]))
         if not verdict.allowed:
-            self.session.audit.record("budget_exceeded", decision="deny", rule=verdict.rule, reason=verdict.reason,
-                                      detail={"cell_id": cell.cell_id}, durable=True)
+            self.session.audit.record(
+                audit_events.POLICY_DECISION, decision="deny", rule=verdict.rule, reason=verdict.reason,
+                detail=audit_events.cell_decision_detail(cell_id=cell.cell_id, rules=[verdict.rule or "budget"]),
+                durable=True)
             cell.block = Block(ename="BudgetExceeded", evalue=verdict.reason or "budget exhausted",
                                rule=verdict.rule, reason=verdict.reason)
 

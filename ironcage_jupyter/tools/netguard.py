@@ -9,6 +9,7 @@ second DNS answer (rebinding) cannot swap it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import ipaddress
 import socket
@@ -165,6 +166,8 @@ class CheckedDestination:
     port: int
     address: str
     named_private: bool
+    rule: str = "network.allow"
+    reason: str = ""
 
 
 async def check_addresses(
@@ -242,5 +245,6 @@ class NetworkGate:
         name = normalize_host(host)
         if not 0 < port < 65536:
             raise DestinationRefused("network.bad_port", f"invalid port {port}")
-        self.decide_host(name, port)
-        return await check_addresses(name, port, self.allowlist, self.resolver)
+        rule, reason = self.decide_host(name, port)
+        checked = await check_addresses(name, port, self.allowlist, self.resolver)
+        return dataclasses.replace(checked, rule=rule, reason=reason)

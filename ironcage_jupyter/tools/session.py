@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import audit_events
 from .broker import ToolBroker
 from .budgets import BudgetTracker
 from .builtin import HttpTool, make_upstream_ssl_context, register_builtins
@@ -113,8 +114,8 @@ class ToolSession:
         self.socket_dir = socket_dir
         self.mcp_failures = await self.mcp.start(self.broker)
         for server, error in self.mcp_failures.items():
-            self.audit.record("tool_server_failed", decision="deny", rule="mcp.server_unavailable",
-                              reason=error, detail={"server": server}, durable=True)
+            self.audit.record(audit_events.VIOLATION, rule="mcp.server_unavailable", reason=error,
+                              detail=audit_events.server_failure_detail(server=server, message=error), durable=True)
         await self.channel.start(os.path.join(socket_dir, TOOLS_SOCKET_NAME))
         if egress:
             self.ca = SessionCA(private_dir, self.session_id)
