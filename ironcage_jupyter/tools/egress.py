@@ -192,8 +192,10 @@ class EgressProxy:
     async def close(self) -> None:
         for server in self._servers:
             server.close()
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
@@ -243,6 +245,17 @@ class EgressProxy:
         if task is not None:
             self._tasks.add(task)
         try:
+            await self._serve_connection(reader, writer)
+        except asyncio.CancelledError:
+            # Closing the proxy cancels open connections; end quietly (Python 3.11's stream callback
+            # would otherwise report the cancelled task as an error).
+            writer.transport.abort()
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
             head = _parse_head(await reader.readuntil(b"\r\n\r\n"))
             if head.method == "CONNECT":
                 await self._connect(head, reader, writer)
@@ -252,15 +265,13 @@ class EgressProxy:
             await self._send_refusal(writer, exc)
         except asyncio.LimitOverrunError:
             await self._send_refusal(writer, _Refused(431, "egress.bad_request", "request head too large"))
-        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, asyncio.CancelledError):
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             pass
         except Exception as exc:  # noqa: BLE001 - never let one connection hurt the proxy
             log.warning("egress proxy connection failed: %s: %s", type(exc).__name__, exc)
             await self._send_refusal(writer, _Refused(502, "egress.error", f"{type(exc).__name__}"))
         finally:
             await _close(writer)
-            if task is not None:
-                self._tasks.discard(task)
 
     async def _send_refusal(self, writer: asyncio.StreamWriter, refusal: _Refused) -> None:
         body = f"Iron Cage egress refused: {refusal.reason} (rule {refusal.rule})\n".encode()
