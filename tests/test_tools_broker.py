@@ -68,13 +68,13 @@ async def test_allowed_call_runs_and_is_audited_with_genai_names(tmp_path):
     assert outcome.ok and outcome.result == {"echo": "hihi"}
     assert executed == [{"text": "hi", "times": 2}]
     event = audit.events[-1]
-    assert event["event_type"] == "tool_call" and event["decision"] == "allow" and event["durable"]
+    assert event["event_type"] == "tool_call" and event["decision"] == "allow"
     assert event["detail"]["gen_ai.operation.name"] == "execute_tool"
     assert event["detail"]["gen_ai.tool.name"] == "t.echo"
     assert event["detail"]["gen_ai.tool.call.id"] == "c1"
     assert event["detail"]["result_size_bytes"] > 0 and event["detail"]["status"] == "ok"
     decision = audit.events[-2]  # recorded before the tool ran
-    assert decision["event_type"] == "policy_decision" and decision["decision"] == "allow"
+    assert decision["event_type"] == "policy_decision" and decision["decision"] == "allow" and decision["durable"]
     assert decision["detail"]["subject"] == "tool" and decision["detail"]["gen_ai.tool.call.id"] == "c1"
 
 

@@ -110,6 +110,7 @@ class ToolBroker:
         call_timeout_s: float = 30.0,
         max_result_bytes: int = 1_000_000,
         clock: Callable[[], float] = time.perf_counter,
+        durable_outcomes: bool = True,
     ) -> None:
         self.policy = policy
         self.audit = audit
@@ -122,6 +123,7 @@ class ToolBroker:
         self.call_timeout_s = call_timeout_s
         self.max_result_bytes = max_result_bytes
         self.clock = clock
+        self.durable_outcomes = durable_outcomes
         self._tools: dict[str, RegisteredTool] = {}
 
     # registry -------------------------------------------------------------------------------------
@@ -252,7 +254,10 @@ class ToolBroker:
                 AUDIT_EVENT, decision="allow", rule=",".join(decision.rules) or None, reason=decision.reason,
                 detail=self._detail(call, tool.schema, started, status="error" if is_error else "ok",
                                     result_size=len(encoded)),
-                durable=True,
+                # The decision was committed before the tool ran. The outcome is committed too by
+                # default; durable_outcomes=False lets the store batch it (accepted and chained
+                # before the result passes, committed with the next batch).
+                durable=self.durable_outcomes,
             )
             return outcome
         except ToolRefusal as exc:
