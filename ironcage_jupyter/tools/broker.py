@@ -206,7 +206,8 @@ class ToolBroker:
             findings = list(self.screen_arguments(call.name, call.arguments)) if self.screen_arguments else []
 
             stage = "roles"
-            request = ToolRequest(call, tool.schema, self._roled_values(tool, call.arguments), findings)
+            request = ToolRequest(call, tool.schema, self._roled_values(tool, call.arguments), findings,
+                                  screened=self.screen_arguments is not None)
 
             stage = "policy"
             decision = normalize_decision(self.policy.decide_tool(request))

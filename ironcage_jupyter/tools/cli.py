@@ -32,11 +32,14 @@ def _load_config(path: str | None) -> dict[str, Any]:
 
 
 def _network_allowlist(config: dict[str, Any]) -> list[str]:
+    """`network: {allow: [...]}` entries, plus the policy's `allow_domains` / `allow_addresses` x `ports`."""
     network = config.get("network") or {}
-    for key in ("allow", "allowed_hosts", "hosts", "egress"):
-        if isinstance(network.get(key), list):
-            return [str(h) for h in network[key]]
-    return []
+    entries = [str(h) for h in network.get("allow") or []]
+    ports = network.get("ports") or [443, 80]
+    for item in [*(network.get("allow_domains") or []), *(network.get("allow_addresses") or [])]:
+        text = str(item)
+        entries += [f"[{text}]:{p}" if ":" in text else f"{text}:{p}" for p in ports]
+    return entries
 
 
 def build_session(args: argparse.Namespace) -> ToolSession:

@@ -23,6 +23,7 @@ class ToolRequest:
     schema: ToolSchema
     roled: list[RoledValue]
     findings: list[Any] = field(default_factory=list)
+    screened: bool = False  # True when the broker's input firewall hook produced `findings`
 
     @property
     def name(self) -> str:

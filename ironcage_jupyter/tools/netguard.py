@@ -170,26 +170,31 @@ class CheckedDestination:
     reason: str = ""
 
 
+async def resolve_addresses(host: str, port: int, resolver: Resolver = system_resolver) -> list[IPAddress]:
+    """Every address `host` stands for: itself if it is an IP literal, else one DNS answer."""
+    literal = parse_ip_literal(host)
+    if literal is not None:
+        return [literal]
+    try:
+        answers = await resolver(host, port)
+    except (OSError, UnicodeError) as exc:
+        raise DestinationRefused("network.unresolvable", f"cannot resolve {host}: {exc}") from exc
+    addresses: list[IPAddress] = []
+    for answer in answers:
+        parsed = parse_ip_literal(answer)
+        if parsed is None:
+            raise DestinationRefused("network.unresolvable", f"{host} resolved to a non-address {answer!r}")
+        addresses.append(parsed)
+    if not addresses:
+        raise DestinationRefused("network.unresolvable", f"{host} resolved to no address")
+    return addresses
+
+
 async def check_addresses(
     host: str, port: int, allowlist: HostAllowlist, resolver: Resolver = system_resolver
 ) -> CheckedDestination:
     """Resolve once and vet every answer; return the address to connect to (pinned)."""
-    literal = parse_ip_literal(host)
-    if literal is not None:
-        addresses: list[IPAddress] = [literal]
-    else:
-        try:
-            answers = await resolver(host, port)
-        except (OSError, UnicodeError) as exc:
-            raise DestinationRefused("network.unresolvable", f"cannot resolve {host}: {exc}") from exc
-        addresses = []
-        for answer in answers:
-            parsed = parse_ip_literal(answer)
-            if parsed is None:
-                raise DestinationRefused("network.unresolvable", f"{host} resolved to a non-address {answer!r}")
-            addresses.append(parsed)
-        if not addresses:
-            raise DestinationRefused("network.unresolvable", f"{host} resolved to no address")
+    addresses = await resolve_addresses(host, port, resolver)
     named_private = False
     for ip in addresses:
         if is_public(ip):
@@ -207,25 +212,27 @@ async def check_addresses(
 class NetworkGate:
     """Decides one destination: policy (or the allowlist alone), then the address checks; returns the pin.
 
-    `decide` is the policy engine's `decide_network(host, port)` when one is wired; its result needs an
-    `effect` of "allow". Without it the allowlist decides. Either way, the address checks always run.
+    `decide(host, port, resolved_ip)` is the policy engine's `decide_network` when one is wired (see
+    adapters.engine_network_decider); it is asked for the name, then for every resolved address, and
+    each answer needs an `effect` of "allow". Without it the allowlist decides and private addresses
+    must be named by an IP/CIDR entry. Either way only checked addresses are ever connected to.
     """
 
     def __init__(
         self,
         allowlist: HostAllowlist,
-        decide: Callable[[str, int], object] | None = None,
+        decide: Callable[[str, int, str | None], object] | None = None,
         resolver: Resolver = system_resolver,
     ) -> None:
         self.allowlist = allowlist
         self.decide = decide
         self.resolver = resolver
 
-    def decide_host(self, host: str, port: int) -> tuple[str, str]:
+    def decide_host(self, host: str, port: int, resolved_ip: str | None = None) -> tuple[str, str]:
         """(rule, reason) of an allow; raises DestinationRefused otherwise."""
         if self.decide is not None:
             try:
-                decision = self.decide(host, port)
+                decision = self.decide(host, port, resolved_ip)
             except Exception as exc:  # noqa: BLE001 - fail closed
                 raise DestinationRefused("network.policy_error", f"policy failed: {type(exc).__name__}: {exc}") from exc
             effect = getattr(decision, "effect", None)
@@ -246,5 +253,29 @@ class NetworkGate:
         if not 0 < port < 65536:
             raise DestinationRefused("network.bad_port", f"invalid port {port}")
         rule, reason = self.decide_host(name, port)
-        checked = await check_addresses(name, port, self.allowlist, self.resolver)
-        return dataclasses.replace(checked, rule=rule, reason=reason)
+        if self.decide is None:
+            checked = await check_addresses(name, port, self.allowlist, self.resolver)
+            return dataclasses.replace(checked, rule=rule, reason=reason)
+        # With a policy engine, each resolved address is decided by the engine too (it refuses
+        # loopback/private/link-local addresses no rule names); the first one is pinned.
+        addresses = await resolve_addresses(name, port, self.resolver)
+        for ip in addresses:
+            self.decide_host(name, port, str(ip))
+        return CheckedDestination(host=name, port=port, address=str(addresses[0]),
+                                  named_private=not all(is_public(ip) for ip in addresses), rule=rule, reason=reason)
+
+
+def allowlist_from_network_settings(network: object) -> HostAllowlist:
+    """The egress allowlist of the policy's `network` section (allow_domains, allow_addresses, ports)."""
+    ports = list(getattr(network, "ports", None) or [None])
+    entries: list[AllowEntry] = []
+    for item in [*getattr(network, "allow_domains", []), *getattr(network, "allow_addresses", [])]:
+        text = str(item).strip().lower()
+        try:
+            net: ipaddress.IPv4Network | ipaddress.IPv6Network | None = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            literal = parse_ip_literal(text)
+            net = ipaddress.ip_network(literal) if literal is not None else None
+        for port in ports:
+            entries.append(AllowEntry(pattern=text.rstrip(".") if net is None else text, port=port, network=net))
+    return HostAllowlist(entries)

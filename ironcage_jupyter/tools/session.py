@@ -60,7 +60,7 @@ class ToolSession:
         protected_paths: Sequence[str] = (),
         egress_allowlist: Sequence[str] = (),
         policy: ToolPolicy | None = None,
-        decide_network: Callable[[str, int], object] | None = None,
+        decide_network: Callable[[str, int, str | None], object] | None = None,
         screen_arguments: ArgumentScreen | None = None,
         escalate: Escalator | None = None,
         escalation_timeout_s: float = 300.0,
