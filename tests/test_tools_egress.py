@@ -186,7 +186,7 @@ async def test_cell_egress_from_a_networkless_sandbox(world):
         for bind in session.sandbox_binds():
             binds += ["--bind" if bind.writable else "--ro-bind", bind.source, bind.target]
         argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/",
-                "--tmpfs", "/tmp", *binds, "--proc", "/proc", "--dev", "/dev", "--clearenv"]
+                "--tmpfs", "/tmp", "--ro-bind", REPO, REPO, *binds, "--proc", "/proc", "--dev", "/dev", "--clearenv"]
         for key, value in env.items():
             argv += ["--setenv", key, value]
         payload = json.dumps({"tls": servers["tls"].port, "allowed": servers["allowed"].port,
