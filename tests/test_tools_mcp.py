@@ -142,3 +142,18 @@ async def test_mcp_server_sandbox_holds_when_the_broker_lets_a_path_through(brok
     outcome = await call(broker, "demo.read_secret_file", path=str(base / "secret.txt"))
     assert outcome.ok and "No such file" in text_of(outcome)
     assert SECRET not in repr(outcome.result)
+
+
+async def test_servers_that_cannot_start_are_reported_and_their_tools_unknown(tmp_path):
+    servers = {
+        "missing": McpServerSettings(command="/nonexistent/mcp-server"),
+        "dies": McpServerSettings(command=shutil.which("false") or "/bin/false", timeout_s=10),
+    }
+    tool_broker = ToolBroker(policy=SettingsToolPolicy(ToolSettings(allow=["*"], mcp_servers=servers)),
+                             audit=MemoryAudit())
+    proxy = McpProxy(servers)
+    failures = await proxy.start(tool_broker)
+    await proxy.stop()
+    assert set(failures) == {"missing", "dies"} and "not found" in failures["missing"]
+    outcome = await call(tool_broker, "dies.anything")
+    assert outcome.refusal.rule == "invariant.unknown_tool"

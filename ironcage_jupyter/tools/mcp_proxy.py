@@ -14,13 +14,14 @@ import contextlib
 import importlib
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .broker import ExecutionContext, ToolBroker
 from .errors import ToolRefusal
 from .fs import canonical_host_path
-from .mcp_sandbox import build_mcp_server_argv
+from .mcp_sandbox import build_mcp_server_command
 from .models import ToolSchema, schema_from_mcp
 from .settings import McpServerSettings
 
@@ -45,6 +46,7 @@ class McpServer:
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._cleanup: Callable[[], None] = lambda: None
         # The server's stderr goes to a private file: its tail explains a failed start.
         self._stderr = tempfile.TemporaryFile(mode="w+", prefix=f"ironcage-mcp-{name}-")
 
@@ -61,9 +63,9 @@ class McpServer:
             await asyncio.wait_for(self._ready.wait(), self.settings.timeout_s)
         except TimeoutError:
             self.error = f"did not start within {self.settings.timeout_s:g} s"
-            await self.stop()
         if self.error is not None:
             tail = self.stderr_tail(500).strip()
+            await self.stop()
             raise ToolRefusal("mcp.server_unavailable",
                               f"MCP server {self.name}: {self.error}" + (f" (stderr: {tail})" if tail else ""))
 
@@ -74,8 +76,8 @@ class McpServer:
             from mcp import Client
             from mcp.client.stdio import StdioServerParameters, stdio_client
 
-            argv = build_mcp_server_argv(self.settings)
-            params = StdioServerParameters(command=argv[0], args=argv[1:], env=dict(self.settings.env) or None)
+            argv, env, self._cleanup = build_mcp_server_command(self.settings)
+            params = StdioServerParameters(command=argv[0], args=argv[1:], env=env or None)
             transport = stdio_client(params, errlog=self._stderr)
             async with Client(transport, read_timeout_seconds=self.settings.timeout_s, cache=None) as client:
                 tools: list[Any] = []
@@ -99,7 +101,10 @@ class McpServer:
                         item.future.set_result(result)
         except BaseException as exc:  # noqa: BLE001 - record why, fail every waiter
             if not isinstance(exc, asyncio.CancelledError):
-                self.error = f"{type(exc).__name__}: {exc}"
+                leaf: BaseException = exc
+                while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+                    leaf = leaf.exceptions[0]
+                self.error = getattr(leaf, "reason", None) or f"{type(leaf).__name__}: {leaf}"
                 log.warning("MCP server %s stopped: %s", self.name, self.error)
             self._fail_pending()
             self._ready.set()
@@ -128,7 +133,7 @@ class McpServer:
         }
 
     async def stop(self) -> None:
-        if self._task is None:
+        if self._task is None or self._stderr.closed:
             return
         if not self._task.done():
             await self._queue.put(None)
@@ -138,6 +143,8 @@ class McpServer:
                 self._task.cancel()
                 with contextlib.suppress(BaseException):
                     await self._task
+        with contextlib.suppress(Exception):
+            self._cleanup()
         self._stderr.close()
 
 
