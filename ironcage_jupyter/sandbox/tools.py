@@ -10,6 +10,7 @@ decides nothing; the wrapper validates, decides, executes and audits every call.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import socket
@@ -73,7 +74,7 @@ def call(name: str, /, *, timeout: float | None = DEFAULT_TIMEOUT_S, **arguments
     return reply.get("result")
 
 
-def list(timeout: float | None = 30.0) -> list[dict[str, Any]]:  # noqa: A001 - the API the issue names
+def list(timeout: float | None = 30.0) -> builtins.list[dict[str, Any]]:  # noqa: A001 - the API the issue names
     """The tools available to this session and what the policy would do with each."""
     reply = _request({"op": "list"}, timeout)
     if not reply.get("ok"):

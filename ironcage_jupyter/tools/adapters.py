@@ -28,7 +28,7 @@ class EnginePolicy:
 
     def register_tools(self, schemas: Iterable[ToolSchema]) -> None:
         """Make every broker tool known to the engine (call after MCP servers have started)."""
-        from ..policy import ToolSpec
+        from ..policy import ToolSpec  # type: ignore[attr-defined]  # (policy package: issue 4)
 
         specs = {
             s.name: ToolSpec(s.name, {a.name: a.role for a in s.arguments.values()},

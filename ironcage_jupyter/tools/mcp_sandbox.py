@@ -45,7 +45,7 @@ def build_mcp_server_command(settings: McpServerSettings) -> tuple[list[str], di
         read_only.append(prefix)
     spec = SandboxSpec(
         workspace=workspace, socket_dir=socket_dir,
-        isolation=IsolationSettings(read_only_paths=read_only, pass_env=sorted(settings.env)),
+        isolation=IsolationSettings.model_validate({"read_only_paths": read_only, "pass_env": sorted(settings.env)}),
         limits=ResourceLimits(),
     )
     env = {"PATH": os.environ.get("PATH", os.defpath), **settings.env}
