@@ -25,6 +25,7 @@ from .child import ChildDied, ChildKernel
 from .magics import MagicResult, is_ironcage_magic, run_magic
 from .pipeline import Block, CellRequest, Pipeline, Stage
 from .relay import Relay, Route
+from .tools import kernel_glue
 
 #: Frontend comm targets that the wrapper answers itself; every other comm goes to the child.
 WRAPPER_COMM_TARGETS = ("ironcage.ui", "ironcage.tools")
@@ -214,7 +215,8 @@ class IronCageKernel(Kernel):
     def _build_stages(self) -> list[Stage]:
         """The ordered per-cell stages. Later components (firewall, policy, credentials, audit)
         register here; no stage is shipped that pretends to check something."""
-        return [ExecuteStage(self)]
+        self.tools = kernel_glue.build_session(self)
+        return [kernel_glue.CellBudgetStage(self.tools), ExecuteStage(self)]
 
     def start(self) -> None:
         super().start()
@@ -241,6 +243,7 @@ class IronCageKernel(Kernel):
         try:
             if kill_first:
                 await self.child.kill()
+            await kernel_glue.ensure_started(self)
             await self.child.start()
             client = self.child.km.client() if self.child.km else None
             if client is None:
@@ -651,6 +654,8 @@ class IronCageKernel(Kernel):
 
     async def on_wrapper_comm(self, event: str, content: dict[str, Any]) -> None:
         """Comms the wrapper itself answers (the lab extension, tool calls from agents)."""
+        if self._wrapper_comms.get(content.get("comm_id", "")) == kernel_glue.TOOLS_COMM_TARGET:
+            await kernel_glue.on_tools_comm(self, event, content)
 
     def send_comm_msg(self, comm_id: str, data: dict[str, Any], parent: dict[str, Any] | None = None) -> None:
         self.session.send(
@@ -700,6 +705,7 @@ class IronCageKernel(Kernel):
         self._shutting_down = True
         self.relay.detach(ChildDied("the kernel is shutting down"))
         await self.child.stop()
+        await kernel_glue.shutdown(self)
 
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
         try:
@@ -771,6 +777,7 @@ class IronCageKernel(Kernel):
             "pipeline": self.pipeline.names,
             "cell_timeout_s": self.cell_timeout_seconds(),
             "request_timeout_s": self.request_timeout,
+            "tools": kernel_glue.status(self),
         }
 
 

@@ -59,6 +59,43 @@ def kernel(ironcage_jupyter_path, tmp_path_factory):
     denied.close()
 
 
+@pytest.fixture(scope="module")
+def plain_kernel(ironcage_jupyter_path, tmp_path_factory):
+    """The product kernel itself (kernelspec `ironcage`), no test subclass: without a policy loaded,
+    every tool is denied by default."""
+    from kernel_helpers import start_kernel, stop_kernel
+
+    ws = tmp_path_factory.mktemp("plain-ws")
+    (ws / "data.txt").write_text("cell data")
+    km, kc = start_kernel(ws)
+    yield kc
+    stop_kernel(km, kc)
+
+
+def test_product_kernel_wires_tools(plain_kernel):
+    kc = plain_kernel
+    code = ("import os\nfrom ironcage_jupyter.sandbox import tools\n"
+            "print(os.environ['IRONCAGE_TOOLS_SOCKET'])\n"
+            "print(sorted(t['name'] for t in tools.list()))\n"
+            "try:\n    tools.call('fs.read', path='data.txt')\nexcept tools.ToolRefused as e:\n    print(e.rule)\n")
+    ex = execute(kc, code)
+    assert ex.status == "ok", ex.text
+    socket_path, names, rule = ex.stdout.strip().split("\n")
+    assert socket_path.endswith("/tools.sock") and "ironcage-" in socket_path  # inside the child's runtime dir
+    assert names == "['fs.list', 'fs.read', 'fs.write', 'http.request']"
+    assert rule == "default.deny"
+    ex = execute(kc, "%ironcage tools")
+    assert ex.status == "ok" and "default.deny" in ex.text
+    ex = execute(kc, "%ironcage status --json")
+    info = ex.of_type("display_data")[0]["content"]["data"]["application/json"]
+    assert info["tools"]["tools"] == 4 and info["tools"]["egress"] is False
+    comm_id = uuid.uuid4().hex
+    kc.shell_channel.send(kc.session.msg("comm_open", {"comm_id": comm_id, "target_name": "ironcage.tools",
+                                                       "data": {}}))
+    reply = _comm_request(kc, comm_id, {"op": "call", "name": "fs.read", "arguments": {"path": "data.txt"}})
+    assert not reply["ok"] and reply["refusal"]["rule"] == "default.deny"
+
+
 def test_tool_call_from_a_cell(kernel):
     kc, _allowed, _denied = kernel
     ex = execute(kc, "from ironcage_jupyter.sandbox import tools\nprint(tools.call('fs.read', path='data.txt')['content'])")

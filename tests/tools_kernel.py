@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 from ironcage_jupyter.kernel import IronCageKernel
 from ironcage_jupyter.tools import kernel_glue
@@ -19,8 +18,11 @@ from ironcage_jupyter.tools.settings import BudgetSettings, ToolSettings
 
 
 class ToolsTestKernel(IronCageKernel):
+    """The real kernel (tools wired by kernel_glue) with the tools section given by the test and egress
+    forced on although the child is not sandboxed yet (a free loopback port for the bridge)."""
+
     def _build_stages(self):  # type: ignore[override]
-        # Called from IronCageKernel.__init__: the session is built (not started) here.
+        stages = super()._build_stages()  # builds the default self.tools; replaced by the test's
         config = json.loads(os.environ.get("IRONCAGE_TOOLS_TEST_CONFIG", "{}"))
         self._tools_config = config
         self.tools = ToolSession(
@@ -30,27 +32,18 @@ class ToolsTestKernel(IronCageKernel):
             egress_allowlist=config.get("egress_allowlist", []),
             upstream_ca_file=config.get("upstream_ca_file"),
         )
-        return [kernel_glue.CellBudgetStage(self.tools), *super()._build_stages()]
+        return [kernel_glue.CellBudgetStage(self.tools), *stages[1:]]
 
     async def _launch_child(self, ready, *, kill_first=False):  # type: ignore[override]
-        # Tools first: the child's environment must carry the socket paths before it starts.
         if self.tools.socket_dir is None:
             try:
-                await kernel_glue.start_tools(self, self.tools, bridge_port=self._tools_config.get("bridge_port", 3128))
+                await kernel_glue.start_tools(self, self.tools, bridge_port=self._tools_config.get("bridge_port", 3128),
+                                              egress=True)
             except Exception as exc:
                 ready.set_exception(RuntimeError(f"tools could not start: {exc}"))
                 ready.exception()
                 return
         await super()._launch_child(ready, kill_first=kill_first)
-
-    async def on_wrapper_comm(self, event: str, content: dict[str, Any]) -> None:
-        if self._wrapper_comms.get(content.get("comm_id", "")) == kernel_glue.TOOLS_COMM_TARGET:
-            await kernel_glue.on_tools_comm(self, event, content)
-
-    async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
-        reply = await super().do_shutdown(restart)
-        await self.tools.close()
-        return reply
 
 
 if __name__ == "__main__":

@@ -85,6 +85,7 @@ class ToolChannelServer:
         self.broker = broker
         self.context = context  # returns e.g. {"cell_id": ...} of the cell running now
         self._server: asyncio.base_events.Server | None = None
+        self._extra: list[asyncio.Task[asyncio.base_events.Server]] = []
         self.path: str | None = None
 
     async def start(self, path: str) -> str:
@@ -97,12 +98,20 @@ class ToolChannelServer:
         self.path = path
         return path
 
+    def listen_sync(self, path: str) -> str:
+        """Also listen at `path` (e.g. inside a new child's runtime dir); callable from sync code on the
+        loop's thread: the socket is bound and listening before this returns."""
+        self._extra.append(_listen_unix_sync(path, self._handle, MAX_LINE_BYTES))
+        return path
+
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        servers = [s for s in [self._server] if s is not None] + [await t for t in self._extra]
+        self._extra.clear()
+        self._server = None
+        for server in servers:
+            server.close()
             with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-            self._server = None
+                await server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -136,6 +145,20 @@ class ToolChannelServer:
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+
+
+def _listen_unix_sync(path: str, handler: Any, limit: int) -> asyncio.Task[asyncio.base_events.Server]:
+    import socket
+
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    os.chmod(path, 0o600)
+    sock.listen(64)
+    sock.setblocking(False)
+    # Connections queue in the backlog until the server task attaches to the bound socket.
+    return asyncio.get_running_loop().create_task(asyncio.start_unix_server(handler, sock=sock, limit=limit))
 
 
 def render_tools_table(rows: list[dict[str, Any]]) -> tuple[str, str]:

@@ -169,6 +169,7 @@ class EgressProxy:
         self.upstream_ssl = upstream_ssl or ssl.create_default_context()
         self.connect_timeout_s = connect_timeout_s
         self._servers: list[asyncio.base_events.Server] = []
+        self._pending_servers: list[asyncio.Task[asyncio.base_events.Server]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self.socket_path: str | None = None
 
@@ -183,6 +184,13 @@ class EgressProxy:
         self.socket_path = path
         return path
 
+    def listen_sync(self, path: str) -> str:
+        """Also listen at `path` (a new child's runtime dir); bound before this returns (sync, loop thread)."""
+        from .channel import _listen_unix_sync
+
+        self._pending_servers.append(_listen_unix_sync(path, self._handle, MAX_HEAD_BYTES))
+        return path
+
     async def start_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on TCP (benchmarks and tests outside a sandbox)."""
         server = await asyncio.start_server(self._handle, host, port, limit=MAX_HEAD_BYTES)
@@ -190,6 +198,10 @@ class EgressProxy:
         return int(server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
+        for pending in self._pending_servers:
+            with contextlib.suppress(Exception):
+                self._servers.append(await pending)
+        self._pending_servers.clear()
         for server in self._servers:
             server.close()
         tasks = list(self._tasks)

@@ -1,21 +1,18 @@
-"""How the wrapper kernel plugs in the tools subsystem (the lead calls these; kernel.py stays his).
+"""How the wrapper kernel plugs in the tools subsystem (wired in kernel.py with a few calls):
 
-    from .tools import kernel_glue
-    # IronCageKernel._build_stages() (runs in __init__): build the session, add the cell-budget stage
-    self.tools = ToolSession(policy.tools, policy.budgets, audit=..., workspace=self.workspace, ...)
+    self.tools = kernel_glue.build_session(self)        # _build_stages (in __init__)
     stages = [kernel_glue.CellBudgetStage(self.tools), ..., ExecuteStage(self)]
-    # IronCageKernel._launch_child(), before the FIRST child start (once per session, on the main loop):
-    await kernel_glue.start_tools(self, self.tools)
-    # IronCageKernel.on_wrapper_comm(event, content), for comms whose target is "ironcage.tools":
-    await kernel_glue.on_tools_comm(self, event, content)
-    # IronCageKernel.do_shutdown(): await self.tools.close()
-    # magics: importing this module registers `%ironcage tool` and `%ironcage tools`
-    (tests/tools_kernel.py is a working example of all of it)
+    await kernel_glue.ensure_started(self)               # _launch_child, before child.start()
+    await kernel_glue.on_tools_comm(self, event, content)    # on_wrapper_comm, target "ironcage.tools"
+    await kernel_glue.shutdown(self)                     # _shutdown_child
+    "tools": kernel_glue.status(self)                    # status_info
+    # importing this module registers `%ironcage tool` and `%ironcage tools`
 
-`start_tools` sets `kernel.tools`, adds the child's environment (tool socket, proxy, CA bundle) to
-`kernel.child.env_overrides`, and chains a command wrapper that makes the child kernel start the
-in-sandbox egress bridge (ipykernel exec_lines) — the sandbox launcher must bind
-`session.sandbox_binds()` (the socket directory, read-write, same path) into the sandbox.
+`start_tools` chains the child's command wrapper: at every child start the tool channel (and, when
+egress is on, the egress proxy) also listen inside the child's runtime dir — which the sandbox binds
+read-write — and the child's environment gets their paths (plus HTTP(S)_PROXY and the CA bundle),
+their names added to the sandbox's `pass_env`; with egress the child starts the in-sandbox bridge
+through ipykernel's exec_lines.
 """
 
 from __future__ import annotations
@@ -38,9 +35,75 @@ BRIDGE_EXEC_LINE = (
 )
 
 
+CHILD_ENV_NAMES = ("IRONCAGE_TOOLS_SOCKET", "IRONCAGE_EGRESS_SOCKET", "IRONCAGE_EGRESS_PORT", "HTTP_PROXY",
+                   "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy", "PIP_PROXY", "SSL_CERT_FILE",
+                   "REQUESTS_CA_BUNDLE", "PIP_CERT", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")
+
+
+def build_session(kernel: Any) -> ToolSession:
+    """The session's tools, from the kernel's policy when one is loaded (else: every tool denied)."""
+    policy_session = getattr(kernel, "policy_session", None)
+    engine = getattr(policy_session, "engine", None)
+    policy = getattr(engine, "policy", None)
+    settings = getattr(policy, "tools", None)
+    budgets = getattr(policy, "budgets", None)
+    kwargs: dict[str, Any] = {}
+    if engine is not None:
+        from .adapters import EnginePolicy, engine_network_decider
+
+        kwargs["policy"] = EnginePolicy(engine)
+        kwargs["decide_network"] = engine_network_decider(engine)
+    network = getattr(policy, "network", None)
+    allowlist: list[str] = []
+    if network is not None:
+        ports = list(getattr(network, "ports", None) or [443, 80])
+        for item in [*network.allow_domains, *network.allow_addresses]:
+            allowlist += [f"[{item}]:{p}" if ":" in str(item) else f"{item}:{p}" for p in ports]
+    broker = getattr(kernel, "credentials", None)
+    if broker is not None and hasattr(broker, "swap_sentinels"):
+        from .adapters import BrokeredCredentials
+
+        kwargs["credentials"] = BrokeredCredentials(broker)
+    audit = getattr(kernel, "audit", None)
+    if audit is None or not hasattr(audit, "record"):
+        from .hooks import MemoryAudit
+
+        audit = MemoryAudit()  # until the audit store is wired into the kernel
+    return ToolSession(settings, budgets, audit=audit, workspace=str(kernel.workspace), egress_allowlist=allowlist,
+                       **kwargs)
+
+
+async def ensure_started(kernel: Any) -> None:
+    """Once per session, before the first child start. Egress runs only when the child is sandboxed
+    (its own network namespace) and the policy allows some host."""
+    session: ToolSession | None = getattr(kernel, "tools", None)
+    if session is None or session.socket_dir is not None:
+        return
+    egress = getattr(kernel, "sandbox", None) is not None and bool(session.allowlist.entries)
+    await start_tools(kernel, session, egress=egress)
+    policy = session.broker.policy
+    if hasattr(policy, "register_tools"):  # the engine must know every tool (MCP ones are listed now)
+        policy.register_tools(session.broker.schemas())
+
+
+async def shutdown(kernel: Any) -> None:
+    session: ToolSession | None = getattr(kernel, "tools", None)
+    if session is not None:
+        with contextlib.suppress(Exception):
+            await session.close()
+
+
+def status(kernel: Any) -> dict[str, Any]:
+    session: ToolSession | None = getattr(kernel, "tools", None)
+    if session is None:
+        return {"state": "not configured"}
+    return {"tools": len(session.broker.schemas()), "egress": session.egress is not None,
+            "mcp_failures": dict(session.mcp_failures), **session.budget_tracker.snapshot()}
+
+
 async def start_tools(kernel: Any, session: ToolSession, socket_dir: str | None = None,
                       bridge_port: int = BRIDGE_PORT, egress: bool = True) -> None:
-    """Start the session's servers and prepare the child's environment (call before the child starts)."""
+    """Start the session's servers and chain the child's command wrapper (call before the child starts)."""
     directory = socket_dir or tempfile.mkdtemp(prefix="ironcage-tools-")
     await session.start(directory, egress=egress)
 
@@ -50,18 +113,23 @@ async def start_tools(kernel: Any, session: ToolSession, socket_dir: str | None 
 
     session.channel.context = current_cell
     kernel.tools = session
-    kernel.child.env_overrides.update(session.child_environment(bridge_port))
-    if session.egress is not None:
-        previous = kernel.child.command_wrapper
+    sandbox = getattr(kernel, "sandbox", None)
+    isolation = getattr(sandbox, "isolation", None)
+    if isolation is not None and hasattr(isolation, "pass_env"):
+        isolation.pass_env.extend(n for n in CHILD_ENV_NAMES if n not in isolation.pass_env)
+    previous = kernel.child.command_wrapper
 
-        def wrapper(argv: list[str], env: dict[str, str], runtime_dir: Path) -> tuple[list[str], dict[str, str]]:
+    def wrapper(argv: list[str], env: dict[str, str], runtime_dir: Path) -> tuple[list[str], dict[str, str]]:
+        # Listeners inside this child's runtime dir (bound into its sandbox), and the environment for them.
+        env = {**env, **session.listen_in(str(runtime_dir), bridge_port)}
+        if session.egress is not None:
             # The bridge must run inside the sandbox, so it joins the child's own argv before wrapping.
             argv = [*argv, BRIDGE_EXEC_LINE]
-            if previous is not None:
-                return previous(argv, env, runtime_dir)
-            return argv, env
+        if previous is not None:
+            return previous(argv, env, runtime_dir)
+        return argv, env
 
-        kernel.child.command_wrapper = wrapper
+    kernel.child.command_wrapper = wrapper
 
 
 async def on_tools_comm(kernel: Any, event: str, content: dict[str, Any]) -> None:

@@ -151,6 +151,28 @@ class ToolSession:
             env.update(self.egress.child_environment(bridge_port))
         return env
 
+    def listen_in(self, directory: str, bridge_port: int = 3128) -> dict[str, str]:
+        """Listen for the tool channel (and egress) inside `directory` too — a child's runtime dir,
+        which the sandbox binds read-write — copy the CA bundle there, and return the child's
+        environment pointing at them. Synchronous (the child's command wrapper is); loop thread only."""
+        env = {"IRONCAGE_TOOLS_SOCKET": self.channel.listen_sync(os.path.join(directory, TOOLS_SOCKET_NAME))}
+        if self.egress is not None and self.ca is not None:
+            env["IRONCAGE_EGRESS_SOCKET"] = self.egress.listen_sync(os.path.join(directory, EGRESS_SOCKET_NAME))
+            env["IRONCAGE_EGRESS_PORT"] = str(bridge_port)
+            env.update(self.egress.child_environment(bridge_port))
+            for name, data in (("ca-bundle.pem", None), ("ironcage-session-ca.pem", self.ca.cert_pem)):
+                target = os.path.join(directory, name)
+                if data is None:
+                    with open(self.ca.bundle_file, "rb") as src:
+                        data = src.read()
+                with open(target, "wb") as dst:
+                    dst.write(data)
+            bundle = os.path.join(directory, "ca-bundle.pem")
+            env.update({"SSL_CERT_FILE": bundle, "REQUESTS_CA_BUNDLE": bundle, "PIP_CERT": bundle,
+                        "CURL_CA_BUNDLE": bundle,
+                        "NODE_EXTRA_CA_CERTS": os.path.join(directory, "ironcage-session-ca.pem")})
+        return env
+
     async def call(self, name: str, arguments: dict[str, Any] | None = None, origin: str = "magic",
                    cell_id: str | None = None) -> ToolOutcome:
         return await self.broker.call(ToolCall(name=name, arguments=arguments or {}, origin=origin,  # type: ignore[arg-type]
