@@ -12,16 +12,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import httpx
 
 from .broker import ExecutionContext, ToolBroker
 from .errors import ToolExecutionError, ToolRefusal
 from .fs import FS_SCHEMAS, ConfinedFs
 from .models import ArgumentSpec, ToolSchema
 from .netguard import DestinationRefused, NetworkGate
+
+if TYPE_CHECKING:
+    import httpx
 
 HTTP_SCHEMA = ToolSchema(
     name="http.request",
@@ -50,12 +51,24 @@ class HttpTool:
                  ssl_context: ssl.SSLContext | None = None, timeout_s: float = 30.0) -> None:
         self.gate = gate
         self.max_response_bytes = max_response_bytes
-        # trust_env=False: never pick up HTTP(S)_PROXY or netrc from the wrapper's environment.
-        self.client = httpx.AsyncClient(verify=ssl_context or make_upstream_ssl_context(), trust_env=False,
-                                        follow_redirects=False, timeout=timeout_s)
+        self._ssl_context = ssl_context
+        self._timeout_s = timeout_s
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        # Created on first use: importing httpx costs the kernel's start-up otherwise.
+        if self._client is None:
+            import httpx
+
+            # trust_env=False: never pick up HTTP(S)_PROXY or netrc from the wrapper's environment.
+            self._client = httpx.AsyncClient(verify=self._ssl_context or make_upstream_ssl_context(),
+                                             trust_env=False, follow_redirects=False, timeout=self._timeout_s)
+        return self._client
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
     async def __call__(self, arguments: dict[str, Any], context: ExecutionContext) -> dict[str, Any]:
         url = arguments["url"]
@@ -105,6 +118,8 @@ class HttpTool:
         request = self.client.build_request(method, pinned_url, headers=headers,
                                             content=body.encode() if isinstance(body, str) else None,
                                             extensions=extensions)
+        import httpx
+
         try:
             response = await self.client.send(request, stream=True)
         except httpx.HTTPError as exc:

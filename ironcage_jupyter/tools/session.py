@@ -21,7 +21,6 @@ from .broker import ToolBroker
 from .budgets import BudgetTracker
 from .builtin import HttpTool, make_upstream_ssl_context, register_builtins
 from .channel import ToolChannelServer, describe_tools, handle_comm_request, render_tools_table
-from .egress import EgressProxy
 from .fs import ConfinedFs
 from .hooks import (
     ArgumentScreen,
@@ -36,7 +35,6 @@ from .mcp_proxy import McpProxy
 from .models import ToolCall, ToolOutcome
 from .netguard import HostAllowlist, NetworkGate, Resolver, system_resolver
 from .settings import BudgetSettings, ToolSettings
-from .tls import SessionCA
 
 TOOLS_SOCKET_NAME = "tools.sock"
 EGRESS_SOCKET_NAME = "egress.sock"
@@ -98,8 +96,8 @@ class ToolSession:
         self.credentials = credentials
         self.session_id = session_id
         self.channel = ToolChannelServer(self.broker)
-        self.egress: EgressProxy | None = None
-        self.ca: SessionCA | None = None
+        self.egress: Any = None  # EgressProxy once started
+        self.ca: Any = None  # SessionCA once started
         self.socket_dir: str | None = None
         self.mcp_failures: dict[str, str] = {}
 
@@ -118,6 +116,9 @@ class ToolSession:
                               detail=audit_events.server_failure_detail(server=server, message=error), durable=True)
         await self.channel.start(os.path.join(socket_dir, TOOLS_SOCKET_NAME))
         if egress:
+            from .egress import EgressProxy  # imported on demand: cryptography is slow to import
+            from .tls import SessionCA
+
             self.ca = SessionCA(private_dir, self.session_id)
             # The sandbox sees only the public bundle, copied next to the sockets.
             bundle = os.path.join(socket_dir, "ca-bundle.pem")
