@@ -777,6 +777,8 @@ class IronCageKernel(Kernel):
             "pipeline": self.pipeline.names,
             "cell_timeout_s": self.cell_timeout_seconds(),
             "request_timeout_s": self.request_timeout,
+            "child_messages": {"received": self.relay.received, "published": self.relay.published,
+                               "hwm": self.relay.sockets["iopub"].getsockopt(zmq.RCVHWM) if self.relay.sockets else None},
             "tools": kernel_glue.status(self),
         }
 
@@ -789,6 +791,20 @@ def make_app_class() -> type:
 
     class IronCageKernelApp(IPKernelApp):
         name = "ironcage-kernel"
+
+        iopub_queue = Int(
+            200_000,
+            help="Messages the wrapper's iopub socket queues for a slow frontend before zmq drops "
+            "output. The relay forwards the child's output in bursts, so the default of 1,000 "
+            "dropped output a plain kernel would have delivered.",
+        ).tag(config=True)
+
+        def init_iopub(self, context: Any) -> None:
+            context.setsockopt(zmq.SNDHWM, self.iopub_queue)
+            try:
+                super().init_iopub(context)
+            finally:
+                context.setsockopt(zmq.SNDHWM, 1000)
 
         def load_config_file(self, *args: Any, **kwargs: Any) -> None:
             super().load_config_file(*args, **kwargs)

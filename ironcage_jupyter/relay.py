@@ -73,6 +73,9 @@ class Relay:
         self.last_route: Route | None = None
         self.sockets: dict[str, zmq.asyncio.Socket] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        #: Messages received from the child and published to the frontend, for %ironcage status.
+        self.received = 0
+        self.published = 0
 
     # -- connection ----------------------------------------------------------------------------
     def attach(self, client: Any) -> None:
@@ -202,6 +205,7 @@ class Relay:
             route.reply.set_result(msg)
 
     def _on_iopub(self, msg: dict[str, Any]) -> None:
+        self.received += 1
         msg_type = msg["header"].get("msg_type")
         route = self._route_of(msg)
         if msg_type == "status":
@@ -230,6 +234,7 @@ class Relay:
             if screened is None:
                 return
             content = screened
+        self.published += 1
         self.publish(msg_type, content, route.parent, msg.get("metadata") or {}, msg.get("buffers") or [])
 
     async def _on_stdin(self, msg: dict[str, Any]) -> None:
