@@ -43,6 +43,8 @@ def _network_allowlist(config: dict[str, Any]) -> list[str]:
 
 
 def build_session(args: argparse.Namespace) -> ToolSession:
+    if getattr(args, "policy", None):
+        return _session_from_policy(args)
     config = _load_config(args.config)
     return ToolSession(
         ToolSettings.model_validate(config.get("tools") or {}),
@@ -53,10 +55,27 @@ def build_session(args: argparse.Namespace) -> ToolSession:
     )
 
 
+def _session_from_policy(args: argparse.Namespace) -> ToolSession:
+    """Decisions by the real policy engine (the same as in the kernel) for a policy name or file."""
+    from ..policy import PolicyContext, PolicyEngine, load_policy  # type: ignore[attr-defined]
+    from .adapters import EnginePolicy, engine_network_decider
+
+    policy = load_policy(args.policy)
+    workspace = os.path.abspath(args.workspace)
+    engine = PolicyEngine(policy, PolicyContext.create(workspace))
+    network = policy.network
+    allow = _network_allowlist({"network": {"allow_domains": network.allow_domains,
+                                            "allow_addresses": network.allow_addresses, "ports": network.ports}})
+    return ToolSession(policy.tools, policy.budgets, audit=MemoryAudit(), workspace=workspace,
+                       egress_allowlist=allow, policy=EnginePolicy(engine), decide_network=engine_network_decider(engine))
+
+
 async def _run(args: argparse.Namespace) -> int:
     session = build_session(args)
     with tempfile.TemporaryDirectory(prefix="ironcage-tools-cli-") as socket_dir:
         await session.start(socket_dir, egress=False)
+        if hasattr(session.broker.policy, "register_tools"):
+            session.broker.policy.register_tools(session.broker.schemas())
         try:
             for server, error in session.mcp_failures.items():
                 print(f"warning: MCP server {server} unavailable: {error}", file=sys.stderr)
@@ -86,7 +105,12 @@ async def _run(args: argparse.Namespace) -> int:
 def _handler(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_run(args))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - e.g. PolicyError: name file, line and field, exit 2
+        if type(exc).__name__ != "PolicyError":
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -96,6 +120,7 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="tools_command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="YAML with `tools:`, `budgets:` and `network: {allow: [...]}` sections")
+    common.add_argument("--policy", help="a policy name or file, decided by the policy engine as in the kernel")
     common.add_argument("--workspace", default=".", help="workspace root for fs.* (default: current directory)")
     listing = sub.add_parser("list", parents=[common], help="tools offered and what the policy does with them")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
