@@ -9,10 +9,11 @@ import os
 import ssl
 import sys
 import tempfile
+from pathlib import Path
 
 import httpx
 import pytest
-from tools_support import REPO, SentinelSwapper, make_test_ca, start_echo_server
+from tools_support import REPO, SentinelSwapper, make_test_ca, start_echo_server, start_package_index
 
 from ironcage_jupyter.tools.builtin import make_upstream_ssl_context
 from ironcage_jupyter.tools.egress import EgressProxy
@@ -209,3 +210,46 @@ async def test_cell_egress_from_a_networkless_sandbox(world):
         assert not any(name.endswith(".key") or "keys-" in name for name in os.listdir(socket_dir))
     finally:
         await session.close()
+
+
+async def test_pip_install_from_an_allowed_index_through_the_proxy(world, tmp_path):
+    """pip, configured only by the child's environment (HTTPS_PROXY, PIP_CERT), installs from an index the
+    policy allows, and cannot reach one it does not."""
+    ca, _servers = world
+    index, index_port, root = start_package_index(ca.cert_file)
+    other, other_port, _ = start_package_index(ca.cert_file)
+    session_ca = SessionCA()
+    gate = NetworkGate(HostAllowlist.from_strings([f"127.0.0.1:{index_port}"]), resolver=resolve_to_loopback)
+    audit = MemoryAudit()
+    egress = EgressProxy(gate, audit, ca=session_ca, upstream_ssl=make_upstream_ssl_context(ca.ca_file))
+    port = await egress.start_tcp()
+    # The child's bundle: system roots + session CA (+ here the test index's own CA, as a real index
+    # would be signed by a public root).
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(Path(session_ca.bundle_file).read_bytes() + Path(ca.ca_file).read_bytes())
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **egress.child_environment(port),
+           "SSL_CERT_FILE": str(bundle), "PIP_CERT": str(bundle), "REQUESTS_CA_BUNDLE": str(bundle),
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_CACHE_DIR": "1", "PIP_NO_INPUT": "1"}
+
+    async def pip(index_url: str, target: str) -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pip", "install", "--no-deps", "--retries", "0", "--timeout", "10",
+            "--target", target, "--index-url", index_url, "ironcage-demo-pkg", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(process.communicate(), 120)
+        return process.returncode, out.decode()
+
+    try:
+        code, out = await pip(f"https://127.0.0.1:{index_port}/simple/", str(tmp_path / "ok"))
+        assert code == 0, out
+        assert (tmp_path / "ok" / "ironcage_demo_pkg" / "__init__.py").exists()
+        code, out = await pip(f"https://127.0.0.1:{other_port}/simple/", str(tmp_path / "no"))
+        assert code != 0 and not (tmp_path / "no" / "ironcage_demo_pkg").exists()
+        denied = [e for e in audit.events if e["decision"] == "deny"]
+        assert denied and denied[-1]["detail"]["target"] == f"127.0.0.1:{other_port}"
+        assert denied[-1]["rule"] == "network.not_allowed"
+    finally:
+        await egress.close()
+        for server in (index, other):
+            server.shutdown()
+            server.server_close()

@@ -147,3 +147,53 @@ class SentinelSwapper:
             text = text.replace(sentinel, value)
             used.append(name)
         return text, used
+
+
+def make_wheel(directory: str, name: str = "ironcage_demo_pkg", version: str = "1.0") -> str:
+    """A minimal pure-Python wheel (zip with METADATA, WHEEL, RECORD) for a local package index."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": "VALUE = 'installed through the Iron Cage egress proxy'\n",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: ironcage-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    record.append(f"{dist}/RECORD,,")
+    files[f"{dist}/RECORD"] = "\n".join(record) + "\n"
+    wheel = os.path.join(directory, f"{name}-{version}-py3-none-any.whl")
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel
+
+
+def start_package_index(cert_file: str) -> tuple[ThreadingHTTPServer, int, str]:
+    """An HTTPS 'simple' package index on 127.0.0.1 serving one wheel (PEP 503 layout)."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler
+
+    root = tempfile.mkdtemp(prefix="ironcage-index-")
+    project = os.path.join(root, "simple", "ironcage-demo-pkg")
+    os.makedirs(project)
+    wheel = os.path.basename(make_wheel(root))
+    with open(os.path.join(project, "index.html"), "w") as handle:
+        handle.write(f'<html><body><a href="../../{wheel}">{wheel}</a></body></html>')
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=root))
+    server.daemon_threads = True
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1], root
