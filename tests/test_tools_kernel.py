@@ -42,7 +42,7 @@ def kernel(ironcage_jupyter_path, tmp_path_factory):
     ws = tmp_path_factory.mktemp("kernel-ws")
     (ws / "data.txt").write_text("cell data")
     allowed, denied = start_echo_server("allowed"), start_echo_server("denied")
-    config = {"tools": {"allow": ["fs.*"]}, "egress_allowlist": [f"127.0.0.1:{allowed.port}"],
+    config = {"tools": {"allow": ["fs.*"], "escalate": ["fs.write"]}, "egress_allowlist": [f"127.0.0.1:{allowed.port}"],
               "bridge_port": free_port()}
     km = KernelManager(kernel_name=KERNEL_NAME)
     import os
@@ -104,6 +104,19 @@ def test_tool_call_from_a_cell(kernel):
     ex = execute(kc, "tools.call('fs.read', path='/etc/shadow')")
     assert ex.status == "error" and ex.error["ename"] == "ToolRefused"
     assert "fs.outside_roots" in ex.error["evalue"]
+
+
+def test_escalated_tool_call_asks_the_human(kernel):
+    kc, _allowed, _denied = kernel
+    code = ("from ironcage_jupyter.sandbox import tools\n"
+            "try:\n    print(tools.call('fs.write', path='approved.txt', content='yes')['bytes_written'])\n"
+            "except tools.ToolRefused as e:\n    print(e.rule)\n")
+    ex = execute(kc, code, stdin_answers=["y"])
+    assert ex.status == "ok" and ex.stdout.strip() == "3", ex.text
+    ex = execute(kc, code.replace("approved", "rejected"), stdin_answers=["n"])
+    assert "escalation.rejected" in ex.stdout
+    ex = execute(kc, code.replace("approved", "nostdin"))  # the request does not allow stdin: no one to ask
+    assert "escalation.rejected" in ex.stdout
 
 
 def test_egress_from_a_cell_goes_through_the_proxy(kernel):

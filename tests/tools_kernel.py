@@ -31,6 +31,7 @@ class ToolsTestKernel(IronCageKernel):
             audit=MemoryAudit(), workspace=self.workspace,
             egress_allowlist=config.get("egress_allowlist", []),
             upstream_ca_file=config.get("upstream_ca_file"),
+            escalate=kernel_glue.make_escalator(self), escalation_timeout_s=30,
         )
         return [kernel_glue.CellBudgetStage(self.tools), *stages[1:]]
 

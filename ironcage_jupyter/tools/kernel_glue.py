@@ -40,6 +40,29 @@ CHILD_ENV_NAMES = ("IRONCAGE_TOOLS_SOCKET", "IRONCAGE_EGRESS_SOCKET", "IRONCAGE_
                    "REQUESTS_CA_BUNDLE", "PIP_CERT", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")
 
 
+def make_escalator(kernel: Any) -> Any:
+    """Ask the human at the notebook when the policy escalates a tool call made by the running cell.
+
+    Only calls from a cell whose request allows stdin can be asked about; anything else (comm calls,
+    magics, cells without stdin) is denied, as escalation without a handler is."""
+
+    async def escalate(request: Any, decision: Any) -> bool:
+        cell = getattr(kernel, "_current_cell", None)
+        if request.call.origin != "cell" or cell is None or not getattr(cell, "allow_stdin", False):
+            return False
+        shown = ", ".join(f"{v.role} {v.canonical}" for v in request.roled) or "no path or URL arguments"
+        prompt = (f"Iron Cage: the policy asks before the tool call {request.name} ({shown}): "
+                  f"{decision.reason or 'needs approval'}. Allow once? [y/N] ")
+        # The tool channel's task does not carry the shell request's context: name the cell's route.
+        route = getattr(cell, "notes", {}).get("route")
+        if route is None:
+            return False
+        answer = await kernel.ask_frontend(prompt, route=route)
+        return answer.strip().lower() in ("y", "yes")
+
+    return escalate
+
+
 def build_session(kernel: Any) -> ToolSession:
     """The session's tools, from the kernel's policy when one is loaded (else: every tool denied)."""
     policy_session = getattr(kernel, "policy_session", None)
@@ -69,8 +92,10 @@ def build_session(kernel: Any) -> ToolSession:
         from .hooks import MemoryAudit
 
         audit = MemoryAudit()  # until the audit store is wired into the kernel
+    escalation = getattr(policy, "escalation", None)
     return ToolSession(settings, budgets, audit=audit, workspace=str(kernel.workspace), egress_allowlist=allowlist,
-                       **kwargs)
+                       escalate=make_escalator(kernel),
+                       escalation_timeout_s=float(getattr(escalation, "timeout_s", 120.0)), **kwargs)
 
 
 async def ensure_started(kernel: Any) -> None:
