@@ -253,3 +253,23 @@ async def test_pip_install_from_an_allowed_index_through_the_proxy(world, tmp_pa
         for server in (index, other):
             server.shutdown()
             server.server_close()
+
+
+async def test_a_failed_audit_write_refuses_the_connection(world):
+    _ca, servers = world
+
+    class BrokenAudit(MemoryAudit):
+        def record(self, event_type, **kwargs):  # type: ignore[override]
+            raise OSError("audit disk full")
+
+    gate = NetworkGate(HostAllowlist.from_strings(allowlist_for(servers)), resolver=resolve_to_loopback)
+    egress = EgressProxy(gate, BrokenAudit())
+    port = await egress.start_tcp()
+    before = len(servers["allowed"].seen)
+    try:
+        async with httpx.AsyncClient(proxy=f"http://127.0.0.1:{port}", trust_env=False) as client:
+            r = await client.get(f"http://127.0.0.1:{servers['allowed'].port}/unaudited")
+        assert r.status_code == 503 and r.headers["X-Ironcage-Rule"] == "audit.write_failed"
+        assert len(servers["allowed"].seen) == before
+    finally:
+        await egress.close()
