@@ -125,6 +125,18 @@ def test_writes(layout):
         fs.write("missing_dir/x.txt", "x")
 
 
+def test_nested_read_only_root_stays_read_only(tmp_path):
+    ws = tmp_path / "ws"
+    (ws / "reference").mkdir(parents=True)
+    (ws / "reference" / "ref.txt").write_text("original")
+    fs = ConfinedFs([FsRoot(str(ws), True), FsRoot(str(ws / "reference"), False)])
+    assert refused(fs.write, str(ws / "reference" / "ref.txt"), "changed") == "fs.read_only_root"
+    assert refused(fs.write, "reference/ref.txt", "changed") == "fs.read_only_root"
+    assert (ws / "reference" / "ref.txt").read_text() == "original"
+    fs.write(str(ws / "other.txt"), "fine")
+    assert fs.read("reference/ref.txt")["content"] == "original"
+
+
 def test_special_files_do_not_block(layout):
     _tmp, ws, fs = layout
     os.mkfifo(ws / "pipe")

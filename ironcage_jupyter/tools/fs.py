@@ -144,19 +144,16 @@ class ConfinedFs:
         parts = lexical_parts(plain)
         if plain.startswith("/"):
             absolute = "/" + "/".join(parts)
-            candidates = sorted(
-                (r for r in self.roots if is_beneath(absolute, r.path)), key=lambda r: len(r.path), reverse=True
-            )
-            if write:
-                candidates = [r for r in candidates if r.writable] or candidates
-            if not candidates:
-                raise ToolRefusal("fs.outside_roots", f"{absolute} is outside the allowed roots")
-            root = candidates[0]
-            relative = absolute[len(root.path):].lstrip("/") or "."
-        else:
-            root = self.roots[0]
-            relative = "/".join(parts) or "."
-            absolute = root.path if relative == "." else (root.path.rstrip("/") + "/" + relative)
+        else:  # relative paths are relative to the first root (the workspace)
+            absolute = "/".join([self.roots[0].path.rstrip("/"), *parts]) or "/"
+        # The most specific root decides: a read-only root nested in a writable one stays read-only.
+        candidates = sorted(
+            (r for r in self.roots if is_beneath(absolute, r.path)), key=lambda r: len(r.path), reverse=True
+        )
+        if not candidates:
+            raise ToolRefusal("fs.outside_roots", f"{absolute} is outside the allowed roots")
+        root = candidates[0]
+        relative = absolute[len(root.path):].lstrip("/") or "."
         if write and not root.writable:
             raise ToolRefusal("fs.read_only_root", f"{root.path} is a read-only root")
         for protected in self.protected:
