@@ -37,6 +37,7 @@ from .pipeline import Block, CellRequest, Pipeline, Stage
 from .relay import Relay, Route
 from .ui import UiBridge
 from .ui.integration import policy_ask, report_cell
+from .tools import kernel_glue
 
 #: Frontend comm targets that the wrapper answers itself; every other comm goes to the child.
 WRAPPER_COMM_TARGETS = ("ironcage.ui", "ironcage.tools")
@@ -249,7 +250,9 @@ class IronCageKernel(Kernel):
     def _build_stages(self) -> list[Stage]:
         """The ordered per-cell stages. Later components (firewall, policy, credentials, audit)
         register here; no stage is shipped that pretends to check something."""
+        self.tools = kernel_glue.build_session(self)
         return [
+            kernel_glue.CellBudgetStage(self.tools),
             CredentialStage(self, self.credentials),
             ExecuteStage(self),
             OutputFinishStage(self, self.credentials),
@@ -281,6 +284,7 @@ class IronCageKernel(Kernel):
             if kill_first:
                 await self.child.kill()
             prepare_child_launch(self.credentials, self.child, replacing=kill_first)
+            await kernel_glue.ensure_started(self)
             await self.child.start()
             client = self.child.km.client() if self.child.km else None
             if client is None:
@@ -704,6 +708,9 @@ class IronCageKernel(Kernel):
 
     async def on_wrapper_comm(self, event: str, content: dict[str, Any]) -> None:
         """Comms the wrapper itself answers (the lab extension, tool calls from agents)."""
+        if self._wrapper_comms.get(content.get("comm_id", "")) == kernel_glue.TOOLS_COMM_TARGET:
+            await kernel_glue.on_tools_comm(self, event, content)
+            return
         # The bridge only takes ironcage.ui opens and the comm ids it opened.
         await self.ui.handle(event, content)
 
@@ -756,6 +763,7 @@ class IronCageKernel(Kernel):
         self._shutting_down = True
         self.relay.detach(ChildDied("the kernel is shutting down"))
         await self.child.stop()
+        await kernel_glue.shutdown(self)
 
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
         try:
@@ -832,6 +840,7 @@ class IronCageKernel(Kernel):
             "child_messages": {"received": self.relay.received, "published": self.relay.published,
                                "hwm": self.relay.sockets["iopub"].getsockopt(zmq.RCVHWM) if self.relay.sockets else None},
             "credentials": self.credentials.status(),
+            "tools": kernel_glue.status(self),
         }
 
 
