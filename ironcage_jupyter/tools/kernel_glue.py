@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from ..magics import MagicResult, subcommand
@@ -57,7 +58,11 @@ def make_escalator(kernel: Any) -> Any:
         route = getattr(cell, "notes", {}).get("route")
         if route is None:
             return False
-        answer = await kernel.ask_frontend(prompt, route=route)
+        ident = getattr(route, "ident", None)
+        if isinstance(ident, list) and ident and isinstance(ident[0], list):
+            # main@2dc2f70 wraps the shell ident list in another list, which zmq cannot send.
+            ident = [frame for part in ident for frame in (part if isinstance(part, list) else [part])]
+        answer = await kernel.ask_frontend(prompt, route=SimpleNamespace(parent=route.parent, ident=ident))
         return answer.strip().lower() in ("y", "yes")
 
     return escalate
