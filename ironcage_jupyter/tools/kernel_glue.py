@@ -87,11 +87,16 @@ def build_session(kernel: Any) -> ToolSession:
         ports = list(getattr(network, "ports", None) or [443, 80])
         for item in [*network.allow_domains, *network.allow_addresses]:
             allowlist += [f"[{item}]:{p}" if ":" in str(item) else f"{item}:{p}" for p in ports]
-    broker = getattr(kernel, "credentials", None)
+    credential_session = getattr(kernel, "credentials", None)  # credentials.session.CredentialSession
+    broker = getattr(credential_session, "broker", None)
     if broker is not None and hasattr(broker, "swap_sentinels"):
         from .adapters import BrokeredCredentials
 
         kwargs["credentials"] = BrokeredCredentials(broker)
+    if credential_session is not None and hasattr(credential_session, "screen_reply"):
+        from .adapters import output_screen_from
+
+        kwargs["screen_output"] = output_screen_from(credential_session)
     audit = getattr(kernel, "audit", None)
     if audit is None or not hasattr(audit, "record"):
         from .hooks import MemoryAudit
