@@ -96,3 +96,18 @@ class BrokeredCredentials:
                 text = text.replace(sentinel, self.broker.value_for_tool(name, tool))
                 used.append(name)
         return text, used
+
+
+def output_screen_from(credential_session: Any) -> Callable[[str, Any], tuple[Any, list[dict[str, Any]]]]:
+    """The output firewall of the credentials session (issue 6) as the broker's output screen: every
+    string of the result is screened like a shell reply (known secret values in all their encodings,
+    detectors); redactions come back as records (detector, name, count — never values)."""
+
+    def screen(tool_name: str, result: Any) -> tuple[Any, list[dict[str, Any]]]:
+        screened = credential_session.screen_reply("tool_reply", {"result": result})
+        if "result" not in screened:
+            raise RuntimeError(str(screened.get("evalue") or "the output firewall withheld the result"))
+        records = getattr(credential_session.firewall, "last_reply_redactions", []) or []
+        return screened["result"], [r.model_dump() if hasattr(r, "model_dump") else dict(r) for r in records]
+
+    return screen
