@@ -38,15 +38,16 @@ pytestmark = [
 
 
 def _kernel_mode() -> str:
-    """"real": the plain ironcage kernel, once kernel.py wires the UI bridge, the policy stage and the audit
-    panel feed; "fixture": the same wrapper with a scripted decide stage and an in-memory audit
-    (tests/ui_fixtures) until then. IRONCAGE_UI_KERNEL=real|fixture forces one."""
+    """"real": the plain ironcage kernel, once the policy stages and the audit log are wired into it;
+    "fixture": the same wrapper with a scripted decide stage and an in-memory audit (tests/ui_fixtures)
+    until then. IRONCAGE_UI_KERNEL=real|fixture forces one."""
     forced = os.environ.get("IRONCAGE_UI_KERNEL")
     if forced in ("real", "fixture"):
         return forced
     source = (REPO / "ironcage_jupyter" / "kernel.py").read_text()
-    wired = all(name in source for name in ("UiBridge", "PolicyStage", "audit_panel_query"))
-    return "real" if wired else "fixture"
+    policy_wired = "build_policy_stages" in source or "PolicyStage" in source
+    audit_wired = "KernelAudit" in source or "AuditStore" in source
+    return "real" if policy_wired and audit_wired and "UiBridge" in source else "fixture"
 
 
 def _free_port() -> int:
