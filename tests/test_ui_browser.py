@@ -124,6 +124,8 @@ def lab_server(tmp_path: Path) -> Iterator[dict[str, str]]:
         "JUPYTER_PLATFORM_DIRS": "1",
         "IPYTHONDIR": str(tmp_path / "ipython"),
         "IRONCAGE_AUDIT_DIR": str(tmp_path / "audit"),
+        # The shipped default policy decides (tests/conftest.py sets `observe` for other areas).
+        "IRONCAGE_POLICY": "default",
         "HOME": str(home),
         "PYTHONPATH": str(REPO),
     })
