@@ -1,0 +1,93 @@
+"""bandit, run in-process on the already-parsed cell, with `# nosec` ignored.
+
+The test set is built once per process (about 0.1 ms) and reused; each cell gets a fresh visitor.
+bandit's results are mapped into firewall findings (id `BANDIT-Bxxx`).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import io
+import logging
+import re
+from typing import Any
+
+from .findings import Finding
+
+# Tests that say nothing about safety in a notebook (asserts, random, try/except/pass, request timeouts,
+# /tmp use inside a private sandbox tmp).
+DEFAULT_SKIP = ("B101", "B110", "B112", "B311", "B113", "B108")
+
+# bandit costs ~30 us per AST node; only top-level statements whose text mentions something one of its
+# tests reacts to are handed to it (same results on those statements, a fraction of the time).
+_TRIGGERS = re.compile(
+    r"\b(exec|eval|chmod|passw\w*|pwd|token\w*|secret\w*|flask|tarfile|extractall|\w*pickle\w*|dill|marshal"
+    r"|shelve|md5|sha1|Cipher\w*|Crypto\w*|mktemp|mark_safe|SafeString|urlopen|urlretrieve|\w*URLopener"
+    r"|telnetlib|ftplib|ssl|xml\w*|etree|minidom|sax|expat|pulldom|wsgiref|CGIHandler|pyghmi|verify|paramiko"
+    r"|pysnmp|system|popen\w*|spawn\w*|subprocess|shell|Popen|startfile|exec[lv]\w*|yaml|jinja2|mako|Markup"
+    r"|listen|torch|from_pretrained|hf_hub_download|snapshot_download|load_dataset|django|RawSQL|tempfile"
+    r"|getoutput|check_output|check_call|os)\b|0\.0\.0\.0|[\u202a-\u202e\u2066-\u2069]"
+    r"|\b(?i:select|insert|update|delete|replace)\b.{0,200}\b(?i:from|into|set|where|values)\b",
+)
+
+
+def _relevant(tree: ast.Module, source: str) -> ast.Module:
+    lines = source.splitlines()
+    body = [
+        stmt for stmt in tree.body
+        # imports always go in: several tests depend on what the file imported
+        if isinstance(stmt, ast.Import | ast.ImportFrom) or _TRIGGERS.search("\n".join(lines[stmt.lineno - 1: (stmt.end_lineno or stmt.lineno)]))
+    ]
+    return ast.Module(body=body, type_ignores=[])
+
+
+_CATEGORY_BY_TEST = {
+    "B102": "dynamic_code", "B307": "dynamic_code",
+    "B105": "secret_access", "B106": "secret_access", "B107": "secret_access",
+    "B301": "deserialization", "B302": "deserialization", "B506": "deserialization", "B614": "deserialization",
+    "B403": "deserialization",
+    "B310": "network", "B104": "network", "B312": "network", "B321": "network", "B401": "network",
+    "B402": "network", "B615": "network",
+    "B404": "shell", "B601": "shell", "B602": "shell", "B603": "shell", "B604": "shell", "B605": "shell",
+    "B606": "shell", "B607": "shell", "B609": "shell",
+}
+_SEVERITY = {"LOW": "low", "MEDIUM": "medium", "HIGH": "high"}
+_DOWNGRADE = {"high": "medium", "medium": "low", "low": "low"}
+
+
+@functools.lru_cache(maxsize=8)
+def _test_set(skip: tuple[str, ...]) -> Any:
+    from bandit.core import config as b_config
+    from bandit.core import test_set as b_test_set
+
+    # bandit warns for every snippet that has no module path; that is expected here.
+    logging.getLogger("bandit").setLevel(logging.ERROR)
+    return b_test_set.BanditTestSet(b_config.BanditConfig(), {"exclude": list(skip)})
+
+
+def run_bandit(tree: ast.Module, source: str, skip: tuple[str, ...] = DEFAULT_SKIP) -> list[Finding]:
+    from bandit.core import meta_ast, metrics
+    from bandit.core import node_visitor as b_node_visitor
+
+    visitor = b_node_visitor.BanditNodeVisitor(
+        "/cell.py", io.BytesIO(source.encode("utf-8", "surrogatepass")), meta_ast.BanditMetaAst(),
+        _test_set(tuple(sorted(skip))), False, {}, metrics.Metrics(),
+    )
+    subset = _relevant(tree, source)
+    if not subset.body:
+        return []
+    visitor.generic_visit(subset)
+    findings = []
+    for issue in visitor.tester.results:
+        test_id = issue.test_id
+        if test_id in skip:
+            continue
+        severity = _SEVERITY.get(str(issue.severity), "medium")
+        if str(issue.confidence) == "LOW":
+            severity = _DOWNGRADE[severity]
+        findings.append(Finding(
+            f"BANDIT-{test_id}", _CATEGORY_BY_TEST.get(test_id, "bandit"), severity,  # type: ignore[arg-type]
+            int(issue.lineno or 1), f"bandit {test_id} ({issue.test}): {issue.text}",
+        ))
+    return findings
