@@ -38,6 +38,8 @@ def _domain_pattern(value: str) -> str:
     text = value.strip().lower().rstrip(".")
     if not text:
         raise ValueError("empty domain pattern")
+    if text == "*":
+        return text
     body = text[2:] if text.startswith("*.") else text
     if text != "*" and not re.fullmatch(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*", body):
         raise ValueError(f"invalid domain pattern {value!r} (use `example.com`, `*.example.com` or `*`)")
