@@ -240,6 +240,7 @@ class Analyzer(ast.NodeVisitor):
                 if q is not None and (q != name) and (
                     self._rule_for(q) is not None or "." in q or q in ("get_ipython()", "builtins", "globals()")
                     or q in DYNAMIC_CODE_FUNCS or q in IMPORT_FUNCS or q in ("getattr", "setattr", "open")
+                    or (isinstance(value, ast.Call) and self.qual(value.func) in IMPORT_FUNCS)
                 ):
                     self.aliases[name] = q
             folded = self.fold(value, self.consts)

@@ -11,6 +11,7 @@ import functools
 import io
 import logging
 import re
+import warnings
 from typing import Any
 
 from .findings import Finding
@@ -67,6 +68,14 @@ def _test_set(skip: tuple[str, ...]) -> Any:
 
 
 def run_bandit(tree: ast.Module, source: str, skip: tuple[str, ...] = DEFAULT_SKIP) -> list[Finding]:
+    with warnings.catch_warnings():
+        # bandit touches deprecated ast names and APIs; its warnings are not ours to surface
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        return _run_bandit(tree, source, skip)
+
+
+def _run_bandit(tree: ast.Module, source: str, skip: tuple[str, ...]) -> list[Finding]:
     from bandit.core import meta_ast, metrics
     from bandit.core import node_visitor as b_node_visitor
 
