@@ -21,7 +21,16 @@ from typing import Any
 
 from ..firewall import Finding, MagicUse, ScreenResult, screen_arguments, screen_cell
 from .models import EFFECT_RANK, Effect, Policy, Rule
-from .network import LOCAL_NAMES, HostError, domain_matches, effective_ip, is_restricted, normalize_host, parse_ip, split_url
+from .network import (
+    LOCAL_NAMES,
+    HostError,
+    domain_matches,
+    effective_ip,
+    is_restricted,
+    normalize_host,
+    parse_ip,
+    split_url,
+)
 from .paths import PathError, inspect_path, within_any
 from .subjects import PATH_ROLES, CredentialRequest, NetworkRequest, PolicyContext, ToolCall
 
@@ -450,7 +459,7 @@ class PolicyEngine:
                 arg_elements.append((arg, role, (scheme, host, port)))
             else:
                 canonical_args[arg] = _jsonable(value)
-        for arg, role, value in arg_elements:
+        for _arg, role, value in arg_elements:
             if role == "url":
                 scheme, host, port = value
                 ip = parse_ip(host)

@@ -1,0 +1,138 @@
+"""Policy decision and firewall screening benchmarks, side by side with references in the same run.
+
+    python benchmarks/bench_policy.py            # prints a markdown table (docs/perf/policy.md)
+
+1. A decision with a 100-rule policy (tool call with a read-path argument) vs cedarpy on equivalent
+   rules (if cedarpy is installed), plus the pure-rule part alone (pre-canonicalised path).
+2. Screening time for cells of 10 / 100 / 1,000 / 10,000 lines, and p50/p99 over the benign corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ironcage_jupyter.firewall import screen_cell  # noqa: E402
+from ironcage_jupyter.policy import Policy, PolicyContext, PolicyEngine, ToolSpec  # noqa: E402
+
+BENIGN = Path("/work/shared/corpus/benign")
+
+
+def timeit(fn, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter_ns()
+        fn()
+        out.append((time.perf_counter_ns() - t) / 1000)
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(len(s) * q))]
+
+
+def hundred_rule_policy() -> tuple[Policy, list[ToolSpec]]:
+    rules, tools = [], []
+    for i in range(96):
+        name = f"tool{i}"
+        tools.append(ToolSpec(name, {"path": "read-path"}))
+        rules.append({"id": f"t{i}", "subject": "tool", "effect": "deny" if i % 7 == 0 else "allow",
+                      "match": {"tools": [name]}})
+    rules += [
+        {"id": "read-ws", "subject": "tool", "effect": "allow", "match": {"roles": ["read-path"], "paths": ["${workspace}/**"]}},
+        {"id": "read-data", "subject": "tool", "effect": "escalate", "match": {"roles": ["read-path"], "paths": ["/data/**"]}},
+        {"id": "no-secrets", "subject": "tool", "effect": "deny", "match": {"roles": ["read-path"], "paths": ["${workspace}/secrets/**"]}},
+        {"id": "glob", "subject": "tool", "effect": "allow", "match": {"tools": ["tool9*"]}},
+    ]
+    return Policy.model_validate({"rules": rules}), tools
+
+
+def bench_decisions(rows: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as ws:
+        policy, tools = hundred_rule_policy()
+        engine = PolicyEngine(policy, PolicyContext.create(ws, tools=tools, include_defaults=False))
+        args = {"path": f"{ws}/data/x.csv"}
+        assert engine.decide_tool("tool5", args).effect == "allow"
+        for _ in range(2000):
+            engine.decide_tool("tool5", args, findings=[])
+        full = timeit(lambda: engine.decide_tool("tool5", args, findings=[]), 20000)
+        rows.append(f"| decision, 100 rules, tool call + path (canonicalise + decide) | {statistics.median(full):.1f} µs "
+                    f"| {pct(full, 0.99):.1f} µs |")
+        rules = engine._arg_rules
+        canonical = f"{ws}/data/x.csv"
+        pure = timeit(lambda: (engine._judge("a", engine._tool_index.get("tool5", []) + engine._tool_wild,
+                                             lambda r: r.match_tool("tool5")),
+                               engine._judge("b", rules, lambda r: "read-path" in r.roles and r.match_tool("tool5")
+                                             and r.match_path(canonical))), 20000)
+        rows.append(f"| pure rule evaluation (pre-canonicalised), 100 rules | {statistics.median(pure):.1f} µs "
+                    f"| {pct(pure, 0.99):.1f} µs |")
+        cell = engine.decide_cell  # cells: default-deny path with no cell rules
+        code = screen_cell("import pandas as pd\ndf = pd.read_csv('x.csv')\n!ls")
+        cells = timeit(lambda: cell(code), 5000)
+        rows.append(f"| decide a screened cell (100-rule policy, no cell rules: default deny path) | "
+                    f"{statistics.median(cells):.1f} µs | {pct(cells, 0.99):.1f} µs |")
+    try:
+        import cedarpy
+    except ImportError:
+        rows.append("| cedarpy | not installed | |")
+        return
+    policies = []
+    for i in range(96):
+        kind = "forbid" if i % 7 == 0 else "permit"
+        policies.append(f'{kind}(principal, action == Action::"call", resource == Tool::"tool{i}");')
+    policies.append('permit(principal, action == Action::"read", resource) when { resource.path like "/ws/*" };')
+    policies.append('permit(principal, action == Action::"read", resource) when { resource.path like "/data/*" };')
+    policies.append('forbid(principal, action == Action::"read", resource) when { resource.path like "/ws/secrets/*" };')
+    policies.append('permit(principal, action == Action::"call", resource) when { resource.name like "tool9*" };')
+    text = "\n".join(policies)
+    request = {"principal": 'Agent::"a"', "action": 'Action::"call"', "resource": 'Tool::"tool5"', "context": {}}
+    entities = [{"uid": {"__entity": {"type": "Tool", "id": "tool5"}}, "attrs": {"name": "tool5"}, "parents": []}]
+    assert cedarpy.is_authorized(request, text, entities).allowed
+    if hasattr(cedarpy, "PolicySet"):
+        pset = cedarpy.PolicySet.from_str(text)
+        fn = lambda: cedarpy.is_authorized(request, pset, entities)  # noqa: E731
+    else:
+        fn = lambda: cedarpy.is_authorized(request, text, entities)  # noqa: E731
+    for _ in range(200):
+        fn()
+    ced = timeit(fn, 3000)
+    rows.append(f"| cedarpy {getattr(cedarpy, '__version__', '')} is_authorized, same 100 rules (call only) | "
+                f"{statistics.median(ced):.1f} µs | {pct(ced, 0.99):.1f} µs |")
+    rows.append(f"| ratio cedarpy / Iron Cage (full decision, medians) | {statistics.median(ced) / statistics.median(full):.1f}x | |")
+
+
+def bench_screening(rows: list[str]) -> None:
+    block = ("import pandas as pd\nimport numpy as np\ndf = pd.DataFrame({'a': np.arange(10)})\n"
+             "df['b'] = df['a'] ** 2\nresult = df.groupby('a').sum()\nprint(result.head())\n"
+             "fig = df.plot(x='a', y='b')\nvalues = [x * 2 for x in range(10) if x % 2]\n"
+             "model = {'k': 1, 'v': 'text'}\ntotal = sum(values)\n")
+    screen_cell(block)
+    for lines in (10, 100, 1000, 10000):
+        code = block * (lines // 10)
+        n = {10: 300, 100: 60, 1000: 10, 10000: 3}[lines]
+        times = timeit(lambda c=code: screen_cell(c), n)
+        rows.append(f"| screen_cell, {lines} lines | {statistics.median(times) / 1000:.2f} ms | "
+                    f"{pct(times, 0.99) / 1000:.2f} ms |")
+    if BENIGN.is_dir():
+        cells = [c for f in sorted(BENIGN.glob("*_cells.json")) for _nb, c in json.loads(f.read_text())]
+        times = [timeit(lambda c=c: screen_cell(c), 1)[0] for c in cells]
+        rows.append(f"| screen_cell over the benign corpus ({len(cells)} cells) | {pct(times, 0.5) / 1000:.2f} ms | "
+                    f"{pct(times, 0.99) / 1000:.2f} ms |")
+
+
+def main() -> None:
+    rows = ["| measurement | p50 | p99 |", "|---|---|---|"]
+    bench_decisions(rows)
+    bench_screening(rows)
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
