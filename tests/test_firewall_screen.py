@@ -42,7 +42,7 @@ def test_detects(code, expected):
 @pytest.mark.parametrize("payload_expr", [
     "__import__('base64').b64decode('aW1wb3J0IG9zOyBvcy5zeXN0ZW0oJ2lkJyk=')",
     "bytes.fromhex('696d706f7274206f733b206f732e73797374656d2827696427292').decode()".replace("2').", "').")
-    if False else "bytes.fromhex('" + "import os; os.system('id')".encode().hex() + "').decode()",
+    if False else "bytes.fromhex('" + b"import os; os.system('id')".hex() + "').decode()",
     "__import__('codecs').decode(\"vzcbeg bf; bf.flfgrz('vq')\", 'rot13')",
     "''.join(chr(c) for c in [" + ",".join(str(ord(c)) for c in "import os; os.system('id')") + "])",
     "''.join(map(chr, [" + ",".join(str(ord(c)) for c in "import os; os.system('id')") + "]))",
@@ -134,3 +134,42 @@ _TOKENS = st.sampled_from(["exec(", "eval(", "os.system(", "'", '"', "!", "%", "
 @given(st.lists(_TOKENS, max_size=40))
 def test_fuzz_python_like_tokens_never_crash(parts):
     screen_cell("".join(parts))
+
+
+def test_transform_fast_path_matches_ipython_on_the_benign_corpus():
+    """Cells the fast path does not transform parse to the same AST after IPython's transformation
+    (IPython only strips whitespace-only lines, which can change docstrings, never code)."""
+    import ast
+    import json
+    from pathlib import Path
+
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    from ironcage_jupyter.firewall.screen import needs_transform
+
+    benign = Path("/work/shared/corpus/benign")
+    if not benign.is_dir():
+        pytest.skip("no benign corpus")
+    manager = TransformerManager()
+    cells = [c for f in sorted(benign.glob("*_cells.json")) for _nb, c in json.loads(f.read_text())]
+    checked = 0
+    for code in cells:
+        if needs_transform(code):
+            continue
+        checked += 1
+        try:
+            plain = ast.parse(code)
+        except SyntaxError:
+            continue
+        transformed = ast.parse(manager.transform_cell(code))
+        strip = lambda tree: ast.dump(tree).replace("\\n    \\n", "\\n\\n").replace("\\n        \\n", "\\n\\n")  # noqa: E731
+        assert strip(plain) == strip(transformed) or "\"\"\"" in code, code[:200]
+    assert checked > 3000
+
+
+@pytest.mark.parametrize("code", ["!ls", " !ls", "x = !ls", "y=%env", "%%bash\nls", "os?", ">>> import os",
+                                  "In [1]: os.system('id')", "\f!ls", "  x = 1", "\nimport os", ",f a", "/f a"])
+def test_needs_transform(code):
+    from ironcage_jupyter.firewall.screen import needs_transform
+
+    assert needs_transform(code)

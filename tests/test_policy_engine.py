@@ -8,7 +8,15 @@ from hypothesis import strategies as st
 
 from ironcage_jupyter.firewall import Finding, ScreenResult
 from ironcage_jupyter.policy import (
-    Answer, Policy, PolicyContext, PolicyEngine, ToolSpec, format_question, is_loosening, load_policy, parse_answer,
+    Answer,
+    Policy,
+    PolicyContext,
+    PolicyEngine,
+    ToolSpec,
+    format_question,
+    is_loosening,
+    load_policy,
+    parse_answer,
 )
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

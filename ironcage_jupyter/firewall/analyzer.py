@@ -55,6 +55,7 @@ _PATH_QUICK = re.compile(
     r"|docker|proc/|/etc/|secrets|jupyter|jpserver|kernel-|ironcage|ipython|startup|site-packages"
     r"|dist-packages|customize|\.pth|bash|profile|zsh|xinit|cron|systemd|autostart|init\.d|ld\.so|hooks|\.env"
 )
+_PREFIX_ROOTS = frozenset(p.split(".")[0] for p in DANGEROUS_PREFIXES)
 _OPTION_TOKEN = re.compile(r"^\s*-\w+(\s+\d+(\.\d+)?)?\s+")
 _BRACE_EXPR = re.compile(r"\{([^{}\n]+)\}")
 _MAX_STRING_FOR_PATHS = 4096
@@ -189,6 +190,8 @@ class Analyzer(ast.NodeVisitor):
         if rule is not None:
             return rule
         root = name.split(".", 1)[0]
+        if root not in _PREFIX_ROOTS:
+            return None
         if root in AMBIGUOUS_ROOTS and root not in self.imported_roots:
             return None
         for prefix, prefix_rule in DANGEROUS_PREFIXES.items():
@@ -303,6 +306,9 @@ class Analyzer(ast.NodeVisitor):
             self._bind(target, node.value, tainted)
 
     def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        # annotations are evaluated at module level: `In[1]: os.system('id')` runs the call
+        self.visit(node.annotation)
+        self._visit_store_target(node.target)
         if node.value is not None:
             self.visit(node.value)
             self._bind(node.target, node.value, self.is_tainted(node.value))
@@ -324,6 +330,7 @@ class Analyzer(ast.NodeVisitor):
 
     def visit_For(self, node: ast.For) -> None:
         self.visit(node.iter)
+        self._visit_store_target(node.target)
         self._check_env_dump(node.iter, node)
         self._bind(node.target, None, self.is_tainted(node.iter))
         for stmt in node.body + node.orelse:
