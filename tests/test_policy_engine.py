@@ -237,3 +237,15 @@ def test_escalation_question_and_answers(context):
     assert parse_answer(" Y ") is Answer.ONCE
     assert parse_answer("s") is Answer.SESSION
     assert parse_answer("session", session_allowed=False) is Answer.NO
+
+
+@SETTINGS
+@given(st.lists(rule_st, max_size=6), st.lists(rule_st, max_size=6), st.lists(finding_st, max_size=4))
+def test_not_loosening_means_no_request_gets_looser(context, old_rules, new_rules, findings):
+    old, new = make_policy(old_rules), make_policy(new_rules)
+    screen = screen_of(findings)
+    rank = {"allow": 0, "escalate": 1, "deny": 2}
+    before = PolicyEngine(old, context).decide_cell(screen).effect
+    after = PolicyEngine(new, context).decide_cell(screen).effect
+    if rank[after] < rank[before]:
+        assert is_loosening(old, new)
