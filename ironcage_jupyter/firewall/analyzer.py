@@ -55,6 +55,7 @@ _PATH_QUICK = re.compile(
     r"|docker|proc/|/etc/|secrets|jupyter|jpserver|kernel-|ironcage|ipython|startup|site-packages"
     r"|dist-packages|customize|\.pth|bash|profile|zsh|xinit|cron|systemd|autostart|init\.d|ld\.so|hooks|\.env"
 )
+_TAINT_LAST = frozenset({name.rsplit(".", 1)[-1] for name in TAINT_SOURCES} | {"environ", "environb"})
 _PREFIX_ROOTS = frozenset(p.split(".")[0] for p in DANGEROUS_PREFIXES)
 _OPTION_TOKEN = re.compile(r"^\s*-\w+(\s+\d+(\.\d+)?)?\s+")
 _BRACE_EXPR = re.compile(r"\{([^{}\n]+)\}")
@@ -213,12 +214,15 @@ class Analyzer(ast.NodeVisitor):
             if isinstance(sub, ast.Name):
                 if sub.id in self.tainted:
                     return True
-                if self.qual(sub) in TAINT_SOURCES:
-                    return True
+                if sub.id in self.aliases or sub.id in _TAINT_LAST:
+                    q = self.qual(sub)
+                    if q is not None and (q in TAINT_SOURCES or q.startswith("os.environ")):
+                        return True
             elif isinstance(sub, ast.Attribute):
-                q = self.qual(sub)
-                if q is not None and (q in TAINT_SOURCES or q.startswith("os.environ")):
-                    return True
+                if sub.attr in _TAINT_LAST:
+                    q = self.qual(sub)
+                    if q is not None and (q in TAINT_SOURCES or q.startswith("os.environ")):
+                        return True
             elif isinstance(sub, ast.Constant) and isinstance(sub.value, str) and len(sub.value) < _MAX_STRING_FOR_PATHS:
                 text = nfkc(sub.value)
                 if _PATH_QUICK.search(text):

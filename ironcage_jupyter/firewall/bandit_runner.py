@@ -11,6 +11,7 @@ import functools
 import io
 import logging
 import re
+import unicodedata
 import warnings
 from typing import Any
 
@@ -22,23 +23,41 @@ DEFAULT_SKIP = ("B101", "B110", "B112", "B311", "B113", "B108")
 
 # bandit costs ~30 us per AST node; only top-level statements whose text mentions something one of its
 # tests reacts to are handed to it (same results on those statements, a fraction of the time).
-_TRIGGERS = re.compile(
-    r"\b(exec|eval|chmod|passw\w*|pwd|token\w*|secret\w*|flask|tarfile|extractall|\w*pickle\w*|dill|marshal"
-    r"|shelve|md5|sha1|Cipher\w*|Crypto\w*|mktemp|mark_safe|SafeString|urlopen|urlretrieve|\w*URLopener"
-    r"|telnetlib|ftplib|ssl|xml\w*|etree|minidom|sax|expat|pulldom|wsgiref|CGIHandler|pyghmi|verify|paramiko"
-    r"|pysnmp|system|popen\w*|spawn\w*|subprocess|shell|Popen|startfile|exec[lv]\w*|yaml|jinja2|mako|Markup"
-    r"|listen|torch|from_pretrained|hf_hub_download|snapshot_download|load_dataset|django|RawSQL|tempfile"
-    r"|getoutput|check_output|check_call|os)\b|0\.0\.0\.0|[\u202a-\u202e\u2066-\u2069]"
-    r"|\b(?i:select|insert|update|delete|replace)\b.{0,200}\b(?i:from|into|set|where|values)\b",
+_TRIGGER_WORDS = frozenset("""
+exec eval chmod pwd flask tarfile extractall dill marshal shelve md5 sha1 mktemp mark_safe SafeString urlopen
+urlretrieve telnetlib ftplib ssl etree minidom sax expat pulldom wsgiref CGIHandler pyghmi verify paramiko pysnmp
+system subprocess shell Popen startfile yaml jinja2 mako Markup listen torch from_pretrained hf_hub_download
+snapshot_download load_dataset django RawSQL tempfile getoutput check_output check_call os bind Crypto Cryptodome
+""".split())
+_TRIGGER_PARTS = re.compile(r"passw|token|secret|pickle|popen|spawn|exec[lv]|xml|cipher|urlopener", re.IGNORECASE)
+_TRIGGER_OTHER = re.compile(
+    r"0\.0\.0\.0|[\u202a-\u202e\u2066-\u2069]"
+    r"|\b(?i:select|insert|update|delete|replace)\b.{0,200}\b(?i:from|into|set|where|values)\b"
 )
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _triggers(text: str, extra: frozenset[str] | set[str] = frozenset()) -> bool:
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)  # Python reads ｅｘｅｃ as exec
+    words = set(_IDENT.findall(text))
+    if words & _TRIGGER_WORDS or words & extra:
+        return True
+    if any(_TRIGGER_PARTS.search(w) for w in words):
+        return True
+    return _TRIGGER_OTHER.search(text) is not None
 
 
 def _relevant(tree: ast.Module, source: str) -> ast.Module:
     lines = source.splitlines()
+    # names bound by imports (`from os import system as s`) are what bandit resolves calls through
+    imported = {alias.asname or alias.name.split(".")[0] for stmt in ast.walk(tree)
+                if isinstance(stmt, ast.Import | ast.ImportFrom) for alias in stmt.names}
     body = [
         stmt for stmt in tree.body
         # imports always go in: several tests depend on what the file imported
-        if isinstance(stmt, ast.Import | ast.ImportFrom) or _TRIGGERS.search("\n".join(lines[stmt.lineno - 1: (stmt.end_lineno or stmt.lineno)]))
+        if isinstance(stmt, ast.Import | ast.ImportFrom)
+        or _triggers("\n".join(lines[stmt.lineno - 1: (stmt.end_lineno or stmt.lineno)]), imported)
     ]
     return ast.Module(body=body, type_ignores=[])
 
