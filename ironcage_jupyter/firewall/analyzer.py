@@ -14,6 +14,7 @@ import builtins
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from .decode import Folded, fold, int_list, nfkc
 from .findings import Finding, MagicUse, PathUse
@@ -543,7 +544,7 @@ class Analyzer(ast.NodeVisitor):
             and node.func.value.id in self.tainted
         ):
             self.add("IC-EXFIL-001", "exfiltration", "critical", self.line_of(node),
-                     f"sends environment- or secret-derived data over the network ({q or node.func.attr})")
+                     f"sends environment- or secret-derived data over the network ({q or getattr(node.func, 'attr', '?')})")
 
     def _screen_payload(self, folded: Folded, node: ast.AST, what: str) -> None:
         line = self.line_of(node)
@@ -639,7 +640,7 @@ class Analyzer(ast.NodeVisitor):
             if args and args[0] is not None:
                 self._screen_payload(args[0], node, f"get_ipython().{method}()")
 
-    def _magic(self, name: str, kind: str, args: str, body: str, line: int) -> None:
+    def _magic(self, name: str, kind: Literal["line", "cell"], args: str, body: str, line: int) -> None:
         shell = name in SHELL_MAGICS
         commands: tuple[str, ...] = ()
         if shell:
@@ -654,7 +655,7 @@ class Analyzer(ast.NodeVisitor):
             else:
                 commands = shell_commands(args) if name in ("system", "sx") else (name,)
         self.state.magics.append(MagicUse(name, kind, line, args if kind == "line" else (args + "\n" + body)[:400],
-                                          shell, commands))  # type: ignore[arg-type]
+                                          shell, commands))
         # IPython expands {expr} and $name in line-magic arguments and shell commands: that is Python code.
         self._screen_expansions(args, line)
         if self.nested is None:

@@ -15,12 +15,13 @@ import unicodedata
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 # Payloads are re-screened; the limits keep a hostile cell from making the firewall slow.
 MAX_PAYLOAD = 200_000
 MAX_DEPTH = 24
 
-_B64_FUNCS = {
+_B64_FUNCS: dict[str, Any] = {
     "base64.b64decode": base64.b64decode,
     "base64.standard_b64decode": base64.standard_b64decode,
     "base64.urlsafe_b64decode": base64.urlsafe_b64decode,
@@ -181,10 +182,10 @@ def _fold(node: ast.AST, env: Mapping[str, Folded | list[int]], depth: int, reso
         right = fold(node.right, env, depth + 1, resolve)
         if left is None or right is None or type(left.value) is not type(right.value):
             return None
-        value = left.value + right.value  # type: ignore[operator]
-        if len(value) > MAX_PAYLOAD:
+        joined: str | bytes = left.value + right.value  # type: ignore[operator]
+        if len(joined) > MAX_PAYLOAD:
             return None
-        return Folded(value, left.decoded or right.decoded)
+        return Folded(joined, left.decoded or right.decoded)
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
         # "ab" * 3 is rarely an attack; refuse to expand (memory) but keep it literal-free.
         return None
@@ -193,7 +194,7 @@ def _fold(node: ast.AST, env: Mapping[str, Folded | list[int]], depth: int, reso
         sl = node.slice
         if base is None:
             return None
-        bounds = []
+        bounds: list[int | None] = []
         for part in (sl.lower, sl.upper, sl.step):
             if part is None:
                 bounds.append(None)

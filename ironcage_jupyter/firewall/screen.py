@@ -193,7 +193,7 @@ def screen_arguments(tool_name: str, args: Mapping[str, Any], settings: Firewall
         if len(normal) < 4096:
             for pid, severity, message, rx in SENSITIVE_PATHS:
                 if rx.search(normal):
-                    findings.append(Finding(pid, "sensitive_path", severity, 0, f"{tool_name}({where}): {message}"))
+                    findings.append(Finding(pid, "sensitive_path", severity, 0, f"{tool_name}({where}): {message}"))  # type: ignore[arg-type]
         top = where.split(".")[0].split("[")[0].lower()
         if top in _CODE_ARG_NAMES:
             for finding in screen_cell(text, settings).findings:

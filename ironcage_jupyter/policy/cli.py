@@ -75,13 +75,14 @@ def read_cells(text: str, name: str) -> list[str]:
         notebook = json.loads(text)
         if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
             raise ValueError("not a notebook: no cells list")
-        cells = []
+        cells: list[str] = []
         for cell in notebook["cells"]:
             if isinstance(cell, dict) and cell.get("cell_type") == "code":
                 source = cell.get("source", "")
                 cells.append("".join(source) if isinstance(source, list) else str(source))
         return cells
-    cells, current = [], []
+    cells = []
+    current: list[str] = []
     for line in text.splitlines(keepends=True):
         if line.startswith("# %%") and current:
             cells.append("".join(current))

@@ -63,7 +63,8 @@ def _probe_reasons(old: Policy, new: Policy) -> list[str]:
             net = ipaddress.ip_network(spec, strict=False)
             addresses |= {str(net.network_address), str(net.broadcast_address)}
     ports = {p for mm in m for p in mm.ports} | {443, 1}
-    schemes: set[str | None] = {s.lower() for mm in m for s in mm.schemes} | {"https", None}
+    schemes: set[str | None] = {None, "https"}
+    schemes.update(s.lower() for mm in m for s in mm.schemes)
     cred_names = {_sample(x) for mm in m for x in mm.credentials} | {"ZZ_UNKNOWN"}
     requesters = {_sample(x) for mm in m for x in mm.requesters} | {"cell", "tool:zz"}
 
@@ -92,8 +93,9 @@ def _probe_reasons(old: Policy, new: Policy) -> list[str]:
                     and r.match_host(h, i)))
     for name in cred_names:
         for requester in requesters:
-            for host in [None, *domains]:
-                def cred(e: Any, n: str = name, q: str = requester, h: str | None = host) -> ElementDecision:
+            cred_hosts: list[str | None] = [None, *domains]
+            for cred_host in cred_hosts:
+                def cred(e: Any, n: str = name, q: str = requester, h: str | None = cred_host) -> ElementDecision:
                     return e._judge("c", e._credential_rules, lambda r: (r.credentials is None or r.credentials.match(n))
                                     and (r.requesters is None or r.requesters.match(q))
                                     and (not r.hosts or (h is not None and any(_dm(d, h) for d in r.hosts))))

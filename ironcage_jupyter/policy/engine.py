@@ -391,10 +391,10 @@ class PolicyEngine:
         for finding in screen.findings:
             elements.append(self._judge(
                 f"finding {finding.id} (line {finding.line})", self._finding_rules,
-                lambda r, f=finding: r.match_finding(f) and r.match_code(code)))
+                lambda r, f=finding: r.match_finding(f) and r.match_code(code)))  # type: ignore[misc]
         for magic in screen.magics:
             elements.append(self._judge(f"magic {magic.display} (line {magic.line})", self._magic_rules,
-                                        lambda r, m=magic: r.match_magic(m)))
+                                        lambda r, m=magic: r.match_magic(m)))  # type: ignore[misc]
         first_line = code.strip().splitlines()[0][:80] if code.strip() else "(empty cell)"
         return self._combine("cell", first_line, request_key("cell", code), elements, list(screen.findings))
 
@@ -459,8 +459,8 @@ class PolicyEngine:
                 arg_elements.append((arg, role, (scheme, host, port)))
             else:
                 canonical_args[arg] = _jsonable(value)
-        for _arg, role, value in arg_elements:
-            if role == "url":
+        for _arg, arg_role, value in arg_elements:
+            if arg_role == "url":
                 scheme, host, port = value
                 ip = parse_ip(host)
                 if ip is not None and is_restricted(ip):
@@ -472,18 +472,18 @@ class PolicyEngine:
                         continue
                 elements.append(self._judge(
                     f"url {scheme}://{host}:{port}", self._arg_rules,
-                    lambda r, h=host, i=ip: "url" in r.roles and r.match_tool(name) and r.match_host(h, i)))
+                    lambda r, h=host, i=ip: "url" in r.roles and r.match_tool(name) and r.match_host(h, i)))  # type: ignore[misc]
             else:
                 elements.append(self._judge(
-                    f"{role} {value}", self._arg_rules,
-                    lambda r, ro=role, p=value: ro in r.roles and r.match_tool(name) and r.match_path(p)))
+                    f"{arg_role} {value}", self._arg_rules,
+                    lambda r, ro=arg_role, p=value: ro in r.roles and r.match_tool(name) and r.match_path(p)))  # type: ignore[misc]
         candidates = self._tool_index.get(name, []) + self._tool_wild
         elements.append(self._judge(f"tool {name}", candidates, lambda r: r.match_tool(name)))
         if findings is None:
             findings = screen_arguments(name, args, self.policy.firewall)
         for finding in findings:
             elements.append(self._judge(f"finding {finding.id}", self._tool_finding_rules,
-                                        lambda r, f=finding: r.match_tool(name) and r.match_finding(f)))
+                                        lambda r, f=finding: r.match_tool(name) and r.match_finding(f)))  # type: ignore[misc]
         key = request_key("tool", [name, canonical_args])
         return self._combine("tool", summary, key, elements, list(findings))
 
