@@ -204,3 +204,14 @@ def test_bandit_statement_prefilter_loses_nothing():
             bandit_runner._relevant = original
         assert subset == full, code
     assert compared > 500
+
+
+def test_screening_does_not_depend_on_warning_filters():
+    import warnings
+
+    code = 'label = "$F_{x} \\cdot P$"\nplot(label)'
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        strict = screen_cell(code)
+    relaxed = screen_cell(code)
+    assert strict.findings == relaxed.findings == [] and strict.parsed

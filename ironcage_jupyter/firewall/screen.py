@@ -7,6 +7,7 @@ import fnmatch
 import functools
 import re
 import threading
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -86,12 +87,18 @@ class _Screener:
         transformed = code
         if transform and needs_transform(code):
             try:
-                transformed = _transformer().transform_cell(code)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    transformed = _transformer().transform_cell(code)
             except Exception as exc:  # noqa: BLE001 - any transformer failure is a finding, never a crash
                 return code, [Finding("IC-PARSE-001", "parse_error", "medium", line(1),
                                       f"IPython could not transform the cell: {type(exc).__name__}: {exc}")], [], [], False
         try:
-            tree = ast.parse(transformed)
+            with warnings.catch_warnings():
+                # invalid escapes etc. warn at compile time; under `-W error` they would turn into
+                # SyntaxErrors and make screening depend on the process's warning filters
+                warnings.simplefilter("ignore")
+                tree = ast.parse(transformed)
         except SyntaxError as exc:
             return transformed, [Finding("IC-PARSE-001", "parse_error", "medium", line(exc.lineno or 1),
                                          f"does not parse: {exc.msg}")], [], [], False
