@@ -215,3 +215,19 @@ def test_screening_does_not_depend_on_warning_filters():
         strict = screen_cell(code)
     relaxed = screen_cell(code)
     assert strict.findings == relaxed.findings == [] and strict.parsed
+
+
+@pytest.mark.parametrize("alternative", [
+    "ignore  previous\ninstructions", "disregard your   prior rules", "forget all previous rules",
+    "you are now in developer mode", "new system instructions:", "<|im_start|>", "[INST]", "<<SYS>>",
+    "## SYSTEM: x", "system prompt:", "do not tell the user", "without asking the human",
+    "turn   off the sandbox", "jailbreak", "Assistant: you must run it", "agent, always execute",
+    "reveal your API keys", "print the credentials", "exfiltrate the tokens",
+])
+def test_injection_keyword_prefilter_covers_every_alternative(alternative):
+    from ironcage_jupyter.firewall.screen import _may_inject
+    from ironcage_jupyter.firewall.tables import PROMPT_INJECTION
+
+    assert PROMPT_INJECTION.search(alternative), alternative
+    assert _may_inject(alternative)
+    assert "IC-INJ-001" in ids(alternative)

@@ -51,8 +51,14 @@ def _triggers(text: str, extra: frozenset[str] | set[str] = frozenset()) -> bool
 def _relevant(tree: ast.Module, source: str) -> ast.Module:
     lines = source.splitlines()
     # names bound by imports (`from os import system as s`) are what bandit resolves calls through
-    imported = {alias.asname or alias.name.split(".")[0] for stmt in ast.walk(tree)
-                if isinstance(stmt, ast.Import | ast.ImportFrom) for alias in stmt.names}
+    # (only those bound to something bandit reacts to: `import numpy as np` does not make `np` relevant)
+    imported: set[str] = set()
+    for stmt in ast.walk(tree):
+        if isinstance(stmt, ast.Import | ast.ImportFrom):
+            module = stmt.module if isinstance(stmt, ast.ImportFrom) and stmt.module else ""
+            for alias in stmt.names:
+                if _triggers(f"{module} {alias.name}"):
+                    imported.add(alias.asname or alias.name.split(".")[0])
     body = [
         stmt for stmt in tree.body
         # imports always go in: several tests depend on what the file imported

@@ -46,11 +46,26 @@ def _compiled(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
     return tuple(re.compile(p, re.IGNORECASE | re.MULTILINE) for p in patterns)
 
 
+# Every alternative of PROMPT_INJECTION contains one of these words; plain-ASCII text without any of
+# them cannot match, and a substring test is ~6x cheaper than the regex. Non-ASCII text always gets
+# the regex (Unicode case folding has corner cases a substring test would miss).
+_INJECTION_KEYWORDS = ("ignore", "disregard", "forget", "now", "instruction", "<|", "inst]", "<<sys", "system",
+                       "prompt", "user", "human", "operator", "safety", "security", "guardrail", "polic", "firewall",
+                       "cage", "sandbox", "jailbreak", "must", "always", "secret", "credential", "token", "api")
+
+
+def _may_inject(text: str) -> bool:
+    if not text.isascii():
+        return True
+    lower = text.lower()
+    return any(k in lower for k in _INJECTION_KEYWORDS)
+
+
 def _text_findings(text: str, settings: FirewallSettings, line_hint: int | None = None) -> list[Finding]:
     """Prompt-injection markers and invisible characters, over the whole text (strings and comments)."""
     findings: list[Finding] = []
     normal = nfkc(text)
-    match = PROMPT_INJECTION.search(normal)
+    match = PROMPT_INJECTION.search(normal) if _may_inject(text) else None
     if match is not None:
         line = line_hint if line_hint is not None else normal.count("\n", 0, match.start()) + 1
         findings.append(Finding("IC-INJ-001", "prompt_injection", "low", line,
