@@ -249,3 +249,44 @@ def test_not_loosening_means_no_request_gets_looser(context, old_rules, new_rule
     after = PolicyEngine(new, context).decide_cell(screen).effect
     if rank[after] < rank[before]:
         assert is_loosening(old, new)
+
+
+domain_pattern_st = st.sampled_from(["*", "*.example.com", "example.com", "*.b.example.com", "localhost",
+                                     "*.localhost", "a.example.org"])
+host_st = st.sampled_from(["example.com", "a.example.com", "x.b.example.com", "evilexample.com", "localhost",
+                           "app.localhost", "a.example.org", "8.8.8.8", "10.0.0.1", "example.com.", "EXAMPLE.com"])
+
+
+@SETTINGS
+@given(st.lists(st.fixed_dictionaries({
+    "effect": st.sampled_from(EFFECTS),
+    "match": st.fixed_dictionaries({}, optional={
+        "domains": st.lists(domain_pattern_st, min_size=1, max_size=3),
+        "not_domains": st.lists(domain_pattern_st, min_size=1, max_size=2),
+        "addresses": st.just(["10.0.0.0/8"]),
+        "ports": st.just([443]),
+    })}), max_size=8), host_st, st.sampled_from([443, 80]))
+def test_network_index_agrees_with_brute_force(context, rules, host, port):
+    from ironcage_jupyter.policy.network import domain_matches, normalize_host, parse_ip
+
+    policy = Policy.model_validate({"rules": [dict(r, id=f"n{i}", subject="network") for i, r in enumerate(rules)]})
+    engine = PolicyEngine(policy, context)
+    norm = normalize_host(host)
+    ip = parse_ip(norm)
+    indexed = engine._judge("d", engine._network_candidates(norm, ip), lambda r: r.match_host(norm, ip))
+    brute = engine._judge("d", engine._network_rules, lambda r: r.match_host(norm, ip))
+    assert (indexed.effect, indexed.rules) == (brute.effect, brute.rules)
+
+    def reference(rule):  # the documented semantics, through network.domain_matches
+        m = policy.rules[int(rule.id[1:])].match
+        if m.domains or m.addresses:
+            if ip is None:
+                ok = any(domain_matches(d, norm) for d in m.domains)
+            else:
+                ok = any(ip in __import__("ipaddress").ip_network(a) for a in m.addresses)
+            if not ok:
+                return False
+        return not (ip is None and any(domain_matches(d, norm) for d in m.not_domains))
+
+    assert {r.id for r in engine._network_rules if reference(r)} == {r.id for r in engine._network_rules
+                                                                       if r.match_host(norm, ip)}

@@ -192,6 +192,8 @@ class CompiledRule:
     credentials: re.Pattern[str] | None = None
     requesters: re.Pattern[str] | None = None
     hosts: tuple[str, ...] = ()
+    _domain_sets: Any = field(default=None, init=False, repr=False)
+    _not_domain_sets: Any = field(default=None, init=False, repr=False)
 
     @property
     def judges_findings(self) -> bool:
@@ -226,15 +228,47 @@ class CompiledRule:
         return not any(p.fullmatch(path) for p in self.not_paths)
 
     def match_host(self, host: str, ip: Any) -> bool:
+        """`host` is normalised; `ip` is its parsed address or None for a name. Domain patterns never
+        match an IP; addresses never match a name."""
         if self.domains or self.addresses:
-            ok = False
             if ip is None:
-                ok = any(domain_matches(d, host) for d in self.domains)
-            elif self.addresses:
+                ok = bool(self.domains) and _names_match(self._domain_sets, host)
+            else:
                 ok = any(ip in net or effective_ip(ip) in net for net in self.addresses)
             if not ok:
                 return False
-        return not (ip is None and any(domain_matches(d, host) for d in self.not_domains))
+        return not (ip is None and self.not_domains and _names_match(self._not_domain_sets, host))
+
+    def __post_init__(self) -> None:
+        self._domain_sets = _compile_domains(self.domains)
+        self._not_domain_sets = _compile_domains(self.not_domains)
+
+
+DomainSets = tuple[frozenset[str], tuple[str, ...], bool]
+
+
+def _compile_domains(patterns: Iterable[str]) -> DomainSets:
+    """(exact names, `.suffix`es, `*` present) for fast matching of a normalised name."""
+    exact, suffixes, star = set(), [], False
+    for pattern in patterns:
+        if pattern == "*":
+            star = True
+        elif pattern.startswith("*."):
+            suffixes.append(pattern[1:])
+        else:
+            exact.add(pattern)
+    return frozenset(exact), tuple(suffixes), star
+
+
+def _names_match(sets: DomainSets, host: str) -> bool:
+    """Same semantics as network.domain_matches for a host already known not to be an IP."""
+    exact, suffixes, star = sets
+    if host in exact:
+        return True
+    local = host in LOCAL_NAMES or host.endswith(".localhost")
+    if star and not local:
+        return True
+    return bool(suffixes) and not host.endswith(".localhost") and host.endswith(suffixes)
 
 
 def compile_rule(rule: Rule, workspace: str, home: str) -> CompiledRule:
@@ -317,6 +351,22 @@ class PolicyEngine:
         self._arg_rules = [r for r in compiled if r.subject == "tool" and r.roles]
         self._tool_finding_rules = [r for r in compiled if r.subject == "tool" and r.judges_findings]
         self._network_rules = [r for r in compiled if r.subject == "network"]
+        # domain index: exact name / suffix -> rules; rules without a domain list are always candidates
+        self._net_exact: dict[str, list[CompiledRule]] = {}
+        self._net_suffix: dict[str, list[CompiledRule]] = {}
+        self._net_always: list[CompiledRule] = []
+        self._net_addresses: list[CompiledRule] = []
+        for rule in self._network_rules:
+            exact, suffixes, star = rule._domain_sets
+            if star or not rule.domains and not rule.addresses:
+                self._net_always.append(rule)
+                continue
+            for name in exact:
+                self._net_exact.setdefault(name, []).append(rule)
+            for suffix in suffixes:
+                self._net_suffix.setdefault(suffix, []).append(rule)
+            if rule.addresses:
+                self._net_addresses.append(rule)
         self._credential_rules = [r for r in compiled if r.subject == "credential"]
         # exact tool names -> rules, so a 100-rule policy touches only the few rules that can match
         self._tool_index: dict[str, list[CompiledRule]] = {}
@@ -520,9 +570,20 @@ class PolicyEngine:
             if not any(r.effect == "allow" and norm in r.domains for r in self._network_rules):
                 elements.append(ElementDecision(f"host {norm}", "deny", ("invariant:restricted-address",),
                                                 "localhost names are refused unless named exactly", True))
-        elements.append(self._judge(f"destination {summary}", self._network_rules,
+        elements.append(self._judge(f"destination {summary}", self._network_candidates(norm, ip),
                                     lambda r: self._match_network(r, request, ip)))
         return self._combine("network", summary, key, elements, [])
+
+    def _network_candidates(self, host: str, ip: Any) -> list[CompiledRule]:
+        if ip is not None:
+            return self._net_always + self._net_addresses
+        found: dict[int, CompiledRule] = {id(r): r for r in self._net_exact.get(host, ())}
+        index = host.find(".")
+        while index >= 0:
+            for rule in self._net_suffix.get(host[index:], ()):
+                found[id(rule)] = rule
+            index = host.find(".", index + 1)
+        return self._net_always + list(found.values())
 
     def _address_named(self, ip: Any, port: int | None, scheme: str | None) -> bool:
         for rule in self._network_rules:
