@@ -65,3 +65,14 @@ def test_main_usage_error_is_2():
         argparse.ArgumentParser().parse_args(["--nope"])
     assert info.value.code == 2
     assert cli.main(["check"]) == 2
+
+
+def test_top_level_cli_wires_policy_commands(tmp_path, capsys):
+    from ironcage_jupyter.cli import main
+
+    script = tmp_path / "cells.py"
+    script.write_text("import pandas as pd\n# %%\nimport ctypes\n")
+    assert main(["check", "--json", str(script)]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [d["decision"] for d in lines] == ["allow", "deny"]
+    assert main(["policy", "validate", "observe"]) == 0

@@ -290,3 +290,15 @@ def test_network_index_agrees_with_brute_force(context, rules, host, port):
 
     assert {r.id for r in engine._network_rules if reference(r)} == {r.id for r in engine._network_rules
                                                                        if r.match_host(norm, ip)}
+
+
+def test_cell_paths_through_workspace_symlinks_hit_the_invariant(context, workspace):
+    secrets = workspace.parent / "ic-config"
+    secrets.mkdir(exist_ok=True)
+    link = workspace / "cfg"
+    if not link.exists():
+        link.symlink_to(secrets)
+    engine = PolicyEngine(load_policy("default"), context)
+    decision = engine.decide_cell("open('cfg/policy.yaml', 'w').write('x')")
+    assert decision.effect == "deny" and decision.rules == ["invariant:protected-path"]
+    assert engine.decide_cell("open('data/x.csv').read()").effect == "allow"

@@ -456,7 +456,9 @@ class Analyzer(ast.NodeVisitor):
             for pid, severity, message, rx in SENSITIVE_PATHS:
                 if rx.search(text):
                     self.add(pid, "sensitive_path", severity, line, f"{message}: {text[:80]!r}")
-        if stripped.startswith(("/", "~", "./", "../")) and "\n" not in stripped and len(stripped) < 1024:
+        if len(stripped) < 1024 and (stripped.startswith(("/", "~")) or "/" in stripped) \
+                and "://" not in stripped and not any(c in stripped for c in "\n\t\r\x00"):
+            # relative paths too: `link/id_rsa` may go through a symlink in the workspace
             self.state.paths.append(PathUse(stripped, line))
 
     # ---------------------------------------------------------------- calls
