@@ -106,3 +106,15 @@ def test_fuzz_structures(doc):
         load_policy_text(text, "fuzz.yaml")
     except PolicyError as exc:
         assert all(issue.file == "fuzz.yaml" for issue in exc.issues)
+
+
+@pytest.mark.parametrize("name", ["default", "strict", "observe"])
+def test_show_yaml_round_trips(name):
+    from ironcage_jupyter.policy import policy_show, policy_summary
+
+    policy = load_policy(name)
+    again = load_policy_text(policy_show(policy, yaml=True), "shown.yaml")
+    assert again == policy
+    assert policy.name in policy_summary(policy) and "| Mode |" in policy_summary(policy, markdown=True)
+    table = policy_show(policy, markdown=True)
+    assert all(f"`{rule.id}`" in table for rule in policy.rules)

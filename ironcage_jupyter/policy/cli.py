@@ -64,7 +64,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         _err(f"invalid policy:\n{exc}")
         return EXIT_USAGE
-    print(policy_show(policy, yaml_format=args.yaml))
+    print(policy_show(policy, yaml=args.yaml))
     return EXIT_OK
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-import yaml
+import yaml as _yaml
 
 from ..firewall import ScreenResult, screen_cell
 from .engine import Decision, PolicyEngine
@@ -43,10 +43,10 @@ def policy_summary(policy: Policy, markdown: bool = False) -> str:
     return "\n".join(out)
 
 
-def policy_show(policy: Policy, yaml_format: bool = False, markdown: bool = False) -> str:
-    """The full effective policy (after `extends`): YAML, or a rule table."""
-    if yaml_format:
-        return yaml.safe_dump(policy.model_dump(mode="json", exclude={"extends"}), sort_keys=False, width=110)
+def policy_show(policy: Policy, yaml: bool = False, markdown: bool = False) -> str:
+    """The full effective policy (after `extends`): YAML (`yaml=True`), or a rule table (text or markdown)."""
+    if yaml:
+        return _yaml.safe_dump(policy.model_dump(mode="json", exclude={"extends"}), sort_keys=False, width=110)
     if markdown:
         lines = [policy_summary(policy, markdown=True), "", "| id | subject | effect | match | reason |",
                  "|---|---|---|---|---|"]

@@ -130,7 +130,7 @@ class PolicySession:
         if sub == "show":
             as_yaml = "--yaml" in rest
             if as_yaml:
-                text = policy_show(self.policy, yaml_format=True)
+                text = policy_show(self.policy, yaml=True)
                 return MagicOutput(text, f"```yaml\n{text}```")
             return MagicOutput(policy_show(self.policy), policy_show(self.policy, markdown=True))
         if sub == "load" and len(rest) == 1:
