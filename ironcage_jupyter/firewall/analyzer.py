@@ -56,6 +56,11 @@ _PATH_QUICK = re.compile(
     r"|docker|proc/|/etc/|secrets|jupyter|jpserver|kernel-|ironcage|ipython|startup|site-packages"
     r"|dist-packages|customize|\.pth|bash|profile|zsh|xinit|cron|systemd|autostart|init\.d|ld\.so|hooks|\.env"
 )
+_TAINT_HINT = re.compile(
+    r"environ|getenv|keyring|getpass|dotenv|ssh|aws|azure|oci|gcloud|credential|boto|s3cfg|netrc|pgpass|git-cred"
+    r"|vault|npmrc|pypirc|my\.cnf|kube|gnupg|docker|proc/|/etc/|secrets|jupyter|jpserver|kernel-|ironcage|\.env"
+    r"|id_rsa|id_ed25519|id_ecdsa|id_dsa|authorized_keys|getattr|__import__|import_module|vars|__dict__|modules"
+)
 _TAINT_LAST = frozenset({name.rsplit(".", 1)[-1] for name in TAINT_SOURCES} | {"environ", "environb"})
 _PREFIX_ROOTS = frozenset(p.split(".")[0] for p in DANGEROUS_PREFIXES)
 _OPTION_TOKEN = re.compile(r"^\s*-\w+(\s+\d+(\.\d+)?)?\s+")
@@ -78,8 +83,13 @@ class Analyzer(ast.NodeVisitor):
     """One pass over a parsed cell. `nested(code, line, transform)` screens payloads and magic bodies."""
 
     def __init__(self, nested: NestedScreen | None, *, line_offset: int = 0, fixed_line: int | None = None,
-                 max_decode_depth: int = 3, depth: int = 0) -> None:
+                 max_decode_depth: int = 3, depth: int = 0, source: str | None = None) -> None:
         self.nested = nested
+        # Taint needs a source (environment, keyring, secret file) somewhere in the cell; most cells have
+        # none, and then no value can be tainted (None: unknown source text, always check).
+        if source is not None and not source.isascii():
+            source = nfkc(source)
+        self.taint_possible = source is None or _TAINT_HINT.search(source) is not None
         self.line_offset = line_offset
         self.fixed_line = fixed_line
         self.max_decode_depth = max_decode_depth
@@ -211,6 +221,8 @@ class Analyzer(ast.NodeVisitor):
 
     # ---------------------------------------------------------------- taint
     def is_tainted(self, node: ast.AST) -> bool:
+        if not self.taint_possible:
+            return False
         for sub in ast.walk(node):
             if isinstance(sub, ast.Name):
                 if sub.id in self.tainted:
@@ -224,6 +236,12 @@ class Analyzer(ast.NodeVisitor):
                     q = self.qual(sub)
                     if q is not None and (q in TAINT_SOURCES or q.startswith("os.environ")):
                         return True
+            elif isinstance(sub, ast.Subscript) or (
+                    isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id in ("getattr", "vars")):
+                # getattr(os, 'env' + 'iron'), vars(os)['environ'], sys.modules['os'].environ ...
+                q = self.qual(sub)
+                if q is not None and (q in TAINT_SOURCES or q.startswith("os.environ")):
+                    return True
             elif isinstance(sub, ast.Constant) and isinstance(sub.value, str) and len(sub.value) < _MAX_STRING_FOR_PATHS:
                 text = nfkc(sub.value)
                 if _PATH_QUICK.search(text):

@@ -53,7 +53,7 @@ def _relevant(tree: ast.Module, source: str) -> ast.Module:
     # names bound by imports (`from os import system as s`) are what bandit resolves calls through
     # (only those bound to something bandit reacts to: `import numpy as np` does not make `np` relevant)
     imported: set[str] = set()
-    for stmt in ast.walk(tree):
+    for stmt in ast.walk(tree) if "import" in source else ():
         if isinstance(stmt, ast.Import | ast.ImportFrom):
             module = stmt.module if isinstance(stmt, ast.ImportFrom) and stmt.module else ""
             for alias in stmt.names:

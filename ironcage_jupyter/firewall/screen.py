@@ -127,7 +127,7 @@ class _Screener:
             return f, m, p
 
         analyzer = Analyzer(nested, line_offset=line_offset, fixed_line=fixed_line,
-                            max_decode_depth=self.settings.max_decode_depth, depth=depth)
+                            max_decode_depth=self.settings.max_decode_depth, depth=depth, source=transformed)
         try:
             analyzer.visit(tree)
         except RecursionError:
