@@ -38,6 +38,15 @@ def test_attack_corpus_is_denied_or_escalated(policy_name, context):
     assert caught / total >= 0.95, dict(missed)
 
 
+@pytest.mark.parametrize("policy_name", ["default", "strict"])
+def test_second_round_evasions(policy_name, context):
+    cells = json.loads((Path(__file__).parent / "corpus" / "evasions.json").read_text())["cells"]
+    engine = PolicyEngine(load_policy(policy_name), context)
+    missed = [code for code in cells if engine.decide_cell(code).effect == "allow"]
+    print(f"\n{policy_name}: {len(cells) - len(missed)}/{len(cells)} evasion cells denied or escalated")
+    assert (len(cells) - len(missed)) / len(cells) >= 0.95, missed
+
+
 def test_observe_policy_blocks_nothing_but_records(context):
     engine = PolicyEngine(load_policy("observe"), context)
     decisions = [engine.decide_cell(code) for code in ATTACKS["shell"][:20]]

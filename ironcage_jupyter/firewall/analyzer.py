@@ -22,6 +22,7 @@ from .shellparse import shell_commands
 from .tables import (
     CODE_IPYTHON_METHODS,
     DANGEROUS_IMPORTS,
+    DANGEROUS_METHOD_NAMES,
     DANGEROUS_NAMES,
     DANGEROUS_PREFIXES,
     DESERIALIZERS,
@@ -29,6 +30,7 @@ from .tables import (
     NETWORK_SINK_PREFIXES,
     PYTHON_BODY_MAGICS,
     REFLECTION_ATTRS,
+    SAFE_METHOD_CALLS,
     SECRET_NAME,
     SENSITIVE_COMPONENTS,
     SENSITIVE_PATHS,
@@ -100,6 +102,7 @@ class Analyzer(ast.NodeVisitor):
         self.star_modules: list[str] = []
         self.consts: dict[str, Folded | list[int]] = {}
         self.tainted: set[str] = set()
+        self._called: set[int] = set()  # ids of Name nodes that are the function of a call
 
     # ---------------------------------------------------------------- helpers
     def line_of(self, node: ast.AST) -> int:
@@ -156,7 +159,7 @@ class Analyzer(ast.NodeVisitor):
                 if base is not None and attr is not None and isinstance(attr.value, str):
                     return self.canonical(f"{base}.{nfkc(attr.value)}")
                 return None
-            if func == "get_ipython":
+            if func in ("get_ipython", "IPython.get_ipython", "IPython.core.getipython.get_ipython"):
                 return "get_ipython()"
             if func == "vars" and node.args:
                 base = self.qual(node.args[0], depth + 1)
@@ -383,6 +386,9 @@ class Analyzer(ast.NodeVisitor):
     def visit_Name(self, node: ast.Name) -> None:
         if isinstance(node.ctx, ast.Load):
             q = self.qual(node)
+            if q == "getattr" and id(node) not in self._called:
+                self.add("IC-REFL-012", "reflection", "medium", self.line_of(node),
+                         "passes getattr around as a value (attribute walks by name)")
             self.check_name(q, node)
             if node.id == "__builtins__":
                 self.add("IC-REFL-001", "reflection", "high", self.line_of(node), "reaches __builtins__")
@@ -481,6 +487,7 @@ class Analyzer(ast.NodeVisitor):
 
     # ---------------------------------------------------------------- calls
     def visit_Call(self, node: ast.Call) -> None:
+        self._called.add(id(node.func))
         q = self.qual(node.func)
         line = self.line_of(node)
         if q is not None:
@@ -528,6 +535,20 @@ class Analyzer(ast.NodeVisitor):
                              f"reads secret-looking environment variable {key.value!r}")
             if not isinstance(node.func, ast.Name | ast.Attribute):
                 self.check_name(q, node)
+        if isinstance(node.func, ast.Attribute) and node.func.attr in DANGEROUS_METHOD_NAMES and (
+                q is None or (self._rule_for(q) is None and q not in SAFE_METHOD_CALLS
+                              and not q.startswith("get_ipython()."))):
+            self.add("IC-SHELL-010", "shell", "medium", line,
+                     f"calls a method named {node.func.attr}() on an object the firewall cannot resolve")
+        for fn_name in ("operator.attrgetter", "operator.methodcaller"):
+            if q == fn_name:
+                for arg in node.args:
+                    folded = self.fold(arg)
+                    if folded is not None and isinstance(folded.value, str):
+                        attr = nfkc(folded.value).split(".")[-1]
+                        if attr in DANGEROUS_METHOD_NAMES or attr in REFLECTION_ATTRS or attr in (
+                                "__import__", "eval", "exec", "environ"):
+                            self.add("IC-REFL-011", "reflection", "high", line, f"{q}({attr!r}) reaches a dangerous name")
         self._check_exfiltration(q, node)
         if q in DYNAMIC_CODE_FUNCS and isinstance(node.func, ast.Name):
             # The call itself was judged above (literal payloads are screened, not flagged as dynamic).

@@ -64,7 +64,35 @@ DANGEROUS_NAMES: dict[str, Rule] = {
     "keyring.get_password": ("IC-SECRET-003", "secret_access", "medium", "reads a secret from the keyring"),
     "keyring.get_credential": ("IC-SECRET-003", "secret_access", "medium", "reads a secret from the keyring"),
     "socket.socket.sendto": ("IC-NET-001", "network", "low", "sends raw network packets"),
+    "importlib.util.spec_from_file_location": ("IC-DYN-011", "dynamic_code", "medium", "loads a module from a file path"),
+    "importlib.util.module_from_spec": ("IC-DYN-011", "dynamic_code", "medium", "builds a module from a spec"),
+    "importlib.machinery.SourceFileLoader": ("IC-DYN-011", "dynamic_code", "medium", "loads a module from a file path"),
+    "importlib.machinery.SourcelessFileLoader": ("IC-DYN-011", "dynamic_code", "medium", "loads compiled code"),
+    "zipimport.zipimporter": ("IC-DYN-011", "dynamic_code", "medium", "imports code from a zip file"),
+    "os.kill": ("IC-MOD-006", "dangerous_module", "medium", "signals other processes"),
+    "os.killpg": ("IC-MOD-006", "dangerous_module", "medium", "signals other processes"),
+    "os.setuid": ("IC-MOD-006", "dangerous_module", "medium", "changes the process identity"),
+    "os.setgid": ("IC-MOD-006", "dangerous_module", "medium", "changes the process identity"),
+    "os.seteuid": ("IC-MOD-006", "dangerous_module", "medium", "changes the process identity"),
+    "os.setreuid": ("IC-MOD-006", "dangerous_module", "medium", "changes the process identity"),
+    "os.setresuid": ("IC-MOD-006", "dangerous_module", "medium", "changes the process identity"),
+    "os.chroot": ("IC-MOD-006", "dangerous_module", "medium", "changes the root directory"),
+    "os.symlink": ("IC-PATH-014", "sensitive_path", "low", "creates a symbolic link"),
+    "os.link": ("IC-PATH-014", "sensitive_path", "low", "creates a hard link"),
+    "operator.attrgetter": ("IC-REFL-012", "reflection", "low", "reaches attributes by name"),
+    "operator.methodcaller": ("IC-REFL-012", "reflection", "low", "calls methods by name"),
 }
+
+# Methods that run programs or code, whatever object they are called on (the receiver could not be
+# resolved: `A.x.system('id')` where `A.x = __import__('os')`).
+DANGEROUS_METHOD_NAMES = frozenset({
+    "system", "popen", "popen2", "popen3", "spawnv", "spawnve", "spawnl", "spawnle", "spawnlp", "spawnlpe",
+    "spawnvp", "spawnvpe", "execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp", "execlpe",
+    "fork_exec", "forkpty", "posix_spawn", "posix_spawnp", "getoutput", "getstatusoutput", "check_output",
+    "check_call", "Popen", "run_cell", "run_line_magic", "run_cell_magic", "system_raw", "system_piped",
+})
+# Calls of these resolved names are fine even though the method name is in the list above.
+SAFE_METHOD_CALLS = frozenset({"platform.system"})
 
 # Any attribute of these modules (or the module itself) is flagged when referenced.
 DANGEROUS_PREFIXES: dict[str, Rule] = {
