@@ -241,3 +241,9 @@ def test_injection_keyword_prefilter_covers_every_alternative(alternative):
 ])
 def test_obfuscated_environment_exfiltration(code):
     assert "IC-EXFIL-001" in ids(code)
+
+
+def test_writefile_bodies_are_screened_without_parse_noise():
+    assert ids("%%writefile data.csv\na,b\n1,2\n") == set()
+    assert "IC-SHELL-001" in ids("%%writefile helper.py\nimport os\nos.system('id')\n")
+    assert "IC-PATH-008" in ids("%%writefile ~/.ipython/profile_default/startup/x.py\nprint(1)\n")

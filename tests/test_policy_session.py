@@ -118,3 +118,9 @@ def test_open_refuses_a_bad_policy(tmp_path):
     with pytest.raises(PolicyError) as info:
         PolicySession.open(str(bad), PolicyContext.create(tmp_path))
     assert info.value.line == 1 and info.value.field == "rules"
+
+
+async def test_large_cells_are_screened_off_the_event_loop(session):
+    code = "x = 1\n" * 5000 + "import ctypes\n"
+    request = await run(session, cell(code))
+    assert request.block is not None and request.screen.findings[0].line == 5001

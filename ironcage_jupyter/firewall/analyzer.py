@@ -731,7 +731,9 @@ class Analyzer(ast.NodeVisitor):
             return
         findings, magics, paths = self.nested(code, line, transform, not offset)
         for finding in findings:
-            if finding.id == "IC-PARSE-001" and not offset:
+            # A body that does not parse cannot run either (%%time: SyntaxError in the child); for
+            # %%writefile it may simply not be Python. Only what parses is worth reporting.
+            if finding.id == "IC-PARSE-001":
                 continue
             self.add(finding.id, finding.category, finding.severity, finding.line, finding.message)
         self.state.magics.extend(magics)
