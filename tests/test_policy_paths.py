@@ -42,13 +42,14 @@ def test_canonicalisation_is_idempotent(parts):
 
 def test_every_ip_spelling():
     for spelling in ["127.0.0.1", "2130706433", "0x7f000001", "0177.0.0.1", "127.1", "0x7f.0.0.1", "[::1]",
-                     "::ffff:127.0.0.1", "127.0.0.1.", "0"]:
+                     "::ffff:127.0.0.1", "127.0.0.1.", "0", "[::]", "::", "[fe80::1%eth0]"]:
         ip = parse_ip(spelling)
         assert ip is not None and is_restricted(ip), spelling
     for spelling in ["192.168.0.1", "10.0.0.1", "172.16.0.1", "169.254.169.254", "fe80::1", "fc00::1"]:
         assert is_restricted(parse_ip(spelling))
     assert not is_restricted(parse_ip("8.8.8.8"))
     assert parse_ip("example.com") is None and parse_ip("deadbeef.com") is None
+    assert parse_ip("cafe.be") is None and parse_ip("my-host") is None
 
 
 @settings(max_examples=200, deadline=None)

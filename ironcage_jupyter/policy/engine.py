@@ -397,9 +397,13 @@ class PolicyEngine:
             return ElementDecision(element, "deny", (DEFAULT_DENY,), f"no rule covers {element} (default deny)")
         return ElementDecision(element, _RANK_EFFECT[best], tuple(sorted(ids)), reason)  # type: ignore[arg-type]
 
-    def _combine(self, subject: str, summary: str, key: str, elements: list[ElementDecision],
+    def _combine(self, subject: str, summary: str, key: str | Callable[[], str], elements: list[ElementDecision],
                  findings: list[Finding]) -> Decision:
+        """`key` may be a callable: the canonical request key is only needed (and computed) for escalate
+        decisions (session approvals) unless it is already known."""
         top = max(EFFECT_RANK[e.effect] for e in elements)
+        if callable(key):
+            key = key() if top == EFFECT_RANK["escalate"] else ""
         deciding = [e for e in elements if EFFECT_RANK[e.effect] == top]
         invariant = any(e.invariant for e in deciding)
         if invariant:
@@ -457,7 +461,7 @@ class PolicyEngine:
         if spec is None:
             element = ElementDecision(f"tool {name!r}", "deny", ("invariant:unknown-tool",),
                                       "unknown tools are denied", True)
-            return self._combine("tool", summary, request_key("tool", [name, _jsonable(args)]), [element], [])
+            return self._combine("tool", summary, lambda: request_key("tool", [name, _jsonable(args)]), [element], [])
         elements: list[ElementDecision] = []
         canonical_args: dict[str, Any] = {}
         for arg in sorted(set(args) - set(spec.params)):
@@ -534,7 +538,7 @@ class PolicyEngine:
         for finding in findings:
             elements.append(self._judge(f"finding {finding.id}", self._tool_finding_rules,
                                         lambda r, f=finding: r.match_tool(name) and r.match_finding(f)))  # type: ignore[misc]
-        key = request_key("tool", [name, canonical_args])
+        key = lambda: request_key("tool", [name, canonical_args])  # noqa: E731
         return self._combine("tool", summary, key, elements, list(findings))
 
     # -- network
@@ -548,10 +552,10 @@ class PolicyEngine:
             norm = normalize_host(host)
         except HostError as exc:
             element = ElementDecision(f"destination {host!r}", "deny", ("invariant:bad-host",), str(exc), True)
-            return self._combine("network", summary, request_key("network", [host, port, scheme]), [element], [])
+            return self._combine("network", summary, lambda: request_key("network", [host, port, scheme]), [element], [])
         ip = parse_ip(norm)
         request = NetworkRequest(norm, port, (scheme or "").lower() or None, resolved_ip)
-        key = request_key("network", [norm if ip is None else str(ip), port, request.scheme])
+        key = lambda: request_key("network", [norm if ip is None else str(ip), port, request.scheme])  # noqa: E731
         elements: list[ElementDecision] = []
         checked_ips = [ip] if ip is not None else []
         if resolved_ip is not None:
@@ -610,7 +614,7 @@ class PolicyEngine:
                 norm_host = normalize_host(host)
             except HostError as exc:
                 element = ElementDecision("credential host", "deny", ("invariant:bad-host",), str(exc), True)
-                return self._combine("credential", name, request_key("credential", [name, requester, host]),
+                return self._combine("credential", name, lambda: request_key("credential", [name, requester, host]),
                                      [element], [])
         request = CredentialRequest(name, requester, norm_host)
         summary = f"credential {name} for {requester}" + (f" -> {norm_host}" if norm_host else "")
@@ -626,7 +630,7 @@ class PolicyEngine:
             return True
 
         element = self._judge(summary, self._credential_rules, predicate)
-        return self._combine("credential", summary, request_key("credential", [name, requester, norm_host]),
+        return self._combine("credential", summary, lambda: request_key("credential", [name, requester, norm_host]),
                              [element], [])
 
     # -- policy changes

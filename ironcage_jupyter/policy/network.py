@@ -50,8 +50,14 @@ def parse_inet_aton(text: str) -> ipaddress.IPv4Address | None:
     return ipaddress.IPv4Address(value)
 
 
+_NOT_IP_CHARS = re.compile(r"[g-wyz_-]")
+
+
 def parse_ip(host: str) -> IPAddress | None:
     text = host.strip().lower()
+    if _NOT_IP_CHARS.search(text.split("%", 1)[0]) or (":" not in text and not any(c.isdigit() for c in text)):
+        # letters outside hex/x, or neither digit nor colon: a name (an IPv6 zone id after % may hold any letter)
+        return None
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
     text = text.split("%", 1)[0]  # IPv6 zone id
