@@ -138,12 +138,10 @@ class ChildKernel(LoggingConfigurable):
         return [
             sys.executable,
             "-m",
-            "ipykernel_launcher",
+            "ironcage_jupyter.child_main",
             "-f",
             "{connection_file}",
             "--IPKernelApp.kernel_class=ipykernel.ipkernel.IPythonKernel",
-            # The child's own history would be a file in its private home; keep it in memory.
-            "--HistoryManager.hist_file=:memory:",
             "--Application.log_level=WARN",
         ]
 

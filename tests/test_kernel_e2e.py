@@ -200,7 +200,8 @@ def test_interrupt_through_a_real_kernel_manager(workspace):
         time.sleep(0.5)
         km.interrupt_kernel()
         reply = kc.get_shell_msg(timeout=15)
-        assert reply["parent_header"]["msg_id"] == msg_id
+        while reply["parent_header"].get("msg_id") != msg_id:  # e.g. a late kernel_info reply
+            reply = kc.get_shell_msg(timeout=15)
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KeyboardInterrupt"
         assert execute(kc, "'next cell works'").result == "'next cell works'"
@@ -217,7 +218,8 @@ def test_child_killed_mid_cell_then_a_fresh_child_runs_the_next_cell(workspace):
         time.sleep(0.5)
         os.kill(child_pid, signal.SIGKILL)
         reply = kc.get_shell_msg(timeout=20)
-        assert reply["parent_header"]["msg_id"] == msg_id
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = kc.get_shell_msg(timeout=20)
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KernelStateLost"
         assert "state was lost" in reply["content"]["evalue"]
@@ -311,3 +313,19 @@ def test_kernelspec_install_cli(tmp_path):
     assert spec["argv"][1:3] == ["-m", "ironcage_jupyter"]
     assert (tmp_path / "share/jupyter/kernels/cage-test/logo-64x64.png").exists()
     assert process_alive(os.getpid())
+
+
+def test_configuration_from_jupyter_config_file_and_command_line(workspace, tmp_path):
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "jupyter_ironcage_config.json").write_text(
+        json.dumps({"IronCageKernel": {"cell_timeout": 123.0, "request_timeout": 9.0}})
+    )
+    km, kc = start_kernel(workspace, env={"JUPYTER_CONFIG_DIR": str(config_dir)},
+                          extra_arguments=["--IronCageKernel.request_timeout=11"])
+    try:
+        info = status(kc)
+        assert info["cell_timeout_s"] == 123.0
+        assert info["request_timeout_s"] == 11.0  # the command line wins over the file
+    finally:
+        stop_kernel(km, kc)
