@@ -118,3 +118,24 @@ def test_show_yaml_round_trips(name):
     assert policy.name in policy_summary(policy) and "| Mode |" in policy_summary(policy, markdown=True)
     table = policy_show(policy, markdown=True)
     assert all(f"`{rule.id}`" in table for rule in policy.rules)
+
+
+def test_builtins_load_from_an_installed_wheel(tmp_path):
+    """The wheel force-includes policies/ as ironcage_jupyter/policies; load_policy finds them there."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    hatchling = pytest.importorskip("hatchling.builders.wheel")
+    repo = Path(__file__).resolve().parent.parent
+    wheel = next(iter(hatchling.WheelBuilder(str(repo)).build(directory=str(tmp_path / "dist"), versions=["standard"])))
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = ("from ironcage_jupyter.policy import load_policy, builtin_names; "
+            "import ironcage_jupyter, sys; assert ironcage_jupyter.__file__.startswith(sys.argv[1]); "
+            "print(sorted(builtin_names()), load_policy('observe').mode)")
+    out = subprocess.run([sys.executable, "-c", code, str(site)], cwd=tmp_path, env={"PYTHONPATH": str(site)},
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "['default', 'observe', 'strict'] observe" in out.stdout
