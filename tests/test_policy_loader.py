@@ -97,7 +97,7 @@ yaml_values = st.recursive(
 )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(["name", "rules", "network", "firewall", "mode", "locked", "extends_x",
                                          "escalation", "limits"]), yaml_values, max_size=4))
 def test_fuzz_structures(doc):
