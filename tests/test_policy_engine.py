@@ -302,3 +302,20 @@ def test_cell_paths_through_workspace_symlinks_hit_the_invariant(context, worksp
     decision = engine.decide_cell("open('cfg/policy.yaml', 'w').write('x')")
     assert decision.effect == "deny" and decision.rules == ["invariant:protected-path"]
     assert engine.decide_cell("open('data/x.csv').read()").effect == "allow"
+
+
+def test_decide_dispatches_on_subject_models(context):
+    from ironcage_jupyter.policy import CredentialRequest, NetworkRequest, ToolCall
+
+    engine = PolicyEngine(load_policy("default"), context)
+    assert engine.decide("x = 1").effect == "allow"
+    assert engine.decide(ToolCall("fs.read", {"path": "a.csv"})).effect == "allow"
+    assert engine.decide(ToolCall("fs.delete", {"path": "a.csv"})).effect == "escalate"
+    assert engine.decide(ToolCall("http.get", {"url": "https://pypi.org/simple"})).effect == "allow"
+    assert engine.decide(ToolCall("http.get", {"url": "https://evil.example/x"})).effect == "escalate"
+    assert engine.decide(ToolCall("http.get", {"url": "http://169.254.169.254/latest"})).effect == "deny"
+    assert engine.decide(NetworkRequest("files.pythonhosted.org", 443, "https")).effect == "allow"
+    assert engine.decide(NetworkRequest("pypi.org", 22)).effect == "deny"
+    assert engine.decide(CredentialRequest("NOPE")).effect == "deny"
+    with pytest.raises(TypeError):
+        engine.decide(42)

@@ -7,10 +7,10 @@ from .loader import PolicyError, PolicyIssue, builtin_names, load_policy, load_p
 from .models import Match, Policy, Rule
 from .paths import canonicalize, is_within
 from .report import ExplainReport, explain, policy_show, policy_summary
-from .subjects import PolicyContext, ToolSpec
+from .subjects import CredentialRequest, NetworkRequest, PolicyContext, ToolCall, ToolSpec
 
 __all__ = [
-    "Answer", "ApprovalCache", "Decision", "ElementDecision", "EscalationQuestion", "ExplainReport", "Match",
+    "Answer", "ApprovalCache", "CredentialRequest", "NetworkRequest", "ToolCall", "Decision", "ElementDecision", "EscalationQuestion", "ExplainReport", "Match",
     "Policy", "PolicyContext", "PolicyEngine", "PolicyError", "PolicyIssue", "Rule", "ToolSpec", "builtin_names",
     "canonicalize", "explain", "format_question", "is_loosening", "is_within", "load_policy", "load_policy_text",
     "loosening_reasons", "parse_answer", "policy_show", "policy_summary", "request_key",

@@ -423,6 +423,19 @@ class PolicyEngine:
                             effect, False, subject, summary, key, elements)
         return decision
 
+    def decide(self, request: ScreenResult | str | ToolCall | NetworkRequest | CredentialRequest) -> Decision:
+        """Dispatch on the subject model: a cell (ScreenResult or raw code), a ToolCall, a NetworkRequest
+        or a CredentialRequest."""
+        if isinstance(request, ScreenResult | str):
+            return self.decide_cell(request)
+        if isinstance(request, ToolCall):
+            return self.decide_tool(request.name, request.args)
+        if isinstance(request, NetworkRequest):
+            return self.decide_network(request.host, request.port, request.scheme, request.resolved_ip)
+        if isinstance(request, CredentialRequest):
+            return self.decide_credential(request.name, request.requester, request.host)
+        raise TypeError(f"cannot decide a {type(request).__name__}")
+
     # -- cells
     def decide_cell(self, cell: ScreenResult | str) -> Decision:
         """Decide a cell from its screening result (or its raw code, screened here with the policy's
