@@ -45,7 +45,7 @@ async def test_denied_cell_is_blocked_with_rule_and_reason(session):
     request = await run(session, cell("import ctypes\nctypes.CDLL(None)"))
     assert request.block.ename == "PolicyDenied"
     assert "deny-dangerous" in request.block.rule
-    assert any("IC-MOD-001" in line for line in request.block.details)
+    assert any("IC-MOD-001" in line for line in request.block.details) and request.block.reason
 
 
 async def test_escalation_default_no_and_no_stdin(session):

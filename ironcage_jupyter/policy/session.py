@@ -229,8 +229,8 @@ class PolicyStage:
             cell.notes["escalation"] = record.to_dict()
         cell.decision = decision
         if decision.effect != "allow":
-            details = [f"Rule: {', '.join(decision.rules)}", f"Reason: {decision.reason}"]
-            details += [f"line {f.line}: {f.id} [{f.category}/{f.severity}] {f.message}" for f in decision.findings[:20]]
+            # the kernel prints rule and reason itself (Block.rule / Block.reason); details list the findings
+            details = [f"line {f.line}: {f.id} [{f.category}/{f.severity}] {f.message}" for f in decision.findings[:20]]
             cell.block = Block(ename="PolicyDenied", evalue=f"Iron Cage policy {self.session.policy.name!r} "
                                f"denied this cell: {decision.reason}", rule=",".join(decision.rules),
                                reason=decision.reason, details=details)
