@@ -13,10 +13,11 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from ipykernel.kernelbase import Kernel
+from jupyter_client.session import Session
 from traitlets import Float, Int, Unicode, default
 from zmq.eventloop.zmqstream import ZMQStream
 
@@ -64,6 +65,9 @@ class ExecuteStage:
 
 
 class IronCageKernel(Kernel):
+    if TYPE_CHECKING:  # set by the kernel app before any handler runs
+        session: Session
+
     implementation = "ironcage"
     implementation_version = __version__
     banner = (
@@ -269,7 +273,7 @@ class IronCageKernel(Kernel):
                 raise ChildDied(f"the child kernel exited during start (status {self.child.exit_status})")
             route = Route(kind="kernel_info", parent=None, forward_outputs=False)
             self.relay.send("shell", "kernel_info_request", {}, route)
-            done, _ = await asyncio.wait({route.reply, route.idle}, timeout=1.0)
+            done, _ = await asyncio.wait(route.futures(), timeout=1.0)
             if route.reply.done() and route.idle.done():
                 route.reply.result()
                 return
@@ -434,7 +438,7 @@ class IronCageKernel(Kernel):
         route = Route(
             kind="execute",
             parent=self.get_parent("shell"),
-            ident=self._parent_ident["shell"],
+            ident=[self._parent_ident["shell"]],
             execution_count=cell.execution_count,
         )
         cell.notes["route"] = route
@@ -457,7 +461,7 @@ class IronCageKernel(Kernel):
         )
         timeout = self.cell_timeout_seconds()
         try:
-            await asyncio.wait({route.reply, route.idle}, timeout=timeout)
+            await asyncio.wait(route.futures(), timeout=timeout)
             if not (route.reply.done() and route.idle.done()):
                 await self._cell_timed_out(cell, route, timeout)
                 return
@@ -478,7 +482,7 @@ class IronCageKernel(Kernel):
     async def _cell_timed_out(self, cell: CellRequest, route: Route, timeout: float | None) -> None:
         """Watchdog: interrupt, then kill and restart if the cell does not stop."""
         await self._interrupt_child()
-        await asyncio.wait({route.reply, route.idle}, timeout=self.interrupt_grace)
+        await asyncio.wait(route.futures(), timeout=self.interrupt_grace)
         if route.reply.done() and route.idle.done() and not route.reply.exception():
             cell.block = Block(
                 ename="CellTimeout",
@@ -511,7 +515,7 @@ class IronCageKernel(Kernel):
     async def ask_frontend(self, prompt: str, *, password: bool = False, route: Route | None = None) -> str:
         """Send input_request to the frontend and wait for its input_reply."""
         parent = route.parent if route is not None else self.get_parent("shell")
-        ident = route.ident if route is not None else self._parent_ident["shell"]
+        ident = route.ident if route is not None else [self._parent_ident["shell"]]
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._stdin_waiter = waiter
@@ -776,7 +780,7 @@ class IronCageKernel(Kernel):
         }
 
 
-def make_app_class() -> type:
+def make_app_class() -> Any:
     """The kernel application: IPKernelApp that also reads ``jupyter_ironcage_config.{py,json}``."""
     from ipykernel.kernelapp import IPKernelApp
     from jupyter_core.paths import jupyter_config_path

@@ -39,6 +39,9 @@ class Route:
     output_bytes: int = 0
     stats: dict[str, int] = field(default_factory=dict)
 
+    def futures(self) -> set[asyncio.Future[Any]]:
+        return {self.reply, self.idle}
+
     def fail(self, exc: BaseException) -> None:
         for fut in (self.reply, self.idle):
             if not fut.done():
