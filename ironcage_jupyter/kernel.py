@@ -25,6 +25,7 @@ from . import __version__
 from .child import ChildDied, ChildKernel
 from .magics import MagicResult, is_ironcage_magic, run_magic
 from .pipeline import Block, CellRequest, Pipeline, Stage
+from .policy.session import status as policy_status
 from .relay import Relay, Route
 
 #: Frontend comm targets that the wrapper answers itself; every other comm goes to the child.
@@ -218,7 +219,11 @@ class IronCageKernel(Kernel):
     def _build_stages(self) -> list[Stage]:
         """The ordered per-cell stages. Later components (firewall, policy, credentials, audit)
         register here; no stage is shipped that pretends to check something."""
-        return [ExecuteStage(self)]
+        from .policy.session import build_policy_stages
+
+        # firewall screen -> policy decide (an invalid policy: a stage refusing every cell)
+        self.policy_session, self.policy_error, policy_stages = build_policy_stages(self)
+        return [*policy_stages, ExecuteStage(self)]
 
     def start(self) -> None:
         super().start()
@@ -383,6 +388,7 @@ class IronCageKernel(Kernel):
     ) -> dict[str, Any]:
         try:
             if is_ironcage_magic(code):
+                self._magic_allow_stdin = allow_stdin  # `%ironcage policy load` may ask the human
                 return await self._run_magic(code, silent)
             cell = CellRequest(
                 code=code,
@@ -415,7 +421,8 @@ class IronCageKernel(Kernel):
             )
 
     def cell_timeout_seconds(self) -> float | None:
-        return self.cell_timeout or None
+        session = getattr(self, "policy_session", None)
+        return self.cell_timeout or (session.policy.limits.cell_timeout_s if session is not None else None)
 
     async def execute_in_child(self, cell: CellRequest) -> None:
         interrupted = self._cell_interrupted = asyncio.get_running_loop().create_future()
@@ -775,6 +782,7 @@ class IronCageKernel(Kernel):
             "pipeline": self.pipeline.names,
             "cell_timeout_s": self.cell_timeout_seconds(),
             "request_timeout_s": self.request_timeout,
+            **policy_status(getattr(self, "policy_session", None), getattr(self, "policy_error", None)),
             "child_messages": {"received": self.relay.received, "published": self.relay.published,
                                "hwm": self.relay.sockets["iopub"].getsockopt(zmq.RCVHWM) if self.relay.sockets else None},
         }

@@ -234,3 +234,65 @@ class PolicyStage:
             cell.block = Block(ename="PolicyDenied", evalue=f"Iron Cage policy {self.session.policy.name!r} "
                                f"denied this cell: {decision.reason}", rule=",".join(decision.rules),
                                reason=decision.reason, details=details)
+
+
+class PolicyUnavailableStage:
+    """Stands in for the firewall and policy stages when the policy did not load: every cell is refused
+    (fail closed) with the loader's error, which names file, line and field."""
+
+    name = "decide"
+    always = False
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+    async def run(self, cell: Any) -> None:
+        from ..pipeline import Block
+
+        cell.block = Block(ename="PolicyError", evalue="the policy could not be loaded, so no cell runs",
+                           rule="invariant:policy-unavailable", reason="fail closed on an invalid policy",
+                           details=self.error.splitlines()[:20])
+
+
+def kernel_policy_context(kernel: Any, tools: Any = ()) -> PolicyContext:
+    """The PolicyContext for a wrapper kernel: its workspace, audit dir, secrets file, the policy file
+    itself, Iron Cage's Jupyter config files, plus the defaults (Jupyter runtime dir, home secrets, ...)."""
+    from jupyter_core.paths import jupyter_config_path
+
+    from .loader import _BUILTIN_NAME
+
+    policy_paths = []
+    policy = str(getattr(kernel, "policy", "") or "")
+    if policy and not (_BUILTIN_NAME.match(policy) and not policy.endswith((".yaml", ".yml"))):
+        policy_paths.append(policy)
+    config_files = [str(Path(d) / f"jupyter_ironcage_config.{ext}") for d in jupyter_config_path() for ext in ("py", "json")]
+    secrets = [s for s in [getattr(kernel, "secrets_file", "")] if s]
+    return PolicyContext.create(
+        getattr(kernel, "workspace", "") or ".",
+        audit_dir=getattr(kernel, "audit_dir", None) or None,
+        policy_paths=policy_paths,
+        secrets_paths=secrets,
+        extra_protected=config_files,
+        tools=tools,
+    )
+
+
+def build_policy_stages(kernel: Any) -> tuple[PolicySession | None, str | None, list[Any]]:
+    """(session, error, [screen stage, decide stage]) for IronCageKernel._build_stages. Never raises:
+    a policy that does not load gives a stage refusing every cell."""
+    try:
+        session = PolicySession.open(str(getattr(kernel, "policy", "") or "default"), kernel_policy_context(kernel))
+    except Exception as exc:  # noqa: BLE001 - any failure to load a policy fails closed
+        error = str(exc) if isinstance(exc, PolicyError) else f"{type(exc).__name__}: {exc}"
+        return None, error, [PolicyUnavailableStage(error)]
+    return session, None, [FirewallStage(session), PolicyStage(session, ask=kernel.ask_frontend)]
+
+
+def status(session: PolicySession | None, error: str | None) -> dict[str, Any]:
+    """Policy part of `%ironcage status`."""
+    if session is None:
+        return {"policy": None, "policy_error": error}
+    policy = session.policy
+    return {"policy": policy.name, "policy_source": session.source, "policy_mode": policy.mode,
+            "policy_locked": policy.locked, "policy_rules": len(policy.rules),
+            "session_approvals": len(session.engine.approvals)}
