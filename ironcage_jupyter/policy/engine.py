@@ -339,8 +339,13 @@ class PolicyEngine:
     """Decides cells, tool calls, network destinations and credential requests for one policy."""
 
     def __init__(self, policy: Policy, context: PolicyContext) -> None:
-        self.policy = policy
         self.context = context
+        self.reload(policy)
+
+    def reload(self, policy: Policy) -> None:
+        """Switch this engine to `policy` in place (holders of the engine see the new policy). Session
+        approvals are dropped: they were given under the old rules."""
+        self.policy = policy
         self.approvals = ApprovalCache(policy.escalation.allow_session_approval)
         compiled = [compile_rule(r, context.workspace, context.home) for r in [*policy.rules, *section_rules(policy)]]
         self.rules = compiled

@@ -105,8 +105,9 @@ class PolicySession:
         return new_policy, self.engine.decide_policy_change(new_policy)
 
     def commit(self, new_policy: Policy, source: str) -> None:
-        # session approvals are not carried over: they were given under the old policy's rules
-        self.engine = PolicyEngine(new_policy, self.context)
+        # in place: the tool broker and the egress gate hold this engine. Session approvals are not
+        # carried over: they were given under the old policy's rules.
+        self.engine.reload(new_policy)
         self.source = source
 
     # -- magics
