@@ -347,6 +347,7 @@ class PolicyEngine:
         approvals are dropped: they were given under the old rules."""
         self.policy = policy
         self.approvals = ApprovalCache(policy.escalation.allow_session_approval)
+        context = self.context
         compiled = [compile_rule(r, context.workspace, context.home) for r in [*policy.rules, *section_rules(policy)]]
         self.rules = compiled
         self._cell_rules = [r for r in compiled if r.subject == "cell" and not r.judges_findings]
