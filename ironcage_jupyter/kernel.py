@@ -36,9 +36,9 @@ from .magics import MagicResult, is_ironcage_magic, run_magic
 from .pipeline import Block, CellRequest, Pipeline, Stage
 from .policy.session import status as policy_status
 from .relay import Relay, Route
+from .tools import kernel_glue
 from .ui import UiBridge
 from .ui.integration import policy_ask, report_cell
-from .tools import kernel_glue
 
 #: Frontend comm targets that the wrapper answers itself; every other comm goes to the child.
 WRAPPER_COMM_TARGETS = ("ironcage.ui", "ironcage.tools")

@@ -163,9 +163,11 @@ async def _policy_magic(kernel: IronCageKernel, command: str, argstring: str, bo
     if session is None:
         return MagicResult.fail(f"no policy is active, no cell runs:\n{getattr(kernel, 'policy_error', '')}",
                                 name="PolicyError")
-    out = await session.magic(command, argstring, body, ask=kernel.ask_frontend,
+    from .policy.session import KernelAsk
+
+    # out.events (policy changes, failed loads) stay on the session for the audit log: session.drain_events()
+    out = await session.magic(command, argstring, body, ask=KernelAsk(kernel),
                               allow_stdin=bool(getattr(kernel, "_magic_allow_stdin", False)))
-    kernel.policy_events = [*getattr(kernel, "policy_events", [])[-99:], *out.events]  # for the audit log
     if out.error is not None:
         return MagicResult.fail(out.error, name="PolicyError")
     return MagicResult.text(out.text, markdown=out.markdown)

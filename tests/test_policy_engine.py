@@ -63,7 +63,7 @@ def screen_of(findings):
 def test_empty_policy_denies_everything(context):
     engine = PolicyEngine(Policy(), context)
     assert engine.decide_cell("x = 1").effect == "deny"
-    assert engine.decide_cell("x = 1").rules == ["default-deny"]
+    assert engine.decide_cell("x = 1").rules == ["default.deny"]
     assert engine.decide_network("pypi.org", 443).effect == "deny"
     assert engine.decide_credential("k").effect == "deny"
     assert engine.decide_tool("fs.read", {"path": "a.csv"}).effect == "deny"
@@ -75,7 +75,7 @@ def test_uncovered_findings_are_denied(context, rules, findings):
     engine = PolicyEngine(make_policy(rules), context)
     decision = engine.decide_cell(screen_of(findings))
     for element in decision.elements:
-        if element.rules == ("default-deny",):
+        if element.rules == ("default.deny",):
             assert decision.effect == "deny"
 
 
@@ -137,7 +137,7 @@ def test_hard_links_are_flagged(context, workspace, tmp_path):
     if not inside.exists():
         os.link(outside, inside)
     decision = PolicyEngine(load_policy("default"), context).decide_tool("fs.read", {"path": "innocent.txt"})
-    assert decision.effect == "deny" and "invariant:hard-link" in decision.rules
+    assert decision.effect == "deny" and "invariant.hard-link" in decision.rules
 
 
 def test_invariants_cannot_be_overridden(context, workspace):
@@ -148,10 +148,10 @@ def test_invariants_cannot_be_overridden(context, workspace):
         {"id": "all-net", "subject": "network", "effect": "allow", "match": {"domains": ["*"]}},
     ]})
     engine = PolicyEngine(permissive, context)
-    assert engine.decide_tool("fs.read", {"path": "~/.ssh/id_rsa"}).rules == ["invariant:protected-path"]
+    assert engine.decide_tool("fs.read", {"path": "~/.ssh/id_rsa"}).rules == ["invariant.protected-path"]
     assert engine.decide_tool("fs.write", {"path": str(workspace.parent / "ic-config" / "p.yaml")}).effect == "deny"
-    assert engine.decide_tool("shell.exec", {"cmd": "id"}).rules == ["invariant:unknown-tool"]
-    assert engine.decide_tool("fs.read", {"path": "a", "extra": 1}).rules == ["invariant:unknown-argument"]
+    assert engine.decide_tool("shell.exec", {"cmd": "id"}).rules == ["invariant.unknown-tool"]
+    assert engine.decide_tool("fs.read", {"path": "a", "extra": 1}).rules == ["invariant.unknown-argument"]
     assert engine.decide_cell("open('/root/.ssh/id_rsa')").effect == "deny"
     for host in ["127.0.0.1", "2130706433", "0x7f.1", "0177.0.0.1", "[::1]", "::ffff:127.0.0.1", "169.254.169.254",
                  "10.1.2.3", "localhost", "LOCALHOST.", "[::ffff:7f00:1]", "0"]:
@@ -198,7 +198,7 @@ def test_session_approval_only_turns_identical_escalate_into_allow(context):
     assert first.effect == "escalate"
     assert engine.approvals.approve(first)
     again = engine.decide_cell("!ls")
-    assert again.effect == "allow" and again.session_approved and "session-approval" in again.rules
+    assert again.effect == "allow" and again.session_approved and "session.approval" in again.rules
     assert engine.decide_cell("!ls -la").effect == "escalate"
     denied = engine.decide_cell("import ctypes")
     assert not engine.approvals.approve(denied)
@@ -300,7 +300,7 @@ def test_cell_paths_through_workspace_symlinks_hit_the_invariant(context, worksp
         link.symlink_to(secrets)
     engine = PolicyEngine(load_policy("default"), context)
     decision = engine.decide_cell("open('cfg/policy.yaml', 'w').write('x')")
-    assert decision.effect == "deny" and decision.rules == ["invariant:protected-path"]
+    assert decision.effect == "deny" and decision.rules == ["invariant.protected-path"]
     assert engine.decide_cell("open('data/x.csv').read()").effect == "allow"
 
 

@@ -29,7 +29,7 @@ def test_denied_cell_never_reaches_the_child(kernel):
     assert "deny-dangerous" in ex.text and "IC-MOD-001" in ex.text
     assert not (workspace / "ran.txt").exists()
     protected = execute(kc, "open('~/.ssh/id_rsa'.replace('~', '/root')).read()")
-    assert protected.status == "error" and "invariant:protected-path" in protected.text
+    assert protected.status == "error" and "invariant.protected-path" in protected.text
 
 
 def test_escalation_asks_and_defaults_to_no(kernel):

@@ -124,3 +124,28 @@ async def test_large_cells_are_screened_off_the_event_loop(session):
     code = "x = 1\n" * 5000 + "import ctypes\n"
     request = await run(session, cell(code))
     assert request.block is not None and request.screen.findings[0].line == 5001
+
+
+async def test_an_ask_that_reaches_a_human_without_stdin_is_used(session):
+    class DialogAsk:
+        def __init__(self):
+            self.asked = []
+
+        def available_without_stdin(self):
+            return True
+
+        async def __call__(self, prompt):
+            self.asked.append(prompt)
+            return "y"
+
+    dialog = DialogAsk()
+    request = await run(session, cell("!ls", allow_stdin=False), dialog)
+    assert request.block is None and request.notes["escalation"]["outcome"] == "allow-once" and dialog.asked
+
+
+async def test_magic_events_are_kept_for_the_audit_log(session):
+    await session.magic("policy", "load strict")
+    await session.magic("policy", "load no-such-policy")
+    events = session.drain_events()
+    assert [e["event"] for e in events] == ["policy_change", "policy_load_failed"]
+    assert session.drain_events() == []

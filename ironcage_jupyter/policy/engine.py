@@ -2,7 +2,7 @@
 
 A request is split into elements (the cell itself, each finding, each magic; a tool call, each typed
 argument, each finding of its arguments; a network destination; a credential request). Every element must
-be covered by at least one matching rule, otherwise it is denied ("default-deny"). An element's effect is
+be covered by at least one matching rule, otherwise it is denied ("default.deny"). An element's effect is
 the strictest of its matching rules (deny > escalate > allow) and the request's effect the strictest over
 its elements, so the order of rules never matters. Path and host canonicalisation happen before the rule
 evaluation, which is pure: no I/O, no clock, no randomness.
@@ -34,7 +34,7 @@ from .network import (
 from .paths import PathError, inspect_path, within_any
 from .subjects import PATH_ROLES, CredentialRequest, NetworkRequest, PolicyContext, ToolCall
 
-DEFAULT_DENY = "default-deny"
+DEFAULT_DENY = "default.deny"
 _RANK_EFFECT = {v: k for k, v in EFFECT_RANK.items()}
 
 
@@ -422,7 +422,7 @@ class PolicyEngine:
             reason += f" (and {len(deciding) - 1} more)"
         decision = Decision(effect, rules, reason, findings, True, None, invariant, subject, summary, key, elements)
         if effect == "escalate" and key in self.approvals:
-            return Decision("allow", [*rules, "session-approval"], f"approved for this session: {reason}", findings,
+            return Decision("allow", [*rules, "session.approval"], f"approved for this session: {reason}", findings,
                             True, "escalate", False, subject, summary, key, elements, session_approved=True)
         if self.policy.mode == "observe" and not invariant and effect != "allow":
             return Decision("allow", rules, f"observe mode, would have been {effect}: {reason}", findings, False,
@@ -456,7 +456,7 @@ class PolicyEngine:
                 continue
             if within_any(canonical, self.context.protected_paths):
                 elements.append(ElementDecision(f"path {use.path!r} (line {use.line})", "deny",
-                                                ("invariant:protected-path",),
+                                                ("invariant.protected-path",),
                                                 f"{canonical} is protected (Iron Cage state, Jupyter runtime or "
                                                 f"home secrets)", True))
         code = screen.raw
@@ -478,16 +478,16 @@ class PolicyEngine:
         summary = f"{name}({', '.join(f'{k}={str(v)[:40]!r}' for k, v in list(args.items())[:6])})"
         spec = self.context.tools.get(name)
         if spec is None:
-            element = ElementDecision(f"tool {name!r}", "deny", ("invariant:unknown-tool",),
+            element = ElementDecision(f"tool {name!r}", "deny", ("invariant.unknown-tool",),
                                       "unknown tools are denied", True)
             return self._combine("tool", summary, lambda: request_key("tool", [name, _jsonable(args)]), [element], [])
         elements: list[ElementDecision] = []
         canonical_args: dict[str, Any] = {}
         for arg in sorted(set(args) - set(spec.params)):
-            elements.append(ElementDecision(f"argument {arg!r}", "deny", ("invariant:unknown-argument",),
+            elements.append(ElementDecision(f"argument {arg!r}", "deny", ("invariant.unknown-argument",),
                                             f"{name} has no argument {arg!r}", True))
         for arg in sorted(spec.required - set(args)):
-            elements.append(ElementDecision(f"argument {arg!r}", "deny", ("invariant:missing-argument",),
+            elements.append(ElementDecision(f"argument {arg!r}", "deny", ("invariant.missing-argument",),
                                             f"{name} requires argument {arg!r}", True))
         arg_elements: list[tuple[str, str, Any]] = []
         for arg, value in sorted(args.items()):
@@ -496,36 +496,36 @@ class PolicyEngine:
                 continue
             if role in PATH_ROLES:
                 if not isinstance(value, str):
-                    elements.append(ElementDecision(f"argument {arg!r}", "deny", ("invariant:bad-argument",),
+                    elements.append(ElementDecision(f"argument {arg!r}", "deny", ("invariant.bad-argument",),
                                                     f"{arg} must be a path string", True))
                     continue
                 try:
                     info = inspect_path(value, self.context.workspace, self.context.home)
                 except PathError as exc:
-                    elements.append(ElementDecision(f"argument {arg!r}", "deny", ("invariant:bad-argument",),
+                    elements.append(ElementDecision(f"argument {arg!r}", "deny", ("invariant.bad-argument",),
                                                     str(exc), True))
                     continue
                 canonical_args[arg] = info.path
                 if within_any(info.path, self.context.protected_paths):
-                    elements.append(ElementDecision(f"{role} {value!r}", "deny", ("invariant:protected-path",),
+                    elements.append(ElementDecision(f"{role} {value!r}", "deny", ("invariant.protected-path",),
                                                     f"{info.path} is protected", True))
                     continue
                 if info.hardlinked:
-                    elements.append(ElementDecision(f"{role} {value!r}", "deny", ("invariant:hard-link",),
+                    elements.append(ElementDecision(f"{role} {value!r}", "deny", ("invariant.hard-link",),
                                                     f"{info.path} has several hard links and may be a file "
                                                     f"outside the allowed trees", True))
                     continue
                 arg_elements.append((arg, role, info.path))
             elif role == "url":
                 if not isinstance(value, str):
-                    elements.append(ElementDecision(f"argument {arg!r}", "deny", ("invariant:bad-argument",),
+                    elements.append(ElementDecision(f"argument {arg!r}", "deny", ("invariant.bad-argument",),
                                                     f"{arg} must be a URL string", True))
                     continue
                 try:
                     scheme, host, port = split_url(value)
                     host = normalize_host(host)
                 except HostError as exc:
-                    elements.append(ElementDecision(f"argument {arg!r}", "deny", ("invariant:bad-argument",),
+                    elements.append(ElementDecision(f"argument {arg!r}", "deny", ("invariant.bad-argument",),
                                                     str(exc), True))
                     continue
                 canonical_args[arg] = f"{scheme}://{host}:{port}"
@@ -540,7 +540,7 @@ class PolicyEngine:
                     named = any(r.addresses and (ip in n or effective_ip(ip) in n)
                                 for r in self._arg_rules if "url" in r.roles for n in r.addresses)
                     if not named:
-                        elements.append(ElementDecision(f"url {host}", "deny", ("invariant:restricted-address",),
+                        elements.append(ElementDecision(f"url {host}", "deny", ("invariant.restricted-address",),
                                                         f"{host} is a loopback/private/link-local address", True))
                         continue
                 elements.append(self._judge(
@@ -570,7 +570,7 @@ class PolicyEngine:
         try:
             norm = normalize_host(host)
         except HostError as exc:
-            element = ElementDecision(f"destination {host!r}", "deny", ("invariant:bad-host",), str(exc), True)
+            element = ElementDecision(f"destination {host!r}", "deny", ("invariant.bad-host",), str(exc), True)
             return self._combine("network", summary, lambda: request_key("network", [host, port, scheme]), [element], [])
         ip = parse_ip(norm)
         request = NetworkRequest(norm, port, (scheme or "").lower() or None, resolved_ip)
@@ -580,18 +580,18 @@ class PolicyEngine:
         if resolved_ip is not None:
             rip = parse_ip(resolved_ip)
             if rip is None:
-                elements.append(ElementDecision("resolved address", "deny", ("invariant:bad-host",),
+                elements.append(ElementDecision("resolved address", "deny", ("invariant.bad-host",),
                                                 f"unparseable resolved address {resolved_ip!r}", True))
             else:
                 checked_ips.append(rip)
         for candidate in checked_ips:
             if is_restricted(candidate) and not self._address_named(candidate, port, request.scheme):
-                elements.append(ElementDecision(f"address {candidate}", "deny", ("invariant:restricted-address",),
+                elements.append(ElementDecision(f"address {candidate}", "deny", ("invariant.restricted-address",),
                                                 f"{candidate} is loopback/private/link-local/reserved and no rule "
                                                 f"names it", True))
         if ip is None and (norm in LOCAL_NAMES or norm.endswith(".localhost")):
             if not any(r.effect == "allow" and norm in r.domains for r in self._network_rules):
-                elements.append(ElementDecision(f"host {norm}", "deny", ("invariant:restricted-address",),
+                elements.append(ElementDecision(f"host {norm}", "deny", ("invariant.restricted-address",),
                                                 "localhost names are refused unless named exactly", True))
         elements.append(self._judge(f"destination {summary}", self._network_candidates(norm, ip),
                                     lambda r: self._match_network(r, request, ip)))
@@ -632,7 +632,7 @@ class PolicyEngine:
             try:
                 norm_host = normalize_host(host)
             except HostError as exc:
-                element = ElementDecision("credential host", "deny", ("invariant:bad-host",), str(exc), True)
+                element = ElementDecision("credential host", "deny", ("invariant.bad-host",), str(exc), True)
                 return self._combine("credential", name, lambda: request_key("credential", [name, requester, host]),
                                      [element], [])
         request = CredentialRequest(name, requester, norm_host)
@@ -662,14 +662,14 @@ class PolicyEngine:
         key = request_key("policy", new_policy.model_dump(mode="json"))
         summary = f"load policy {new_policy.name!r}"
         if not reasons:
-            element = ElementDecision("policy change", "allow", ("invariant:tightening",),
+            element = ElementDecision("policy change", "allow", ("invariant.tightening",),
                                       "the new policy is not looser than the active one")
         elif self.policy.locked:
-            element = ElementDecision("policy change", "deny", ("invariant:locked",),
+            element = ElementDecision("policy change", "deny", ("invariant.locked",),
                                       f"the active policy is locked by an administrator; the new one loosens it: "
                                       f"{'; '.join(reasons[:3])}", True)
         else:
-            element = ElementDecision("policy change", "escalate", ("invariant:loosening",),
+            element = ElementDecision("policy change", "escalate", ("invariant.loosening",),
                                       f"the new policy loosens the active one: {'; '.join(reasons[:3])}", True)
         decision = self._combine("policy", summary, key, [element], [])
         if element.effect == "escalate":

@@ -56,6 +56,12 @@ class PolicySession:
         self.context = context
         self.source = source
         self.engine = PolicyEngine(policy, context)
+        #: Policy changes and failed loads, for the audit log (bounded; the audit stage drains them).
+        self.events: list[dict[str, Any]] = []
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        events, self.events = self.events, []
+        return events
 
     @classmethod
     def open(cls, name_or_path: str, context: PolicyContext) -> PolicySession:
@@ -78,7 +84,7 @@ class PolicySession:
         settings = self.policy.escalation
         question = format_question(decision, detail, session_allowed=settings.allow_session_approval,
                                    timeout_s=settings.timeout_s)
-        if ask is None or not allow_stdin:
+        if ask is None or not (allow_stdin or _answers_without_stdin(ask)):
             return _denied(decision, "no frontend can answer (allow_stdin is false)"), EscalationRecord(
                 question.text, None, "deny-no-stdin")
         try:
@@ -91,7 +97,7 @@ class PolicySession:
             return _denied(decision, "the human answered no"), EscalationRecord(question.text, raw, "deny")
         if answer is Answer.SESSION:
             self.engine.approvals.approve(decision)
-        approved = Decision("allow", [*decision.rules, "human-approval"], f"approved by a human: {decision.reason}",
+        approved = Decision("allow", [*decision.rules, "human.approval"], f"approved by a human: {decision.reason}",
                             decision.findings, True, "escalate", False, decision.subject, decision.summary,
                             decision.request_key, decision.elements)
         outcome = "allow-session" if answer is Answer.SESSION else "allow-once"
@@ -114,6 +120,12 @@ class PolicySession:
     async def magic(self, command: str, argstring: str, body: str | None = None, *, ask: Ask | None = None,
                     allow_stdin: bool = False) -> MagicOutput:
         """`%ironcage policy [show [--yaml] | load NAME|PATH | check PATH]` and `%%ironcage explain`."""
+        out = await self._magic(command, argstring, body, ask=ask, allow_stdin=allow_stdin)
+        self.events = [*self.events, *out.events][-200:]
+        return out
+
+    async def _magic(self, command: str, argstring: str, body: str | None, *, ask: Ask | None,
+                     allow_stdin: bool) -> MagicOutput:
         if command == "explain":
             if body is None or not body.strip():
                 return MagicOutput("", error="%%ironcage explain needs the cell to explain as its body")
@@ -181,6 +193,30 @@ class PolicySession:
             rows.append(f"| {index} | {d.effect} | {', '.join(d.rules)} | {d.reason.replace('|', '/')} |")
         head = f"{target}: {len(cells)} code cells under policy {self.policy.name!r} (nothing was run)"
         return MagicOutput(head + "\n" + "\n".join(lines), f"**{head}**\n\n" + "\n".join(rows))
+
+
+def _answers_without_stdin(ask: Any) -> bool:
+    """An ask that reaches a human by another way than input_request (the lab extension's dialog)."""
+    probe = getattr(ask, "available_without_stdin", None)
+    return bool(probe()) if callable(probe) else False
+
+
+class KernelAsk:
+    """How the wrapper asks its human: the lab extension's approval dialog when it is attached (this
+    works for cells sent with allow_stdin=False, e.g. by an agent), else input_request."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+
+    def available_without_stdin(self) -> bool:
+        ui = getattr(self.kernel, "ui", None)
+        return getattr(self.kernel, "ui_ask", None) is not None and bool(getattr(ui, "attached", False))
+
+    async def __call__(self, prompt: str) -> str:
+        ui_ask = getattr(self.kernel, "ui_ask", None)
+        if ui_ask is not None:
+            return str(await ui_ask(prompt))  # falls back to input_request when no dialog is attached
+        return str(await self.kernel.ask_frontend(prompt))
 
 
 def _denied(decision: Decision, why: str) -> Decision:
@@ -251,7 +287,7 @@ class PolicyUnavailableStage:
         from ..pipeline import Block
 
         cell.block = Block(ename="PolicyError", evalue="the policy could not be loaded, so no cell runs",
-                           rule="invariant:policy-unavailable", reason="fail closed on an invalid policy",
+                           rule="invariant.policy-unavailable", reason="fail closed on an invalid policy",
                            details=self.error.splitlines()[:20])
 
 
@@ -286,7 +322,7 @@ def build_policy_stages(kernel: Any) -> tuple[PolicySession | None, str | None, 
     except Exception as exc:  # noqa: BLE001 - any failure to load a policy fails closed
         error = str(exc) if isinstance(exc, PolicyError) else f"{type(exc).__name__}: {exc}"
         return None, error, [PolicyUnavailableStage(error)]
-    return session, None, [FirewallStage(session), PolicyStage(session, ask=kernel.ask_frontend)]
+    return session, None, [FirewallStage(session), PolicyStage(session, ask=KernelAsk(kernel))]
 
 
 def status(session: PolicySession | None, error: str | None) -> dict[str, Any]:
