@@ -374,3 +374,29 @@ def test_sentinel_request_reaches_a_real_server_with_the_real_value_only_on_its_
         server.shutdown()
         server.server_close()
     assert Recorder.seen == [f"Bearer {HF}", f"Bearer {sentinel}"]
+
+
+def test_the_tools_adapter_works_over_the_kernels_credential_session():
+    """kernel.credentials is a CredentialSession; the tools broker's adapter must get real swaps."""
+    from ironcage_jupyter.credentials.session import CredentialSession
+
+    adapters = pytest.importorskip("ironcage_jupyter.tools.adapters")
+    session = CredentialSession(
+        CredentialSettings(
+            grants={"OPENAI_API_KEY": SecretGrant(hosts=["api.openai.com"], tools=["http", "mcp_search"])}
+        ),
+        sources={"env": EnvSource({"OPENAI_API_KEY": OPENAI})},
+    )
+    sentinel = session.child_env_overrides()["OPENAI_API_KEY"]
+    creds = adapters.BrokeredCredentials(session)
+    assert list(creds.hosts_needing_interception()) == ["api.openai.com"]
+    assert creds.swap(f"Bearer {sentinel}", tool="http", host="api.openai.com") == (
+        f"Bearer {OPENAI}",
+        ["OPENAI_API_KEY"],
+    )
+    assert creds.swap(f"k={sentinel}", tool="mcp_search", host=None) == (f"k={OPENAI}", ["OPENAI_API_KEY"])
+    with pytest.raises(PermissionError):
+        creds.swap(f"Bearer {sentinel}", tool="http", host="evil.example")
+    # the value handed out is now known to the output firewall
+    out = session.screen("stream", {"name": "stdout", "text": f"{OPENAI}\n"})
+    assert out.content["text"] == "[REDACTED:OPENAI_API_KEY]\n"

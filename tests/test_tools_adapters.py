@@ -11,7 +11,7 @@ from ironcage_jupyter.tools.adapters import BrokeredCredentials, EnginePolicy, e
 from ironcage_jupyter.tools.broker import ToolBroker
 from ironcage_jupyter.tools.builtin import HttpTool, make_upstream_ssl_context, register_builtins
 from ironcage_jupyter.tools.fs import ConfinedFs, FsRoot
-from ironcage_jupyter.tools.hooks import MemoryAudit
+from ironcage_jupyter.tools.hooks import MemoryAudit, SettingsToolPolicy
 from ironcage_jupyter.tools.models import ToolCall
 from ironcage_jupyter.tools.netguard import (
     DestinationRefused,
@@ -19,6 +19,7 @@ from ironcage_jupyter.tools.netguard import (
     NetworkGate,
     allowlist_from_network_settings,
 )
+from ironcage_jupyter.tools.settings import ToolSettings
 
 POLICY = """
 name: tools-test
@@ -138,3 +139,50 @@ def test_allowlist_from_network_settings():
     assert allow.match("10.1.2.3", 443) and allow.match("::1", 443) and not allow.match("127.0.0.1", 443)
     assert allow.names_address(__import__("ipaddress").ip_address("10.9.9.9"), 443)
     assert HostAllowlist.from_strings([]).match("pypi.org", 443) is None
+
+
+async def test_output_firewall_of_the_credentials_session_screens_tool_results(tmp_path):
+    pytest.importorskip("ironcage_jupyter.credentials.session")
+    from ironcage_jupyter.credentials.session import CredentialSession
+    from ironcage_jupyter.credentials.settings import CredentialSettings, SecretGrant
+    from ironcage_jupyter.tools.adapters import output_screen_from
+
+    secret = "s3cr3t-VALUE-that-must-not-leak-0123456789"
+    session = CredentialSession(CredentialSettings(grants={"API_KEY": SecretGrant(tools=["fs.read"])}),
+                                environ={"API_KEY": secret})
+    session.broker.value_for_tool("API_KEY", "fs.read")  # the value is now known to the firewall
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "leak.txt").write_text(f"token={secret}\n")
+    broker = ToolBroker(policy=SettingsToolPolicy(ToolSettings(allow=["fs.read"])), audit=MemoryAudit(),
+                        screen_output=output_screen_from(session))
+    register_builtins(broker, enabled=["fs.read"], fs=ConfinedFs([FsRoot(str(ws), True)]), http=None)
+    outcome = await broker.call(ToolCall(name="fs.read", arguments={"path": "leak.txt"}))
+    assert outcome.ok and secret not in repr(outcome.result)
+    assert outcome.redactions and outcome.redactions[0]["count"] >= 1
+
+
+def test_brokered_credentials_use_only_the_brokers_public_api():
+    """Host-less tool calls (MCP) swap through `swap_sentinels(text, None, tool)`, not broker internals."""
+    from ironcage_jupyter.credentials import CredentialBroker, CredentialSettings, EnvSource, SecretGrant
+
+    real = CredentialBroker(
+        CredentialSettings(grants={"TOKEN": SecretGrant(hosts=["api.test"], tools=["demo.echo"])}),
+        sources={"env": EnvSource({"TOKEN": "real-token-xyz-0123"})},
+    )
+
+    class PublicOnly:  # exactly the documented trusted-side API, nothing private
+        settings = real.settings
+        swap_sentinels = staticmethod(real.swap_sentinels)
+        restore_sentinels = staticmethod(real.restore_sentinels)
+        restore_hold_length = staticmethod(real.restore_hold_length)
+
+    sentinel = real.sentinel_for("TOKEN")
+    adapter = BrokeredCredentials(PublicOnly())
+    swapped, used = adapter.swap(f"key={sentinel}", tool="demo.echo", host=None)
+    assert swapped == "key=real-token-xyz-0123" and used == ["TOKEN"]
+    with pytest.raises(PermissionError):
+        adapter.swap(f"key={sentinel}", tool="other.tool", host=None)  # the tool has no grant
+    assert adapter.restore({"echo real-token-xyz-0123": ["real-token-xyz-0123"]}) == {
+        f"echo {sentinel}": [sentinel]}
+    assert adapter.restore_hold_length("Bearer real-tok") == len("real-tok")

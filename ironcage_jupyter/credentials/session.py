@@ -136,6 +136,26 @@ class CredentialSession:
     def child_restarted(self) -> None:
         self.broker.child_restarted()
 
+    # -- the broker's trusted-side API (tools, egress proxy), reachable as kernel.credentials.* ------
+    @property
+    def settings(self) -> CredentialSettings:
+        return self.broker.settings
+
+    def swap_sentinels(self, data: Any, host: str | None, tool: str | None = None) -> tuple[Any, list[str]]:
+        return self.broker.swap_sentinels(data, host, tool)
+
+    def restore_sentinels(self, data: Any) -> tuple[Any, list[str]]:
+        return self.broker.restore_sentinels(data)
+
+    def restore_hold_length(self, data: str | bytes) -> int:
+        return self.broker.restore_hold_length(data)
+
+    def value_for_tool(self, name: str, tool: str, host: str | None = None) -> str:
+        return self.broker.value_for_tool(name, tool, host)
+
+    def sentinel_for(self, name: str) -> str:
+        return self.broker.sentinel_for(name)
+
     # -- status ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         info = self.broker.status()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from ..magics import MagicResult, subcommand
@@ -57,7 +58,11 @@ def make_escalator(kernel: Any) -> Any:
         route = getattr(cell, "notes", {}).get("route")
         if route is None:
             return False
-        answer = await kernel.ask_frontend(prompt, route=route)
+        ident = getattr(route, "ident", None)
+        if isinstance(ident, list) and ident and isinstance(ident[0], list):
+            # main@2dc2f70 wraps the shell ident list in another list, which zmq cannot send.
+            ident = [frame for part in ident for frame in (part if isinstance(part, list) else [part])]
+        answer = await kernel.ask_frontend(prompt, route=SimpleNamespace(parent=route.parent, ident=ident))
         return answer.strip().lower() in ("y", "yes")
 
     return escalate
@@ -82,11 +87,16 @@ def build_session(kernel: Any) -> ToolSession:
         ports = list(getattr(network, "ports", None) or [443, 80])
         for item in [*network.allow_domains, *network.allow_addresses]:
             allowlist += [f"[{item}]:{p}" if ":" in str(item) else f"{item}:{p}" for p in ports]
-    broker = getattr(kernel, "credentials", None)
+    credential_session = getattr(kernel, "credentials", None)  # credentials.session.CredentialSession
+    broker = getattr(credential_session, "broker", None)
     if broker is not None and hasattr(broker, "swap_sentinels"):
         from .adapters import BrokeredCredentials
 
         kwargs["credentials"] = BrokeredCredentials(broker)
+    if credential_session is not None and hasattr(credential_session, "screen_reply"):
+        from .adapters import output_screen_from
+
+        kwargs["screen_output"] = output_screen_from(credential_session)
     audit = getattr(kernel, "audit", None)
     if audit is None or not hasattr(audit, "record"):
         from .hooks import MemoryAudit

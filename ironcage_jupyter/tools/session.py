@@ -94,6 +94,7 @@ class ToolSession:
         self.mcp = McpProxy(self.settings.mcp_servers)
         self.audit = audit
         self.credentials = credentials
+        self.screen_output = screen_output
         self.session_id = session_id
         self.channel = ToolChannelServer(self.broker)
         self.egress: Any = None  # EgressProxy once started
