@@ -38,6 +38,7 @@ from .policy.session import status as policy_status
 from .relay import Relay, Route
 from .tools import kernel_glue
 from .ui import UiBridge
+from .ui.audit_feed import audit_panel_query
 from .ui.integration import policy_ask, report_cell
 
 #: Frontend comm targets that the wrapper answers itself; every other comm goes to the child.
@@ -199,7 +200,20 @@ class IronCageKernel(Kernel):
         self.ui = UiBridge(self.send_comm_msg, session_id=self._ui_session_id(), policy=Path(self.policy).stem)
         self.ui_ask = policy_ask(self.ui, self.ask_frontend, self._ui_current_cell)
         self.pipeline = Pipeline(self._build_stages())
+        self._connect_ui()
         atexit.register(self.child.kill_now_sync)
+
+    def _connect_ui(self) -> None:
+        """Feed the lab extension from the components present: the audit panel from the audit log,
+        the policy name from the policy session."""
+        audit = getattr(self, "audit", None)
+        if audit is not None and getattr(audit, "session_id", None):
+            self.ui.session_id = audit.session_id
+            self.ui.audit_query = audit_panel_query(self.audit_dir, audit.session_id,
+                                                    live_store=lambda: getattr(audit, "store", None))
+        policy_session = getattr(self, "policy_session", None)
+        if policy_session is not None:
+            self.ui.policy = policy_session.policy.name
 
     def _ui_session_id(self) -> str:
         session = getattr(self, "session", None)
