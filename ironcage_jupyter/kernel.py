@@ -34,6 +34,7 @@ from .credentials.wiring import (
 )
 from .magics import MagicResult, is_ironcage_magic, run_magic
 from .pipeline import Block, CellRequest, Pipeline, Stage
+from .policy.session import status as policy_status
 from .relay import Relay, Route
 from .tools import kernel_glue
 from .ui import UiBridge
@@ -264,8 +265,13 @@ class IronCageKernel(Kernel):
     def _build_stages(self) -> list[Stage]:
         """The ordered per-cell stages. Later components (firewall, policy, credentials, audit)
         register here; no stage is shipped that pretends to check something."""
+        from .policy.session import build_policy_stages
+
+        # firewall screen -> policy decide (an invalid policy: a stage refusing every cell)
+        self.policy_session, self.policy_error, policy_stages = build_policy_stages(self)
         self.tools = kernel_glue.build_session(self)
         return [
+            *policy_stages,
             kernel_glue.CellBudgetStage(self.tools),
             CredentialStage(self, self.credentials),
             ExecuteStage(self),
@@ -441,6 +447,7 @@ class IronCageKernel(Kernel):
     ) -> dict[str, Any]:
         try:
             if is_ironcage_magic(code):
+                self._magic_allow_stdin = allow_stdin  # `%ironcage policy load` may ask the human
                 return await self._run_magic(code, silent)
             cell = CellRequest(
                 code=code,
@@ -479,7 +486,8 @@ class IronCageKernel(Kernel):
             )
 
     def cell_timeout_seconds(self) -> float | None:
-        return self.cell_timeout or None
+        session = getattr(self, "policy_session", None)
+        return self.cell_timeout or (session.policy.limits.cell_timeout_s if session is not None else None)
 
     async def execute_in_child(self, cell: CellRequest) -> None:
         interrupted = self._cell_interrupted = asyncio.get_running_loop().create_future()
@@ -851,6 +859,7 @@ class IronCageKernel(Kernel):
             "pipeline": self.pipeline.names,
             "cell_timeout_s": self.cell_timeout_seconds(),
             "request_timeout_s": self.request_timeout,
+            **policy_status(getattr(self, "policy_session", None), getattr(self, "policy_error", None)),
             "child_messages": {"received": self.relay.received, "published": self.relay.published,
                                "hwm": self.relay.sockets["iopub"].getsockopt(zmq.RCVHWM) if self.relay.sockets else None},
             "credentials": self.credentials.status(),
