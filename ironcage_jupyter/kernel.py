@@ -192,7 +192,6 @@ class IronCageKernel(Kernel):
         self._wrapper_comms: dict[str, str] = {}
         self._shutting_down = False
         self._main_loop: asyncio.AbstractEventLoop | None = None
-        self.credentials = self._make_credential_session()
         self._current_parent: dict[str, Any] | None = None
         # The JupyterLab extension's comm (docs/ui-protocol.md). Isolation shows "unsafe" until the
         # sandbox reports its layers (self.ui.isolation). Escalations: pass `self.ui_ask` as the
@@ -260,7 +259,13 @@ class IronCageKernel(Kernel):
 
     def _make_credential_session(self) -> CredentialSession:
         """Credential broker + output firewall of this session (see credentials/wiring.py)."""
-        return make_session(self)
+        policy_session = getattr(self, "policy_session", None)
+        policy = policy_session.policy if policy_session is not None else None
+        return make_session(self, policy=policy, audit_callback=self._audit_callback())
+
+    def _audit_callback(self) -> Any:
+        """Where the credential broker records requests, grants and refusals (by name, never value)."""
+        return None
 
     def _build_stages(self) -> list[Stage]:
         """The ordered per-cell stages. Later components (firewall, policy, credentials, audit)
@@ -269,6 +274,8 @@ class IronCageKernel(Kernel):
 
         # firewall screen -> policy decide (an invalid policy: a stage refusing every cell)
         self.policy_session, self.policy_error, policy_stages = build_policy_stages(self)
+        # The broker needs the policy's grants, so it is built after the policy is loaded.
+        self.credentials = self._make_credential_session()
         self.tools = kernel_glue.build_session(self)
         return [
             *policy_stages,
@@ -714,6 +721,7 @@ class IronCageKernel(Kernel):
             await self.ensure_child()
         except Exception:
             return
+        self.relay.note_comm(parent["header"]["msg_type"], parent["content"])
         route = Route(kind="comm", parent=parent)
         self.relay.last_route = route if self._current_cell is None else self.relay.last_route
         self.relay.send(
@@ -746,12 +754,15 @@ class IronCageKernel(Kernel):
         )
 
     async def comm_info_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        """Answered from the comms the wrapper has seen open and close (child comms on iopub, frontend
+        comms on shell): no round trip to the child, which may still be starting."""
         target_name = parent["content"].get("target_name")
-        reply = await self._ask_child("comm_info_request", dict(parent["content"]))
-        comms = dict((reply or {}).get("comms", {}))
-        for comm_id, target in self._wrapper_comms.items():
-            if target_name is None or target == target_name:
-                comms[comm_id] = {"target_name": target}
+        comms = {
+            comm_id: {"target_name": target}
+            for registry in (self.relay.comms, self._wrapper_comms)
+            for comm_id, target in registry.items()
+            if target_name is None or target == target_name
+        }
         self.session.send(stream, "comm_info_reply", {"status": "ok", "comms": comms}, parent, ident)
 
     # -- control: interrupt, shutdown, unsupported ----------------------------------------------------
