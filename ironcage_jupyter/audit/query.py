@@ -66,6 +66,14 @@ def check_read_only(sql: str) -> list[str]:
     return [statement.query for statement in statements]
 
 
+@dataclass(frozen=True)
+class AttachedSession:
+    alias: str
+    path: Path
+    live: bool
+    """True when the file was held by a writer and a snapshot copy was attached instead."""
+
+
 @dataclass
 class QueryResult:
     columns: list[str]
@@ -110,11 +118,14 @@ class AuditQuery:
         memory_limit: str = "1GB",
         timeout_s: float = 30.0,
         sessions: Sequence[str] | None = None,
+        lock_down: bool = True,
     ) -> None:
         self.audit_dir = Path(audit_dir)
         self.timeout_s = timeout_s
         self.notes: list[str] = []
         self._snapshot_dir: Path | None = None
+        self.attached: dict[str, AttachedSession] = {}
+        self.unreadable: dict[str, str] = {}
         if live_store is not None and live_store.failed is None:
             live_store.flush()
         self._con = duckdb.connect(":memory:", config={"memory_limit": memory_limit})
@@ -125,27 +136,33 @@ class AuditQuery:
                 if wanted is not None and session_id_of(path) not in wanted:
                     continue
                 alias = f"s{index}"
-                if self._attach(path, alias):
+                live = self._attach(path, alias)
+                if live is not None:
                     sources.append(alias)
+                    self.attached[session_id_of(path)] = AttachedSession(alias, path, live)
             self.session_count = len(sources)
             self._create_views(sources)
-            # From here on the connection can read only what is attached, and cannot be reconfigured.
-            self._con.execute("SET enable_external_access = false")
-            self._con.execute("SET lock_configuration = true")
+            if lock_down:
+                # From here on the connection reads only what is attached and cannot be reconfigured.
+                # Only the trusted exporter (which writes files with COPY) opens without this.
+                self._con.execute("SET enable_external_access = false")
+                self._con.execute("SET lock_configuration = true")
         except BaseException:
             self.close()
             raise
 
     # -- opening -----------------------------------------------------------------------------------------
-    def _attach(self, path: Path, alias: str) -> bool:
+    def _attach(self, path: Path, alias: str) -> bool | None:
+        """ATTACH in place (returns False) or via a snapshot (live: True); None if it cannot be read."""
         for _attempt in range(5):
             try:
                 self._con.execute(f"ATTACH '{_sql_str(path)}' AS {alias} (READ_ONLY)")
-                return True
+                return False
             except duckdb.Error as exc:
                 if not any(marker in str(exc).lower() for marker in _LOCK_MARKERS):
                     self.notes.append(f"skipped unreadable session file {path.name}: {exc}")
-                    return False
+                    self.unreadable[session_id_of(path)] = str(exc)
+                    return None
             snapshot = self._snapshot(path)
             if snapshot is None:
                 continue  # the writer checkpointed during the copy: try again
@@ -154,9 +171,11 @@ class AuditQuery:
                 return True
             except duckdb.Error as exc:
                 self.notes.append(f"skipped live session {path.name}: {exc}")
-                return False
+                self.unreadable[session_id_of(path)] = str(exc)
+                return None
         self.notes.append(f"skipped live session {path.name}: it kept changing while being copied")
-        return False
+        self.unreadable[session_id_of(path)] = "kept changing while being copied"
+        return None
 
     def _snapshot(self, path: Path) -> Path | None:
         if self._snapshot_dir is None:

@@ -20,13 +20,16 @@ CREATE TABLE IF NOT EXISTS events (
     canonical  VARCHAR,
     purged_at  TIMESTAMPTZ
 );
-CREATE TABLE IF NOT EXISTS chain_checkpoint (
-    session_id    VARCHAR     NOT NULL,
-    through_seq   BIGINT      NOT NULL,
-    through_hash  VARCHAR     NOT NULL,
-    created_at    TIMESTAMPTZ NOT NULL,
-    events_purged BIGINT      NOT NULL,
-    note          VARCHAR
+-- One row per purge of this file. Tombstoned events keep seq/ts/type/prev_hash/hash but lose their
+-- content; a prefix made only of tombstones is then deleted and summarised by compacted_through_*,
+-- the seq and hash the first remaining event must chain to.
+CREATE TABLE IF NOT EXISTS purge_log (
+    session_id             VARCHAR     NOT NULL,
+    purged_at              TIMESTAMPTZ NOT NULL,
+    tombstoned             BIGINT      NOT NULL,
+    compacted_through_seq  BIGINT      NOT NULL,
+    compacted_through_hash VARCHAR     NOT NULL,
+    retention              VARCHAR
 );
 CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR NOT NULL, value VARCHAR NOT NULL);
 """

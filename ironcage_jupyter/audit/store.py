@@ -52,6 +52,15 @@ class AuditWriteError(RuntimeError):
     """The audit log could not be written. The kernel must stop running cells and tool calls."""
 
 
+# Session files this process is writing: DuckDB would hand another in-process connect() the same
+# instance, so purge/repair code must consult this rather than rely on the file lock.
+_OPEN_IN_PROCESS: set[Path] = set()
+
+
+def is_open_in_process(path: Path) -> bool:
+    return Path(path).resolve() in _OPEN_IN_PROCESS
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -109,6 +118,7 @@ class AuditStore:
             self._appender = self._con.appender("events")
             stat = os.stat(self.path)
             self._identity = (stat.st_dev, stat.st_ino)
+            _OPEN_IN_PROCESS.add(self.path.resolve())
         except (duckdb.Error, OSError) as exc:
             raise AuditWriteError(f"cannot open audit log {self.path}: {exc}") from exc
 
@@ -117,7 +127,8 @@ class AuditStore:
         """(last seq, its hash) when reopening an existing session file, else (0, genesis)."""
         row = self._con.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         checkpoint = self._con.execute(
-            "SELECT through_seq, through_hash FROM chain_checkpoint ORDER BY through_seq DESC LIMIT 1"
+            "SELECT compacted_through_seq, compacted_through_hash FROM purge_log "
+            "ORDER BY compacted_through_seq DESC LIMIT 1"
         ).fetchone()
         candidates = [r for r in (row, checkpoint) if r is not None]
         if not candidates:
@@ -276,6 +287,7 @@ class AuditStore:
             finally:
                 self._closed = True
                 self._con.close()
+                _OPEN_IN_PROCESS.discard(self.path.resolve())
             if self._failure is None and self._seq:
                 try:
                     append_anchor(

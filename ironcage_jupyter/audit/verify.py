@@ -1,0 +1,291 @@
+"""`ironcage-jupyter audit verify`: check every session's hash chain and say what was tampered with.
+
+Per session, one SQL pass finds the rows that are not exactly right (content hash, columns vs. the
+signed canonical bytes, link to the previous row, seq continuity); only those are examined in Python,
+so a clean log of a million events costs one scan. Classification of what is found:
+
+- modified: the stored hash is not SHA-256 of the canonical bytes; a column differs from the signed
+  content; or a row's hash was recomputed (its successor still chains to the old hash).
+- deleted: seq numbers missing (gap, head beyond the purge checkpoint, tail short of the close anchor),
+  or a session that has a close anchor but no file any more.
+- inserted: a second row with the same seq, or rows beyond the seq anchored when the session closed.
+- reordered: a row whose signed seq is not the seq it sits at, or that chains to another event than its
+  predecessor.
+
+Limits (see docs/audit.md): whoever can write the files can rewrite a whole chain consistently; what
+anchors it is the close anchor kept in `anchors.jsonl` (and wherever the user copies those heads).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .events import genesis_hash
+from .paths import ANCHORS_FILE
+from .query import AuditQuery
+
+_MAX_LISTED = 1000
+
+_ANOMALY_SQL = """
+WITH r AS (
+    SELECT seq, hash, prev_hash, canonical, purged_at, event_id, ts, session_id, event_type, decision,
+           rule, reason,
+           lag(hash) OVER w AS prev_row_hash,
+           lag(seq) OVER w AS prev_row_seq,
+           row_number() OVER w AS pos
+    FROM {alias}.events
+    WINDOW w AS (ORDER BY seq, hash)
+), c AS (
+    SELECT *,
+           CASE WHEN canonical IS NULL THEN NULL ELSE sha256(canonical) = hash END AS content_ok,
+           CASE WHEN canonical IS NULL THEN NULL ELSE json_extract_string(canonical,
+                ['$.event_id', '$.ts', '$.session_id', '$.seq', '$.event_type', '$.decision', '$.rule',
+                 '$.reason', '$.prev_hash']) END AS f
+    FROM r
+), d AS (
+    SELECT *,
+           TRY_CAST(f[4] AS BIGINT) AS signed_seq,
+           CASE WHEN canonical IS NULL THEN NULL ELSE
+           (f[1] IS NOT DISTINCT FROM event_id AND TRY_CAST(f[2] AS TIMESTAMPTZ) IS NOT DISTINCT FROM ts
+            AND f[3] IS NOT DISTINCT FROM session_id AND f[5] IS NOT DISTINCT FROM event_type
+            AND f[6] IS NOT DISTINCT FROM decision AND f[7] IS NOT DISTINCT FROM rule
+            AND f[8] IS NOT DISTINCT FROM reason AND f[9] IS NOT DISTINCT FROM prev_hash
+            AND session_id = ?) END AS other_fields_ok
+    FROM c
+)
+SELECT pos, seq, hash, prev_hash, prev_row_hash, prev_row_seq, content_ok, signed_seq, other_fields_ok,
+       canonical IS NULL AS tombstone, purged_at IS NOT NULL AS has_purged_at
+FROM d
+WHERE pos = 1
+   OR (canonical IS NULL) <> (purged_at IS NOT NULL)
+   OR NOT coalesce(content_ok, TRUE)
+   OR NOT coalesce(other_fields_ok, TRUE)
+   OR (canonical IS NOT NULL AND signed_seq IS DISTINCT FROM seq)
+   OR prev_hash IS DISTINCT FROM prev_row_hash
+   OR seq IS DISTINCT FROM prev_row_seq + 1
+ORDER BY pos
+"""
+
+
+@dataclass
+class SessionReport:
+    session_id: str
+    events: int = 0
+    tombstones: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    live: bool = False
+    anchored: bool = False
+    modified: list[int] = field(default_factory=list)
+    deleted: list[int] = field(default_factory=list)
+    inserted: list[int] = field(default_factory=list)
+    reordered: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def tampered(self) -> bool:
+        return bool(self.modified or self.deleted or self.inserted or self.reordered or self.problems)
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return "error"
+        return "TAMPERED" if self.tampered else "ok"
+
+    def _add(self, kind: str, seq: int, why: str) -> None:
+        bucket: list[int] = getattr(self, kind)
+        if seq not in bucket and len(bucket) < _MAX_LISTED:
+            bucket.append(seq)
+        if len(self.problems) < _MAX_LISTED:
+            self.problems.append(f"{kind} seq {seq}: {why}")
+
+
+@dataclass
+class VerifyReport:
+    sessions: list[SessionReport]
+
+    @property
+    def ok(self) -> bool:
+        return all(s.status == "ok" for s in self.sessions)
+
+    @property
+    def exit_code(self) -> int:
+        """0 all verified, 1 tampering found, 2 a session could not be read (and nothing tampered)."""
+        if any(s.tampered for s in self.sessions):
+            return 1
+        if any(s.error for s in self.sessions):
+            return 2
+        return 0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            [asdict(s) | {"status": s.status} for s in self.sessions], indent=2, ensure_ascii=False
+        )
+
+    def render(self) -> str:
+        lines = []
+        for s in self.sessions:
+            state = "live" if s.live else ("closed" if s.anchored else "unclosed")
+            head = f"{s.status:8} {s.session_id}: {s.events} events ({state}"
+            head += f", {s.tombstones} purged tombstones)" if s.tombstones else ")"
+            lines.append(head)
+            if s.error:
+                lines.append(f"    error: {s.error}")
+            for kind in ("modified", "deleted", "inserted", "reordered"):
+                seqs = getattr(s, kind)
+                if seqs:
+                    lines.append(f"    {kind}: seq {_ranges(seqs)}")
+            lines.extend(f"    - {p}" for p in s.problems[:50])
+        verified = sum(1 for s in self.sessions if s.status == "ok")
+        lines.append(f"{verified}/{len(self.sessions)} sessions verified")
+        return "\n".join(lines)
+
+
+def _ranges(values: list[int]) -> str:
+    values = sorted(set(values))
+    out, start, prev = [], None, None
+    for v in values:
+        if start is None:
+            start = prev = v
+        elif prev is not None and v == prev + 1:
+            prev = v
+        else:
+            out.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = prev = v
+    if start is not None:
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+    return ", ".join(out)
+
+
+def read_anchors(audit_dir: Path) -> dict[str, dict[str, Any]]:
+    """The latest close anchor of each session (a torn last line is ignored)."""
+    anchors: dict[str, dict[str, Any]] = {}
+    path = Path(audit_dir) / ANCHORS_FILE
+    if not path.exists():
+        return anchors
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("kind") == "close" and isinstance(record.get("seq"), int):
+            current = anchors.get(record["session_id"])
+            if current is None or record["seq"] >= current["seq"]:
+                anchors[record["session_id"]] = record
+    return anchors
+
+
+def verify(audit_dir: str | os.PathLike[str], *, sessions: list[str] | None = None) -> VerifyReport:
+    audit_dir = Path(audit_dir)
+    anchors = read_anchors(audit_dir)
+    reports: list[SessionReport] = []
+    with AuditQuery(audit_dir, sessions=sessions, timeout_s=3600) as query:
+        for session_id, reason in sorted(query.unreadable.items()):
+            reports.append(SessionReport(session_id, error=f"cannot read session file: {reason}"))
+        for session_id, attached in sorted(query.attached.items()):
+            report = SessionReport(session_id, live=attached.live, anchored=session_id in anchors)
+            try:
+                _verify_session(query, attached.alias, report, anchors.get(session_id))
+            except Exception as exc:  # a corrupt file is reported, never crashes the whole verify
+                report.error = f"{type(exc).__name__}: {exc}"
+            reports.append(report)
+        seen = set(query.attached) | set(query.unreadable)
+    for session_id, anchor in sorted(anchors.items()):
+        if session_id not in seen and (sessions is None or session_id in sessions):
+            report = SessionReport(session_id, anchored=True)
+            report.problems.append(
+                f"session file is missing but the session closed at seq {anchor['seq']}: deleted"
+            )
+            report.deleted.extend(range(1, min(anchor["seq"], _MAX_LISTED) + 1))
+            reports.append(report)
+    return VerifyReport(reports)
+
+
+def _verify_session(query: AuditQuery, alias: str, report: SessionReport, anchor: dict[str, Any] | None) -> None:
+    con_run = query.run_trusted
+    stats = con_run(
+        f"SELECT count(*), count(*) FILTER (WHERE canonical IS NULL), min(seq), max(seq) FROM {alias}.events"
+    ).rows[0]
+    report.events, report.tombstones, report.first_seq, report.last_seq = stats
+    purge = con_run(
+        f"SELECT coalesce(sum(tombstoned), 0), coalesce(max(compacted_through_seq), 0) FROM {alias}.purge_log"
+    ).rows[0]
+    tombstoned_total, compacted_through = int(purge[0]), int(purge[1])
+    compacted_hash = genesis_hash(report.session_id)
+    if compacted_through:
+        compacted_hash = con_run(
+            f"SELECT compacted_through_hash FROM {alias}.purge_log WHERE compacted_through_seq = ? LIMIT 1",
+            [compacted_through],
+        ).rows[0][0]
+    if report.tombstones + compacted_through != tombstoned_total:
+        report.problems.append(
+            f"{report.tombstones} tombstones + {compacted_through} compacted events do not match the "
+            f"{tombstoned_total} events the purge log says were purged"
+        )
+
+    rows = con_run(_ANOMALY_SQL.format(alias=alias), [report.session_id]).rows
+    def seq_of_hash(digest: str) -> int | None:
+        found = con_run(f"SELECT min(seq) FROM {alias}.events WHERE hash = ?", [digest]).rows
+        return found[0][0] if found else None
+
+    for row in rows:
+        (pos, seq, digest, prev_hash, prev_row_hash, prev_row_seq, content_ok, signed_seq, fields_ok,
+         tombstone, has_purged_at) = row
+        if tombstone != has_purged_at:
+            report._add("modified", seq, "content removed outside a purge" if tombstone else "purge mark set")
+        if content_ok is False:
+            report._add("modified", seq, "stored hash is not SHA-256 of the stored canonical bytes")
+        elif not tombstone and signed_seq != seq:
+            report._add("reordered", seq, f"the signed content belongs at seq {signed_seq}")
+        elif fields_ok is False:
+            report._add("modified", seq, "a column differs from the signed canonical content")
+        if pos == 1:
+            expected_seq = compacted_through + 1
+            if seq > expected_seq:
+                for missing in range(expected_seq, seq):
+                    report._add("deleted", missing, "missing at the start of the chain")
+            elif seq < expected_seq:
+                report._add("inserted", seq, f"precedes the purge checkpoint at seq {compacted_through}")
+            if seq == expected_seq and prev_hash != compacted_hash:
+                report._add("modified", seq, "does not chain to the session's genesis / purge checkpoint")
+            continue
+        if seq == prev_row_seq:
+            # Two rows claim this seq: the genuine one is the one its successor chains to.
+            report._add("inserted", seq, "a second event with this seq")
+            continue
+        if seq > prev_row_seq + 1:
+            for missing in range(prev_row_seq + 1, min(seq, prev_row_seq + 1 + _MAX_LISTED)):
+                report._add("deleted", missing, "missing from the chain")
+            continue
+        if prev_hash != prev_row_hash and content_ok is not False:
+            elsewhere = seq_of_hash(prev_hash)
+            if elsewhere == prev_row_seq:
+                continue  # chains to the genuine one of two rows sharing a seq: reported as inserted
+            if elsewhere is not None:
+                report._add("reordered", seq, f"chains to the event at seq {elsewhere}, not to seq {prev_row_seq}")
+            elif anchor is not None and seq > anchor["seq"]:
+                report._add("inserted", seq, f"after the session closed at seq {anchor['seq']}")
+            else:
+                report._add(
+                    "modified", prev_row_seq, f"its hash changed: seq {seq} chained to a different hash"
+                )
+
+    if anchor is not None and report.last_seq is not None:
+        anchored_seq, anchored_hash = anchor["seq"], anchor["hash"]
+        if report.last_seq < anchored_seq:
+            for missing in range(report.last_seq + 1, min(anchored_seq, report.last_seq + _MAX_LISTED) + 1):
+                report._add("deleted", missing, f"missing: the session closed at seq {anchored_seq}")
+        elif report.last_seq > anchored_seq:
+            for extra in range(anchored_seq + 1, min(report.last_seq, anchored_seq + _MAX_LISTED) + 1):
+                report._add("inserted", extra, f"after the session closed at seq {anchored_seq}")
+        head = con_run(f"SELECT hash FROM {alias}.events WHERE seq = ? ORDER BY hash", [anchored_seq]).rows
+        if head and anchored_hash not in {h for (h,) in head}:
+            report._add("modified", anchored_seq, "differs from the hash anchored when the session closed")
+    elif anchor is not None and report.last_seq is None and anchor["seq"] > compacted_through:
+        report.problems.append(f"all events deleted: the session closed at seq {anchor['seq']}")
+        report.deleted.extend(range(compacted_through + 1, min(anchor["seq"], _MAX_LISTED) + 1))
