@@ -275,8 +275,12 @@ def validate_detail(event_type: str, detail: dict[str, Any] | BaseModel) -> dict
     except ValueError:
         raise AuditEventError(f"unknown audit event type {event_type!r}") from None
     try:
-        parsed = detail if isinstance(detail, model) else model.model_validate(
-            detail.model_dump(by_alias=True) if isinstance(detail, BaseModel) else detail
+        parsed = (
+            detail
+            if isinstance(detail, model)
+            else model.model_validate(
+                detail.model_dump(by_alias=True) if isinstance(detail, BaseModel) else detail
+            )
         )
     except ValidationError as exc:
         raise AuditEventError(f"invalid detail for {event_type}: {exc}") from exc

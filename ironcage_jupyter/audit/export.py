@@ -40,17 +40,17 @@ def export(
     if since is not None:
         where += f" AND ts >= TIMESTAMPTZ '{since.isoformat()} 00:00:00+00'"
     with AuditQuery(audit_dir, lock_down=False, timeout_s=3600) as query:
-        count = query.run_trusted(f"SELECT count(*) FROM all_events_raw WHERE {where}").rows[0][0]
+        count = query.run_trusted(f"SELECT count(*) FROM all_events_raw WHERE {where}").rows[0][0]  # noqa: S608
         target = str(out).replace("'", "''")
         if fmt == "parquet":
             query.run_trusted(
-                f"COPY (SELECT {_COLUMNS}, strftime(ts, '%Y-%m-%d') AS date FROM all_events_raw "
+                f"COPY (SELECT {_COLUMNS}, strftime(ts, '%Y-%m-%d') AS date FROM all_events_raw "  # noqa: S608
                 f"WHERE {where} ORDER BY session_id, seq) TO '{target}' "
                 "(FORMAT parquet, PARTITION_BY (date), OVERWRITE_OR_IGNORE, FILENAME_PATTERN 'events_{uuid}')"
             )
         elif fmt == "jsonl":
             query.run_trusted(
-                f"COPY (SELECT {_COLUMNS} FROM all_events_raw WHERE {where} ORDER BY ts, session_id, seq) "
+                f"COPY (SELECT {_COLUMNS} FROM all_events_raw WHERE {where} ORDER BY ts, session_id, seq) "  # noqa: S608
                 f"TO '{target}/events.jsonl' (FORMAT json)"
             )
         else:

@@ -82,7 +82,10 @@ def run_sql_magic(
         raise AuditQueryError("%%ironcage sql needs SQL in the cell body")
     fetch = max(limit, settings.transfer_max_rows) if args.out else limit
     with AuditQuery(
-        audit_dir, live_store=store, memory_limit=settings.query_memory_limit, timeout_s=settings.query_timeout_s
+        audit_dir,
+        live_store=store,
+        memory_limit=settings.query_memory_limit,
+        timeout_s=settings.query_timeout_s,
     ) as query:
         full = query.sql(cell, limit=fetch)
     shown = QueryResult(
@@ -110,7 +113,7 @@ def audit_sql(event_type: str | None, denied: bool, session: str | None) -> tupl
         clauses.append("session_id = ?")
         params.append(session)
     sql = (
-        "SELECT ts, session_id, seq, event_type, decision, rule, reason, detail FROM events WHERE "
+        "SELECT ts, session_id, seq, event_type, decision, rule, reason, detail FROM events WHERE "  # noqa: S608
         + " AND ".join(clauses)
         + " ORDER BY ts DESC, seq DESC LIMIT ?"
     )
@@ -135,7 +138,10 @@ def run_audit_magic(
         )
     sql, params = audit_sql(args.event_type, args.denied, args.session)
     with AuditQuery(
-        audit_dir, live_store=store, memory_limit=settings.query_memory_limit, timeout_s=settings.query_timeout_s
+        audit_dir,
+        live_store=store,
+        memory_limit=settings.query_memory_limit,
+        timeout_s=settings.query_timeout_s,
     ) as query:
         result = query.run_trusted(sql, [*params, args.last])
     return MagicOutput(mimebundle(result, args.last), None, result)

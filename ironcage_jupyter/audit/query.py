@@ -197,11 +197,11 @@ class AuditQuery:
     def _create_views(self, sources: list[str]) -> None:
         columns = ", ".join(EVENT_COLUMNS)
         if sources:
-            union = " UNION ALL ".join(f"SELECT {columns} FROM {alias}.events" for alias in sources)
+            union = " UNION ALL ".join(f"SELECT {columns} FROM {alias}.events" for alias in sources)  # noqa: S608
             self._con.execute(f"CREATE TEMP VIEW all_events_raw AS {union}")
         else:
             self._con.execute(
-                "CREATE TEMP VIEW all_events_raw AS SELECT * FROM (VALUES (NULL::VARCHAR, NULL::TIMESTAMPTZ, "
+                "CREATE TEMP VIEW all_events_raw AS SELECT * FROM (VALUES (NULL::VARCHAR, NULL::TIMESTAMPTZ, "  # noqa: S608
                 "NULL::VARCHAR, NULL::BIGINT, NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, "
                 "NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, NULL::TIMESTAMPTZ)) "
                 f"AS t({columns}) WHERE false"
@@ -218,7 +218,9 @@ class AuditQuery:
         assert result is not None
         return result
 
-    def run_trusted(self, sql: str, params: Sequence[Any] | None = None, *, limit: int | None = None) -> QueryResult:
+    def run_trusted(
+        self, sql: str, params: Sequence[Any] | None = None, *, limit: int | None = None
+    ) -> QueryResult:
         """Run SQL written by Iron Cage itself (parameters allowed); still a read-only connection."""
         return self._run(sql, params, limit)
 

@@ -40,7 +40,8 @@ def _footer(result: QueryResult, limit: int | None) -> str:
 def render_html(result: QueryResult, limit: int | None = None) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in result.columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell_text(v))}</td>" for v in row) + "</tr>" for row in result.rows
+        "<tr>" + "".join(f"<td>{html.escape(_cell_text(v))}</td>" for v in row) + "</tr>"
+        for row in result.rows
     )
     notes = "".join(f"<div class='ironcage-audit-note'>{html.escape(n)}</div>" for n in result.notes)
     return (

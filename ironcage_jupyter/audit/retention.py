@@ -36,8 +36,10 @@ class PurgeReport:
         return 1 if any(reason.startswith("tampered") for reason in self.skipped.values()) else 0
 
     def render(self) -> str:
-        lines = [f"purged {n} events from {sid} (compacted through seq {self.compacted.get(sid, 0)})"
-                 for sid, n in sorted(self.purged.items())]
+        lines = [
+            f"purged {n} events from {sid} (compacted through seq {self.compacted.get(sid, 0)})"
+            for sid, n in sorted(self.purged.items())
+        ]
         lines += [f"skipped {sid}: {why}" for sid, why in sorted(self.skipped.items())]
         lines.append(f"{sum(self.purged.values())} events purged in {len(self.purged)} sessions")
         return "\n".join(lines)
@@ -59,7 +61,9 @@ def purge(
         try:
             con = duckdb.connect(str(path))
         except duckdb.Error as exc:
-            report.skipped[session_id] = "live (its writer holds the file)" if "lock" in str(exc).lower() else str(exc)
+            report.skipped[session_id] = (
+                "live (its writer holds the file)" if "lock" in str(exc).lower() else str(exc)
+            )
             continue
         con.close()
         # Verify with the file released, then reopen for writing (nothing else writes closed sessions).
@@ -95,7 +99,7 @@ def _purge_file(
             params += [event_type, cutoff]
         con.execute("BEGIN TRANSACTION")
         expired = con.execute(
-            "UPDATE events SET canonical = NULL, decision = NULL, rule = NULL, reason = NULL, purged_at = ? "
+            "UPDATE events SET canonical = NULL, decision = NULL, rule = NULL, reason = NULL, purged_at = ? "  # noqa: S608
             f"WHERE canonical IS NOT NULL AND ts < CASE event_type {cases} ELSE ? END",
             [now, *params, default_cutoff],
         ).fetchone()
@@ -122,8 +126,14 @@ def _purge_file(
             ).fetchone()
             con.execute(
                 "INSERT INTO purge_log VALUES (?, ?, ?, ?, ?, ?)",
-                [session_id, now, tombstoned, compacted_before, last[0] if last else genesis_hash(session_id),
-                 json.dumps(settings.retention_days)],
+                [
+                    session_id,
+                    now,
+                    tombstoned,
+                    compacted_before,
+                    last[0] if last else genesis_hash(session_id),
+                    json.dumps(settings.retention_days),
+                ],
             )
         con.execute("COMMIT")
         con.execute("CHECKPOINT")

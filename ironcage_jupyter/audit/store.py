@@ -17,6 +17,7 @@ live session (copy main file, then WAL; a torn WAL tail replays as an uncommitte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -247,7 +248,8 @@ class AuditStore:
                 self._con.execute("COMMIT")
             except BaseException:
                 self._appender.clear()
-                self._con.execute("ROLLBACK")
+                with contextlib.suppress(duckdb.Error):  # the commit may already have ended it
+                    self._con.execute("ROLLBACK")
                 raise
             if not self._wal_private:
                 wal = Path(f"{self.path}.wal")

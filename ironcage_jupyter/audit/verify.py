@@ -206,20 +206,22 @@ def verify(audit_dir: str | os.PathLike[str], *, sessions: list[str] | None = No
     return VerifyReport(reports)
 
 
-def _verify_session(query: AuditQuery, alias: str, report: SessionReport, anchor: dict[str, Any] | None) -> None:
+def _verify_session(
+    query: AuditQuery, alias: str, report: SessionReport, anchor: dict[str, Any] | None
+) -> None:
     con_run = query.run_trusted
     stats = con_run(
-        f"SELECT count(*), count(*) FILTER (WHERE canonical IS NULL), min(seq), max(seq) FROM {alias}.events"
+        f"SELECT count(*), count(*) FILTER (WHERE canonical IS NULL), min(seq), max(seq) FROM {alias}.events"  # noqa: S608
     ).rows[0]
     report.events, report.tombstones, report.first_seq, report.last_seq = stats
     purge = con_run(
-        f"SELECT coalesce(sum(tombstoned), 0), coalesce(max(compacted_through_seq), 0) FROM {alias}.purge_log"
+        f"SELECT coalesce(sum(tombstoned), 0), coalesce(max(compacted_through_seq), 0) FROM {alias}.purge_log"  # noqa: S608
     ).rows[0]
     tombstoned_total, compacted_through = int(purge[0]), int(purge[1])
     compacted_hash = genesis_hash(report.session_id)
     if compacted_through:
         compacted_hash = con_run(
-            f"SELECT compacted_through_hash FROM {alias}.purge_log WHERE compacted_through_seq = ? LIMIT 1",
+            f"SELECT compacted_through_hash FROM {alias}.purge_log WHERE compacted_through_seq = ? LIMIT 1",  # noqa: S608
             [compacted_through],
         ).rows[0][0]
     if report.tombstones + compacted_through != tombstoned_total:
@@ -229,13 +231,25 @@ def _verify_session(query: AuditQuery, alias: str, report: SessionReport, anchor
         )
 
     rows = con_run(_ANOMALY_SQL.format(alias=alias), [report.session_id]).rows
+
     def seq_of_hash(digest: str) -> int | None:
-        found = con_run(f"SELECT min(seq) FROM {alias}.events WHERE hash = ?", [digest]).rows
+        found = con_run(f"SELECT min(seq) FROM {alias}.events WHERE hash = ?", [digest]).rows  # noqa: S608
         return found[0][0] if found else None
 
     for row in rows:
-        (pos, seq, digest, prev_hash, prev_row_hash, prev_row_seq, content_ok, signed_seq, fields_ok,
-         tombstone, has_purged_at) = row
+        (
+            pos,
+            seq,
+            digest,
+            prev_hash,
+            prev_row_hash,
+            prev_row_seq,
+            content_ok,
+            signed_seq,
+            fields_ok,
+            tombstone,
+            has_purged_at,
+        ) = row
         if tombstone != has_purged_at:
             report._add("modified", seq, "content removed outside a purge" if tombstone else "purge mark set")
         if content_ok is False:
@@ -266,8 +280,12 @@ def _verify_session(query: AuditQuery, alias: str, report: SessionReport, anchor
             elsewhere = seq_of_hash(prev_hash)
             if elsewhere == prev_row_seq:
                 continue  # chains to the genuine one of two rows sharing a seq: reported as inserted
+            if prev_row_seq in report.reordered or elsewhere in report.reordered:
+                continue  # the break is the consequence of a moved event already reported
             if elsewhere is not None:
-                report._add("reordered", seq, f"chains to the event at seq {elsewhere}, not to seq {prev_row_seq}")
+                report._add(
+                    "reordered", seq, f"chains to the event at seq {elsewhere}, not to seq {prev_row_seq}"
+                )
             elif anchor is not None and seq > anchor["seq"]:
                 report._add("inserted", seq, f"after the session closed at seq {anchor['seq']}")
             else:
@@ -283,7 +301,7 @@ def _verify_session(query: AuditQuery, alias: str, report: SessionReport, anchor
         elif report.last_seq > anchored_seq:
             for extra in range(anchored_seq + 1, min(report.last_seq, anchored_seq + _MAX_LISTED) + 1):
                 report._add("inserted", extra, f"after the session closed at seq {anchored_seq}")
-        head = con_run(f"SELECT hash FROM {alias}.events WHERE seq = ? ORDER BY hash", [anchored_seq]).rows
+        head = con_run(f"SELECT hash FROM {alias}.events WHERE seq = ? ORDER BY hash", [anchored_seq]).rows  # noqa: S608
         if head and anchored_hash not in {h for (h,) in head}:
             report._add("modified", anchored_seq, "differs from the hash anchored when the session closed")
     elif anchor is not None and report.last_seq is None and anchor["seq"] > compacted_through:
