@@ -20,7 +20,12 @@ from ironcage_jupyter.audit.verify import verify
 EXAMPLES: dict[str, dict] = {
     "session_start": {
         "policy_name": "default",
-        "isolation": {"process": "active", "filesystem": "active", "network": "active", "syscall": "degraded"},
+        "isolation": {
+            "process": "active",
+            "filesystem": "active",
+            "network": "active",
+            "syscall": "degraded",
+        },
         "isolation_reasons": {"syscall": "seccomp unavailable"},
         "limits": {"memory_mb": 4096},
         "workspace": "/work/nb",
@@ -36,7 +41,9 @@ EXAMPLES: dict[str, dict] = {
     },
     "firewall_findings": {
         "cell_id": "c-1",
-        "findings": [{"finding_id": "IC101", "category": "exec", "severity": "high", "line": 1, "message": "exec"}],
+        "findings": [
+            {"finding_id": "IC101", "category": "exec", "severity": "high", "line": 1, "message": "exec"}
+        ],
         "finding_count": 1,
     },
     "policy_decision": {"subject": "cell", "cell_id": "c-1", "rules": ["deny-exec"]},
@@ -65,7 +72,9 @@ def test_every_event_type_has_an_example() -> None:
 def test_chain_links_each_event_to_the_stored_canonical_bytes_of_the_previous(tmp_path) -> None:
     store = AuditStore(tmp_path, "s1")
     events = [
-        store.record(kind, decision="deny" if kind == "policy_decision" else None, detail=detail, durable=False)
+        store.record(
+            kind, decision="deny" if kind == "policy_decision" else None, detail=detail, durable=False
+        )
         for kind, detail in EXAMPLES.items()
     ]
     store.close()
@@ -80,7 +89,9 @@ def test_chain_links_each_event_to_the_stored_canonical_bytes_of_the_previous(tm
         assert prev_hash == previous == json.loads(canonical)["prev_hash"]
         assert json.loads(canonical)["seq"] == seq
         # canonical form: sorted keys, compact separators
-        assert canonical == json.dumps(json.loads(canonical), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        assert canonical == json.dumps(
+            json.loads(canonical), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
         previous = digest
     assert verify(tmp_path).exit_code == 0
 

@@ -81,7 +81,9 @@ def test_modified_column_is_detected(audit_dir) -> None:
 
 
 def test_modified_canonical_bytes_are_detected(audit_dir) -> None:
-    tamper(audit_dir, "alpha", "UPDATE events SET canonical = replace(canonical, 'host5', 'evil5') WHERE seq = 6")
+    tamper(
+        audit_dir, "alpha", "UPDATE events SET canonical = replace(canonical, 'host5', 'evil5') WHERE seq = 6"
+    )
     assert session_report(audit_dir).modified == [6]
 
 
@@ -155,7 +157,11 @@ def test_event_appended_after_close_is_detected_even_when_correctly_chained(audi
 
 
 def test_reordered_events_are_detected(audit_dir) -> None:
-    tamper(audit_dir, "alpha", "UPDATE events SET seq = CASE seq WHEN 3 THEN 8 WHEN 8 THEN 3 END WHERE seq IN (3, 8)")
+    tamper(
+        audit_dir,
+        "alpha",
+        "UPDATE events SET seq = CASE seq WHEN 3 THEN 8 WHEN 8 THEN 3 END WHERE seq IN (3, 8)",
+    )
     found = session_report(audit_dir)
     assert found.reordered == [3, 8]
     assert not found.deleted and not found.inserted
@@ -192,7 +198,15 @@ def test_content_removed_outside_a_purge_is_detected(audit_dir) -> None:
 
 
 def test_verify_cli_exit_status_says_so(audit_dir) -> None:
-    command = [sys.executable, "-m", "ironcage_jupyter.audit.cli", "audit", "--audit-dir", str(audit_dir), "verify"]
+    command = [
+        sys.executable,
+        "-m",
+        "ironcage_jupyter.audit.cli",
+        "audit",
+        "--audit-dir",
+        str(audit_dir),
+        "verify",
+    ]
     clean = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert clean.returncode == 0, clean.stderr
     assert "2/2 sessions verified" in clean.stdout

@@ -37,14 +37,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _sql_parser() -> _Parser:
-    parser = _Parser(prog="%%ironcage sql", add_help=False, exit_on_error=False)
+    parser = _Parser(prog="%%ironcage sql", add_help=False)
     parser.add_argument("-o", "--out", dest="out", metavar="NAME", help="bind the result as a DataFrame")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="rows to display")
     return parser
 
 
 def _audit_parser() -> _Parser:
-    parser = _Parser(prog="%ironcage audit", add_help=False, exit_on_error=False)
+    parser = _Parser(prog="%ironcage audit", add_help=False)
     parser.add_argument("--last", type=int, default=20, metavar="N")
     parser.add_argument("--type", dest="event_type", default=None, metavar="T")
     parser.add_argument("--denied", action="store_true")
