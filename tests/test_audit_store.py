@@ -257,3 +257,21 @@ def test_timestamps_come_from_the_clock_in_utc(tmp_path) -> None:
     with AuditStore(tmp_path, "s1", clock=lambda: moment) as store:
         event = store.record("execution", detail=EXAMPLES["execution"])
     assert event.ts == "2026-03-01T12:00:00.000005Z"
+
+
+def test_background_flush_commits_without_blocking_and_failures_surface_on_the_next_call(tmp_path) -> None:
+    store = AuditStore(tmp_path, "s1")
+    store.record("execution", detail=EXAMPLES["execution"], durable=False)
+    assert store.flush(wait=False) == 1
+    # the next synchronous call is serialised behind the background commit
+    store.flush()
+    assert store.pending_count == 0
+    store.record("output_redaction", detail=EXAMPLES["output_redaction"], durable=False)
+    os.unlink(store.path)
+    store.flush(wait=False)
+    try:
+        with pytest.raises(AuditWriteError, match="removed"):
+            store.record("policy_decision", decision="allow", detail=EXAMPLES["policy_decision"])
+    finally:
+        store.close()
+    assert store.failed is not None

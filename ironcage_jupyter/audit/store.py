@@ -104,6 +104,10 @@ class AuditStore:
         self._failure: BaseException | None = None
         self._closed = False
         self._wal_private = False
+        self._flush_wanted = threading.Condition()
+        self._flush_requested = False
+        self._stopping = False
+        self._flusher: threading.Thread | None = None
         try:
             self._con = duckdb.connect(
                 str(self.path),
@@ -223,11 +227,51 @@ class AuditStore:
                 self._flush_locked()
             return AuditEvent.model_construct(hash=digest, **envelope)
 
-    def flush(self) -> int:
-        """Commit every buffered event (call at cell end). Returns how many were written."""
+    def flush(self, *, wait: bool = True) -> int:
+        """Commit every buffered event (call at cell end). Returns how many were written.
+
+        `wait=False` hands the commit to a background thread and returns at once, so the cell's reply
+        need not wait for an fsync. The next `record`/`flush` is serialised behind it, and if it fails,
+        that next call raises `AuditWriteError` (the store is failed), so nothing proceeds unrecorded.
+        """
         with self._lock:
             self._check_usable()
-            return self._flush_locked()
+            if wait:
+                return self._flush_locked()
+            count = len(self._pending)
+            if count:
+                self._request_background_flush()
+            return count
+
+    def _request_background_flush(self) -> None:
+        with self._flush_wanted:
+            if self._flusher is None:
+                self._flusher = threading.Thread(
+                    target=self._background_flusher, name=f"audit-flush-{self.session_id}", daemon=True
+                )
+                self._flusher.start()
+            self._flush_requested = True
+            self._flush_wanted.notify()
+
+    def _background_flusher(self) -> None:
+        while True:
+            with self._flush_wanted:
+                while not self._flush_requested and not self._stopping:
+                    self._flush_wanted.wait()  # blocks until notified: no polling
+                if self._stopping:
+                    return
+                self._flush_requested = False
+            with self._lock:
+                if self._failure is None and not self._closed:
+                    with contextlib.suppress(AuditWriteError):  # recorded in _failure; next call raises
+                        self._flush_locked()
+
+    def _stop_flusher(self) -> None:
+        with self._flush_wanted:
+            self._stopping = True
+            self._flush_wanted.notify()
+        if self._flusher is not None and self._flusher is not threading.current_thread():
+            self._flusher.join()
 
     def _check_usable(self) -> None:
         if self._failure is not None:
@@ -276,6 +320,7 @@ class AuditStore:
 
     def close(self) -> None:
         """Flush, checkpoint, release the file and append the chain head to the anchor log."""
+        self._stop_flusher()
         with self._lock:
             if self._closed:
                 return
