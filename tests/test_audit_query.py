@@ -82,8 +82,8 @@ def test_views_span_closed_and_live_sessions(live_store) -> None:
         assert sessions == {"closed-1": "strict", "live-1": "default"}
         columns = query.sql("SELECT * FROM events LIMIT 1").columns
         assert columns == [
-            "event_id", "ts", "session_id", "seq", "event_type", "decision", "rule", "reason", "detail",
-            "prev_hash", "hash",
+            "event_id", "ts", "session_id", "seq", "event_type", "decision", "rule", "reason", "cell_id",
+            "name", "detail", "prev_hash", "hash",
         ]  # fmt: skip
         detail = query.sql("SELECT detail FROM events WHERE event_type = 'output_redaction'").rows[0][0]
         assert json.loads(detail) == {"action": "redacted", "count": 1, "detector": "github_token"}

@@ -268,9 +268,11 @@ def test_background_flush_commits_without_blocking_and_failures_surface_on_the_n
     assert store.pending_count == 0
     store.record("output_redaction", detail=EXAMPLES["output_redaction"], durable=False)
     os.unlink(store.path)
-    store.flush(wait=False)
     try:
         with pytest.raises(AuditWriteError, match="removed"):
+            # Raises here if an earlier background request already hit the missing file...
+            store.flush(wait=False)
+            # ...otherwise the next call, serialised behind the background commit, must.
             store.record("policy_decision", decision="allow", detail=EXAMPLES["policy_decision"])
     finally:
         store.close()

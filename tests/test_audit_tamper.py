@@ -132,8 +132,8 @@ def test_inserted_event_with_a_duplicate_seq_is_detected(audit_dir) -> None:
     tamper(
         audit_dir,
         "alpha",
-        "INSERT INTO events SELECT ?, ts, session_id, seq, event_type, 'allow', rule, reason, prev_hash, ?, ?, NULL "
-        "FROM events WHERE seq = 7",
+        "INSERT INTO events SELECT ?, ts, session_id, seq, event_type, 'allow', rule, reason, cell_id, name, "
+        "prev_hash, ?, ?, NULL FROM events WHERE seq = 7",
         params=[forged["event_id"], _sha(canonical), canonical],
     )
     found = session_report(audit_dir)
@@ -149,8 +149,8 @@ def test_event_appended_after_close_is_detected_even_when_correctly_chained(audi
     tamper(
         audit_dir,
         "alpha",
-        "INSERT INTO events SELECT ?, ts, session_id, 13, event_type, decision, rule, reason, ?, ?, ?, NULL "
-        "FROM events WHERE seq = 12",
+        "INSERT INTO events SELECT ?, ts, session_id, 13, event_type, decision, rule, reason, cell_id, name, "
+        "?, ?, ?, NULL FROM events WHERE seq = 12",
         params=[forged["event_id"], last["hash"], _sha(canonical), canonical],
     )
     assert session_report(audit_dir).inserted == [13]
@@ -173,7 +173,7 @@ def test_event_moved_from_another_session_is_detected(audit_dir) -> None:
     tamper(
         audit_dir,
         "alpha",
-        "INSERT INTO events VALUES (?, ?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+        "INSERT INTO events VALUES (?, ?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
         params=[
             foreign["event_id"],
             foreign["ts"],
@@ -183,6 +183,8 @@ def test_event_moved_from_another_session_is_detected(audit_dir) -> None:
             foreign["decision"],
             foreign["rule"],
             foreign["reason"],
+            foreign["cell_id"],
+            foreign["name"],
             foreign["prev_hash"],
             foreign["hash"],
             foreign["canonical"],

@@ -229,6 +229,23 @@ class AuditEventError(ValueError):
     """An event that does not match its schema (a programming error on the recording side)."""
 
 
+# Which detail field becomes the envelope's `name` column (what the event is about), per event type.
+NAME_FIELDS: dict[str, str] = {
+    EventType.SESSION_START: "policy_name",
+    EventType.SESSION_END: "status",
+    EventType.CELL_SUBMITTED: "origin",
+    EventType.FIREWALL_FINDINGS: "target",
+    EventType.POLICY_DECISION: "subject",
+    EventType.ESCALATION: "state",
+    EventType.EXECUTION: "status",
+    EventType.OUTPUT_REDACTION: "detector",
+    EventType.CREDENTIAL_ACCESS: "credential_name",
+    EventType.TOOL_CALL: "gen_ai.tool.name",
+    EventType.VIOLATION: "kind",
+    EventType.POLICY_CHANGE: "new_policy",
+}
+
+
 class AuditEvent(BaseModel):
     """The envelope; its canonical JSON is what is hashed and stored."""
 
@@ -242,6 +259,8 @@ class AuditEvent(BaseModel):
     decision: Decision | None = None
     rule: str | None = None
     reason: str | None = None
+    cell_id: str | None = Field(default=None, description="Copied from detail.cell_id for fast queries.")
+    name: str | None = Field(default=None, description="What the event is about (see NAME_FIELDS).")
     detail: dict[str, Any] = Field(default_factory=dict)
     prev_hash: str
     hash: str | None = Field(default=None, description="SHA-256 of the canonical bytes (not part of them).")
@@ -253,6 +272,19 @@ class AuditEvent(BaseModel):
 def canonical_json(envelope: dict[str, Any]) -> str:
     """Sorted-key compact JSON; its UTF-8 bytes are hashed and stored."""
     return json.dumps(envelope, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+# Control characters other than \b \t \n \f \r: JSON escapes them as \u00XX, and DuckDB's to_json
+# writes the hex digits in upper case where Python writes lower case. Envelope strings are
+# rebuilt in SQL by `verify`, so they must not contain them (they are replaced, visibly).
+_CONTROL = {c: "\ufffd" for c in range(0x20) if chr(c) not in "\b\t\n\f\r"}
+
+
+def envelope_text(value: Any) -> str | None:
+    """An envelope string field (rule, reason, cell_id, name): str or None, no odd control chars."""
+    if value is None:
+        return None
+    return str(value).translate(_CONTROL)
 
 
 def event_hash(canonical: str) -> str:

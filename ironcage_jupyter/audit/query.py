@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from .paths import SNAPSHOTS_SUBDIR, ensure_private_dir, session_files, session_id_of
-from .schema import EVENT_COLUMNS, VIEWS_SQL
+from .schema import EVENT_COLUMNS, EVENTS_TABLE, VIEWS_SQL
 
 if TYPE_CHECKING:
     from .store import AuditStore
@@ -201,11 +201,9 @@ class AuditQuery:
             self._con.execute(f"CREATE TEMP VIEW all_events_raw AS {union}")
         else:
             self._con.execute(
-                "CREATE TEMP VIEW all_events_raw AS SELECT * FROM (VALUES (NULL::VARCHAR, NULL::TIMESTAMPTZ, "  # noqa: S608
-                "NULL::VARCHAR, NULL::BIGINT, NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, "
-                "NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, NULL::TIMESTAMPTZ)) "
-                f"AS t({columns}) WHERE false"
+                EVENTS_TABLE.format(name="no_sessions").replace("CREATE TABLE", "CREATE TEMP TABLE")
             )
+            self._con.execute(f"CREATE TEMP VIEW all_events_raw AS SELECT {columns} FROM temp.no_sessions")  # noqa: S608
         self._con.execute(VIEWS_SQL)
 
     # -- querying ----------------------------------------------------------------------------------------
@@ -219,18 +217,20 @@ class AuditQuery:
         return result
 
     def run_trusted(
-        self, sql: str, params: Sequence[Any] | None = None, *, limit: int | None = None
+        self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None, *, limit: int | None = None
     ) -> QueryResult:
         """Run SQL written by Iron Cage itself (parameters allowed); still a read-only connection."""
         return self._run(sql, params, limit)
 
-    def _run(self, sql: str, params: Sequence[Any] | None, limit: int | None) -> QueryResult:
+    def _run(self, sql: str, params: Sequence[Any] | dict[str, Any] | None, limit: int | None) -> QueryResult:
         timer = threading.Timer(self.timeout_s, self._con.interrupt)
         timer.daemon = True
         timer.start()
         reader = None
         try:
-            relation = self._con.sql(sql, params=list(params) if params is not None else None)
+            if params is not None and not isinstance(params, dict):
+                params = list(params)
+            relation = self._con.sql(sql, params=params)
             if relation is None:
                 return QueryResult([], [], [], sessions=self.session_count, notes=list(self.notes))
             columns = list(relation.columns)

@@ -99,7 +99,8 @@ def _purge_file(
             params += [event_type, cutoff]
         con.execute("BEGIN TRANSACTION")
         expired = con.execute(
-            "UPDATE events SET canonical = NULL, decision = NULL, rule = NULL, reason = NULL, purged_at = ? "  # noqa: S608
+            "UPDATE events SET canonical = NULL, decision = NULL, rule = NULL, reason = NULL, cell_id = NULL, "  # noqa: S608
+            "name = NULL, purged_at = ? "
             f"WHERE canonical IS NOT NULL AND ts < CASE event_type {cases} ELSE ? END",
             [now, *params, default_cutoff],
         ).fetchone()

@@ -5,8 +5,8 @@ from __future__ import annotations
 STORE_FORMAT = "ironcage-audit/1"
 
 # No PRIMARY KEY / UNIQUE: an index would slow every append, and `verify` finds duplicates anyway.
-SESSION_DDL = """
-CREATE TABLE IF NOT EXISTS events (
+EVENTS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     event_id   VARCHAR     NOT NULL,
     ts         TIMESTAMPTZ NOT NULL,
     session_id VARCHAR     NOT NULL,
@@ -15,11 +15,18 @@ CREATE TABLE IF NOT EXISTS events (
     decision   VARCHAR,
     rule       VARCHAR,
     reason     VARCHAR,
+    cell_id    VARCHAR,
+    name       VARCHAR,
     prev_hash  VARCHAR     NOT NULL,
     hash       VARCHAR     NOT NULL,
     canonical  VARCHAR,
     purged_at  TIMESTAMPTZ
 );
+"""
+
+SESSION_DDL = (
+    EVENTS_TABLE.format(name="events")
+    + """
 -- One row per purge of this file. Tombstoned events keep seq/ts/type/prev_hash/hash but lose their
 -- content; a prefix made only of tombstones is then deleted and summarised by compacted_through_*,
 -- the seq and hash the first remaining event must chain to.
@@ -33,6 +40,7 @@ CREATE TABLE IF NOT EXISTS purge_log (
 );
 CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR NOT NULL, value VARCHAR NOT NULL);
 """
+)
 
 EVENT_COLUMNS = (
     "event_id",
@@ -43,6 +51,8 @@ EVENT_COLUMNS = (
     "decision",
     "rule",
     "reason",
+    "cell_id",
+    "name",
     "prev_hash",
     "hash",
     "canonical",
@@ -53,24 +63,20 @@ EVENT_COLUMNS = (
 # `detail` is taken from the canonical bytes themselves, so what is queried is what is hashed.
 VIEWS_SQL = r"""
 CREATE OR REPLACE TEMP VIEW events AS
-SELECT event_id, ts, session_id, seq, event_type, decision, rule, reason,
+SELECT event_id, ts, session_id, seq, event_type, decision, rule, reason, cell_id, name,
        json_extract(canonical, '$.detail') AS detail, prev_hash, hash
 FROM all_events_raw
 WHERE canonical IS NOT NULL;
 
 CREATE OR REPLACE TEMP VIEW decisions AS
 SELECT ts, session_id, seq, event_type, decision, rule, reason,
-       coalesce(detail->>'subject', event_type) AS subject,
-       detail->>'cell_id' AS cell_id,
-       detail->>'$."gen_ai.tool.name"' AS tool_name,
-       detail->>'target' AS target,
-       detail, event_id
+       name, cell_id, detail, event_id
 FROM events
 WHERE decision IS NOT NULL;
 
 CREATE OR REPLACE TEMP VIEW tool_calls AS
 SELECT ts, session_id, seq,
-       detail->>'$."gen_ai.tool.name"' AS tool_name,
+       name AS tool_name, cell_id,
        detail->>'$."gen_ai.tool.call.id"' AS tool_call_id,
        detail->>'$."gen_ai.operation.name"' AS operation_name,
        decision, rule, reason,
@@ -85,7 +91,7 @@ WHERE event_type = 'tool_call';
 
 CREATE OR REPLACE TEMP VIEW credential_access AS
 SELECT ts, session_id, seq,
-       detail->>'credential_name' AS credential_name,
+       name AS credential_name, cell_id,
        detail->>'scope' AS scope,
        TRY_CAST(detail->>'granted' AS BOOLEAN) AS granted,
        detail->>'target' AS target,
@@ -96,7 +102,7 @@ WHERE event_type = 'credential_access';
 
 CREATE OR REPLACE TEMP VIEW violations AS
 SELECT ts, session_id, seq,
-       detail->>'kind' AS kind,
+       name AS kind, cell_id,
        detail->>'layer' AS layer,
        detail->>'limit' AS "limit",
        detail->>'message' AS message,
@@ -111,7 +117,7 @@ SELECT session_id,
        count(*) AS events,
        count(*) FILTER (WHERE decision = 'deny') AS denials,
        bool_or(event_type = 'session_end') AS ended,
-       any_value(detail->>'policy_name') FILTER (WHERE event_type = 'session_start') AS policy_name
+       any_value(name) FILTER (WHERE event_type = 'session_start') AS policy_name
 FROM events
 GROUP BY session_id;
 """

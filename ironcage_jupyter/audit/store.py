@@ -32,9 +32,11 @@ from pydantic import BaseModel
 
 from .events import (
     ALWAYS_DURABLE,
+    NAME_FIELDS,
     AuditEvent,
     AuditEventError,
     canonical_json,
+    envelope_text,
     event_hash,
     format_ts,
     genesis_hash,
@@ -186,6 +188,9 @@ class AuditStore:
                 raise
             moment = self._clock()
             seq = self._seq + 1
+            rule, reason = envelope_text(rule), envelope_text(reason)
+            cell_id = envelope_text(clean_detail.get("cell_id"))
+            name = envelope_text(clean_detail.get(NAME_FIELDS[event_type]))
             envelope = {
                 "event_id": str(uuid.uuid4()),
                 "ts": format_ts(moment),
@@ -195,6 +200,8 @@ class AuditStore:
                 "decision": decision,
                 "rule": rule,
                 "reason": reason,
+                "cell_id": cell_id,
+                "name": name,
                 "detail": clean_detail,
                 "prev_hash": self._prev_hash,
             }
@@ -214,6 +221,8 @@ class AuditStore:
                     decision,
                     rule,
                     reason,
+                    cell_id,
+                    name,
                     self._prev_hash,
                     digest,
                     canonical,

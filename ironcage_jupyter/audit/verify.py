@@ -30,45 +30,96 @@ from .query import AuditQuery
 
 _MAX_LISTED = 1000
 
-_ANOMALY_SQL = """
+
+def _j(column: str) -> str:
+    """SQL for the JSON text of a nullable string column, as json.dumps writes it."""
+    return f"coalesce(to_json({column})::VARCHAR, 'null')"
+
+
+# The canonical JSON has sorted keys, so everything before "detail" and everything after it is
+# rebuilt from the columns with string operations alone: the columns are proven to be exactly the
+# signed content without parsing a byte of JSON (which would dominate the cost of verifying).
+_PREFIX = (
+    "'{\"cell_id\":' || " + _j("cell_id") + " || ',\"decision\":' || " + _j("decision") + " || ',\"detail\":'"
+)
+_SUFFIX = (
+    "',\"event_id\":' || "
+    + _j("event_id")
+    + " || ',\"event_type\":' || "
+    + _j("event_type")
+    + " || ',\"name\":' || "
+    + _j("name")
+    + " || ',\"prev_hash\":' || "
+    + _j("prev_hash")
+    + " || ',\"reason\":' || "
+    + _j("reason")
+    + " || ',\"rule\":' || "
+    + _j("rule")
+    + " || ',\"seq\":' || seq::VARCHAR"
+    + " || ',\"session_id\":' || "
+    + _j("session_id")
+    + " || ',\"ts\":\"' || strftime(ts, '%Y-%m-%dT%H:%M:%S.%fZ') || '\"}'"
+)
+
+# Built from constants only; {alias} is an internal s<N> name.
+_ANOMALY_SQL = (
+    """
 WITH r AS (
-    SELECT seq, hash, prev_hash, canonical, purged_at, event_id, ts, session_id, event_type, decision,
-           rule, reason,
+    SELECT seq, hash, prev_hash, canonical, purged_at,
            lag(hash) OVER w AS prev_row_hash,
            lag(seq) OVER w AS prev_row_seq,
-           row_number() OVER w AS pos
+           row_number() OVER w AS pos,
+           CASE WHEN canonical IS NULL THEN NULL ELSE sha256(canonical) = hash END AS content_ok,
+           CASE WHEN canonical IS NULL THEN NULL ELSE
+               session_id = $session AND starts_with(canonical, """  # noqa: S608
+    + _PREFIX
+    + """) AND ends_with(canonical, """
+    + _SUFFIX
+    + """) END AS fields_ok,
+           event_id, strftime(ts, '%Y-%m-%dT%H:%M:%S.%fZ') AS ts_text, session_id, event_type, decision,
+           rule, reason, cell_id, name
     FROM {alias}.events
     WINDOW w AS (ORDER BY seq, hash)
-), c AS (
-    SELECT *,
-           CASE WHEN canonical IS NULL THEN NULL ELSE sha256(canonical) = hash END AS content_ok,
-           CASE WHEN canonical IS NULL THEN NULL ELSE json_extract_string(canonical,
-                ['$.event_id', '$.ts', '$.session_id', '$.seq', '$.event_type', '$.decision', '$.rule',
-                 '$.reason', '$.prev_hash']) END AS f
-    FROM r
-), d AS (
-    SELECT *,
-           TRY_CAST(f[4] AS BIGINT) AS signed_seq,
-           CASE WHEN canonical IS NULL THEN NULL ELSE
-           (f[1] IS NOT DISTINCT FROM event_id AND TRY_CAST(f[2] AS TIMESTAMPTZ) IS NOT DISTINCT FROM ts
-            AND f[3] IS NOT DISTINCT FROM session_id AND f[5] IS NOT DISTINCT FROM event_type
-            AND f[6] IS NOT DISTINCT FROM decision AND f[7] IS NOT DISTINCT FROM rule
-            AND f[8] IS NOT DISTINCT FROM reason AND f[9] IS NOT DISTINCT FROM prev_hash
-            AND session_id = ?) END AS other_fields_ok
-    FROM c
 )
-SELECT pos, seq, hash, prev_hash, prev_row_hash, prev_row_seq, content_ok, signed_seq, other_fields_ok,
-       canonical IS NULL AS tombstone, purged_at IS NOT NULL AS has_purged_at
-FROM d
+SELECT pos, seq, hash, prev_hash, prev_row_hash, prev_row_seq, content_ok, fields_ok,
+       canonical IS NULL AS tombstone, purged_at IS NOT NULL AS has_purged_at, canonical,
+       event_id, ts_text, session_id, event_type, decision, rule, reason, cell_id, name
+FROM r
 WHERE pos = 1
    OR (canonical IS NULL) <> (purged_at IS NOT NULL)
    OR NOT coalesce(content_ok, TRUE)
-   OR NOT coalesce(other_fields_ok, TRUE)
-   OR (canonical IS NOT NULL AND signed_seq IS DISTINCT FROM seq)
+   OR NOT coalesce(fields_ok, TRUE)
    OR prev_hash IS DISTINCT FROM prev_row_hash
    OR seq IS DISTINCT FROM prev_row_seq + 1
 ORDER BY pos
 """
+)
+
+_SIGNED_FIELDS = (
+    "event_id",
+    "ts",
+    "session_id",
+    "event_type",
+    "decision",
+    "rule",
+    "reason",
+    "cell_id",
+    "name",
+)
+
+
+def _signed_seq_only(canonical: str, columns: dict[str, Any]) -> int | None:
+    """If the columns differ from the signed content only in seq, the signed seq (a moved event)."""
+    try:
+        signed = json.loads(canonical)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(signed, dict) or signed.get("prev_hash") != columns["prev_hash"]:
+        return None
+    if any(signed.get(key) != columns[key] for key in _SIGNED_FIELDS):
+        return None
+    seq = signed.get("seq")
+    return seq if isinstance(seq, int) and seq != columns["seq"] else None
 
 
 @dataclass
@@ -230,7 +281,7 @@ def _verify_session(
             f"{tombstoned_total} events the purge log says were purged"
         )
 
-    rows = con_run(_ANOMALY_SQL.format(alias=alias), [report.session_id]).rows
+    rows = con_run(_ANOMALY_SQL.replace("{alias}", alias), {"session": report.session_id}).rows
 
     def seq_of_hash(digest: str) -> int | None:
         found = con_run(f"SELECT min(seq) FROM {alias}.events WHERE hash = ?", [digest]).rows  # noqa: S608
@@ -240,24 +291,27 @@ def _verify_session(
         (
             pos,
             seq,
-            digest,
+            _digest,
             prev_hash,
             prev_row_hash,
             prev_row_seq,
             content_ok,
-            signed_seq,
             fields_ok,
             tombstone,
             has_purged_at,
-        ) = row
+            canonical,
+        ) = row[:11]
+        columns = dict(zip(("seq", "prev_hash", *_SIGNED_FIELDS), (seq, prev_hash, *row[11:]), strict=True))
         if tombstone != has_purged_at:
             report._add("modified", seq, "content removed outside a purge" if tombstone else "purge mark set")
         if content_ok is False:
             report._add("modified", seq, "stored hash is not SHA-256 of the stored canonical bytes")
-        elif not tombstone and signed_seq != seq:
-            report._add("reordered", seq, f"the signed content belongs at seq {signed_seq}")
         elif fields_ok is False:
-            report._add("modified", seq, "a column differs from the signed canonical content")
+            moved_from = _signed_seq_only(canonical, columns)
+            if moved_from is not None:
+                report._add("reordered", seq, f"the signed content belongs at seq {moved_from}")
+            else:
+                report._add("modified", seq, "a column differs from the signed canonical content")
         if pos == 1:
             expected_seq = compacted_through + 1
             if seq > expected_seq:
