@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ironcage_jupyter.audit import AuditQuery, AuditStore, run_audit_magic  # noqa: E402
-from ironcage_jupyter.audit.events import canonical_json, event_hash, format_ts, genesis_hash  # noqa: E402
+from ironcage_jupyter.audit.events import NAME_FIELDS, canonical_json, event_hash, format_ts, genesis_hash  # noqa: E402
 from ironcage_jupyter.audit.paths import ensure_private_dir, session_path  # noqa: E402
 from ironcage_jupyter.audit.schema import SESSION_DDL  # noqa: E402
 from ironcage_jupyter.audit.verify import verify  # noqa: E402
@@ -90,7 +90,9 @@ def synth_rows(session_id: str, count: int, start: datetime) -> list[tuple]:
             decision = "deny" if seq % 13 == 0 else "allow"
         elif kind == "policy_decision":
             detail = {"subject": "cell", "cell_id": f"c{seq // 10}", "rules": ["r1"]}
-            decision, rule, reason = ("deny", "no-exec", "exec of a shell") if seq % 9 == 0 else ("allow", "default", "")
+            decision, rule, reason = (
+                ("deny", "no-exec", "exec of a shell") if seq % 9 == 0 else ("allow", "default", "")
+            )
         elif kind == "credential_access":
             detail = {"credential_name": f"TOKEN{seq % 5}", "scope": "tool", "granted": seq % 3 != 0}
             decision = "allow" if seq % 3 else "deny"
@@ -101,8 +103,14 @@ def synth_rows(session_id: str, count: int, start: datetime) -> list[tuple]:
         elif kind == "cell_submitted":
             detail = {"cell_id": f"c{seq // 10}", "code_sha256": "0" * 64, "code_redacted": "print('hello')"}
         else:
-            detail = {"cell_id": f"c{seq // 10}", "detector": "aws_access_key", "count": 1, "action": "redacted"}
+            detail = {
+                "cell_id": f"c{seq // 10}",
+                "detector": "aws_access_key",
+                "count": 1,
+                "action": "redacted",
+            }
         moment = start + timedelta(milliseconds=seq * 50)
+        cell_id, name = detail.get("cell_id"), detail.get(NAME_FIELDS[kind])
         envelope = {
             "event_id": str(uuid.uuid4()),
             "ts": format_ts(moment),
@@ -112,13 +120,30 @@ def synth_rows(session_id: str, count: int, start: datetime) -> list[tuple]:
             "decision": decision,
             "rule": rule,
             "reason": reason,
+            "cell_id": cell_id,
+            "name": name,
             "detail": detail,
             "prev_hash": prev,
         }
         canonical = canonical_json(envelope)
         digest = event_hash(canonical)
         rows.append(
-            (envelope["event_id"], moment, session_id, seq, kind, decision, rule, reason, prev, digest, canonical, None)
+            (
+                envelope["event_id"],
+                moment,
+                session_id,
+                seq,
+                kind,
+                decision,
+                rule,
+                reason,
+                cell_id,
+                name,
+                prev,
+                digest,
+                canonical,
+                None,
+            )
         )
         prev = digest
     return rows
@@ -153,7 +178,12 @@ def bench_ingestion(work: Path, count: int) -> None:
     con.execute("COMMIT")
     appender_rate = count / (time.perf_counter() - start)
     con.close()
-    say("ingest", f"Appender, {count:,} prepared events (store's path)", f"{appender_rate:,.0f} ev/s", "target >= 200k")
+    say(
+        "ingest",
+        f"Appender, {count:,} prepared events (store's path)",
+        f"{appender_rate:,.0f} ev/s",
+        "target >= 200k",
+    )
 
     con = fresh("arrow")
     columns = list(zip(*rows, strict=True))
@@ -167,6 +197,8 @@ def bench_ingestion(work: Path, count: int) -> None:
             ("decision", pa.string()),
             ("rule", pa.string()),
             ("reason", pa.string()),
+            ("cell_id", pa.string()),
+            ("name", pa.string()),
             ("prev_hash", pa.string()),
             ("hash", pa.string()),
             ("canonical", pa.string()),
@@ -181,12 +213,17 @@ def bench_ingestion(work: Path, count: int) -> None:
     con.execute("INSERT INTO events SELECT * FROM batch")
     arrow_rate = count / (time.perf_counter() - start)
     con.close()
-    say("ingest", "Arrow table built column-wise + INSERT SELECT", f"{arrow_rate:,.0f} ev/s", f"{arrow_rate / appender_rate:.2f}x Appender")
+    say(
+        "ingest",
+        "Arrow table built column-wise + INSERT SELECT",
+        f"{arrow_rate:,.0f} ev/s",
+        f"{arrow_rate / appender_rate:.2f}x Appender",
+    )
 
     con = fresh("values")
     sample = rows[: min(count, 20_000)]
     chunk = 500
-    placeholders = "(" + ",".join("?" * 12) + ")"
+    placeholders = "(" + ",".join("?" * 14) + ")"
     start = time.perf_counter()
     con.execute("BEGIN TRANSACTION")
     for i in range(0, len(sample), chunk):
@@ -198,7 +235,12 @@ def bench_ingestion(work: Path, count: int) -> None:
     con.execute("COMMIT")
     values_rate = len(sample) / (time.perf_counter() - start)
     con.close()
-    say("ingest", f"multi-row VALUES ({chunk} rows/statement, {len(sample):,} events)", f"{values_rate:,.0f} ev/s", f"{values_rate / appender_rate:.3f}x Appender")
+    say(
+        "ingest",
+        f"multi-row VALUES ({chunk} rows/statement, {len(sample):,} events)",
+        f"{values_rate:,.0f} ev/s",
+        f"{values_rate / appender_rate:.3f}x Appender",
+    )
 
     con = fresh("executemany")
     sample = rows[:2_000]
@@ -208,17 +250,29 @@ def bench_ingestion(work: Path, count: int) -> None:
     con.execute("COMMIT")
     many_rate = len(sample) / (time.perf_counter() - start)
     con.close()
-    say("ingest", f"executemany ({len(sample):,} events)", f"{many_rate:,.0f} ev/s", f"{many_rate / appender_rate:.4f}x Appender")
+    say(
+        "ingest",
+        f"executemany ({len(sample):,} events)",
+        f"{many_rate:,.0f} ev/s",
+        f"{many_rate / appender_rate:.4f}x Appender",
+    )
 
     store = AuditStore(work / "store", "e2e", batch_size=count + 1)
     n = min(count, 50_000)
     start = time.perf_counter()
     for i in range(n):
-        store.record("output_redaction", detail={"detector": "aws_access_key", "count": i % 5, "cell_id": "c1"})
+        store.record(
+            "output_redaction", detail={"detector": "aws_access_key", "count": i % 5, "cell_id": "c1"}
+        )
     store.flush()
     e2e_rate = n / (time.perf_counter() - start)
     store.close()
-    say("ingest", f"AuditStore.record end to end ({n:,} events, validate+JSON+SHA-256)", f"{e2e_rate:,.0f} ev/s", f"{e2e_rate / appender_rate:.2f}x Appender")
+    say(
+        "ingest",
+        f"AuditStore.record end to end ({n:,} events, validate+JSON+SHA-256)",
+        f"{e2e_rate:,.0f} ev/s",
+        f"{e2e_rate / appender_rate:.2f}x Appender",
+    )
 
 
 # -- 2. durable commits --------------------------------------------------------------------------------------
@@ -245,21 +299,32 @@ def bench_durable(work: Path, repeat: int = 300) -> None:
     con.close()
     store.close()
     raw_p50 = percentile(raw, 0.5) * 1e3
-    say("durable", "raw 300-byte write + fdatasync (floor)", f"{raw_p50:.2f} ms p50", f"p90 {percentile(raw, 0.9) * 1e3:.2f} ms")
+    say(
+        "durable",
+        "raw 300-byte write + fdatasync (floor)",
+        f"{raw_p50:.2f} ms p50",
+        f"p90 {percentile(raw, 0.9) * 1e3:.2f} ms",
+    )
     plain_p50 = percentile(plain, 0.5) * 1e3
     say("durable", "DuckDB autocommit INSERT", f"{plain_p50:.2f} ms p50", f"{plain_p50 / raw_p50:.2f}x floor")
     p50 = percentile(store_lat, 0.5) * 1e3
-    say("durable", "AuditStore.record(policy_decision), durable", f"{p50:.2f} ms p50",
-        f"p90 {percentile(store_lat, 0.9) * 1e3:.2f} ms; {p50 / raw_p50:.2f}x floor; target <= 2 ms")
+    say(
+        "durable",
+        "AuditStore.record(policy_decision), durable",
+        f"{p50:.2f} ms p50",
+        f"p90 {percentile(store_lat, 0.9) * 1e3:.2f} ms; {p50 / raw_p50:.2f}x floor; target <= 2 ms",
+    )
 
 
 # -- 3./4. queries and verify over many events -------------------------------------------------------------
 QUERIES = {
     "events by type": "SELECT event_type, count(*) FROM events GROUP BY ALL",
     "last 20 denials": "SELECT ts, session_id, event_type, rule, reason FROM decisions WHERE decision = 'deny' ORDER BY ts DESC LIMIT 20",
-    "tool calls per tool (JSON fields)": "SELECT tool_name, count(*), avg(duration_ms) FROM tool_calls GROUP BY ALL",
+    "tool calls per tool": "SELECT tool_name, count(*), count(*) FILTER (WHERE decision = 'deny') FROM tool_calls GROUP BY ALL",
+    "avg duration per tool (JSON field)": "SELECT tool_name, avg(duration_ms) FROM tool_calls GROUP BY ALL",
     "refused credential access, latest 50": "SELECT * FROM credential_access WHERE NOT granted ORDER BY ts DESC LIMIT 50",
-    "one cell's events (JSON path filter)": "SELECT seq, event_type FROM events WHERE detail->>'cell_id' = 'c12345'",
+    "one cell's events": "SELECT seq, event_type, name FROM events WHERE cell_id = 'c12345'",
+    "JSON path filter on detail": "SELECT count(*) FROM events WHERE detail->>'$.\"gen_ai.tool.call.id\"' = 'call-4242'",
     "violations in the last hour per session": "SELECT session_id, count(*) FROM violations WHERE ts > (SELECT max(ts) FROM events) - INTERVAL 1 HOUR GROUP BY ALL",
 }
 
@@ -270,8 +335,16 @@ def bench_queries(work: Path, total: int, sessions: int) -> None:
     per = total // sessions
     start = time.perf_counter()
     for i in range(sessions):
-        write_session(audit_dir, f"bench-{i:03d}", synth_rows(f"bench-{i:03d}", per, datetime(2026, 1, 1 + i, tzinfo=UTC)))
-    say("setup", f"generate + write {per * sessions:,} chained events in {sessions} files", f"{time.perf_counter() - start:.1f} s")
+        write_session(
+            audit_dir,
+            f"bench-{i:03d}",
+            synth_rows(f"bench-{i:03d}", per, datetime(2026, 1, 1 + i, tzinfo=UTC)),
+        )
+    say(
+        "setup",
+        f"generate + write {per * sessions:,} chained events in {sessions} files",
+        f"{time.perf_counter() - start:.1f} s",
+    )
 
     open_ms = median_ms(lambda: AuditQuery(audit_dir).close())
     say("query", f"open AuditQuery ({sessions} closed files, read-only ATTACH)", f"{open_ms:.1f} ms")
@@ -287,8 +360,12 @@ def bench_queries(work: Path, total: int, sessions: int) -> None:
         live.record("output_redaction", detail={"detector": "aws_access_key", "count": i % 3})
     live.flush()
     open_live = median_ms(lambda: AuditQuery(audit_dir, live_store=live).close())
-    say("query", "open AuditQuery incl. one live 100k-event session (snapshot)", f"{open_live:.1f} ms",
-        f"+{open_live - open_ms:.1f} ms for the snapshot copy + WAL replay")
+    say(
+        "query",
+        "open AuditQuery incl. one live 100k-event session (snapshot)",
+        f"{open_live:.1f} ms",
+        f"+{open_live - open_ms:.1f} ms for the snapshot copy + WAL replay",
+    )
     live.close()
 
     start = time.perf_counter()
@@ -296,14 +373,23 @@ def bench_queries(work: Path, total: int, sessions: int) -> None:
     elapsed = time.perf_counter() - start
     assert report.exit_code == 0, report.render()
     events = sum(s.events for s in report.sessions)
-    say("verify", f"verify {events:,} events in {len(report.sessions)} sessions", f"{elapsed:.2f} s", "target <= 2 s")
+    say(
+        "verify",
+        f"verify {events:,} events in {len(report.sessions)} sessions",
+        f"{elapsed:.2f} s",
+        "target <= 2 s",
+    )
 
 
 # -- 5. per-cell share -----------------------------------------------------------------------------------------
 def cell_events(store: AuditStore, n: int, *, wait: bool) -> None:
-    store.record("cell_submitted", detail={"cell_id": f"c{n}", "code_sha256": "0" * 64, "code_redacted": "1+1"})
+    store.record(
+        "cell_submitted", detail={"cell_id": f"c{n}", "code_sha256": "0" * 64, "code_redacted": "1+1"}
+    )
     store.record("firewall_findings", detail={"cell_id": f"c{n}", "findings": []})
-    store.record("policy_decision", decision="allow", rule="default", detail={"subject": "cell", "cell_id": f"c{n}"})
+    store.record(
+        "policy_decision", decision="allow", rule="default", detail={"subject": "cell", "cell_id": f"c{n}"}
+    )
     store.record("execution", detail={"cell_id": f"c{n}", "status": "ok", "duration_ms": 1.0})
     store.flush(wait=wait)
 
@@ -340,14 +426,18 @@ def bench_cell_share(work: Path, cells: int, with_kernel: bool) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--ingest", type=int, default=100_000)
     parser.add_argument("--cells", type=int, default=200)
     parser.add_argument("--no-kernel", action="store_true", help="skip the plain ipykernel reference")
     args = parser.parse_args()
-    print(f"duckdb {duckdb.__version__}, python {sys.version.split()[0]}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}")
+    print(
+        f"duckdb {duckdb.__version__}, python {sys.version.split()[0]}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-audit-", dir=os.environ.get("BENCH_TMP")) as tmp:
         work = Path(tmp)
         bench_ingestion(work, args.ingest)
