@@ -94,6 +94,8 @@ def test_chain_links_each_event_to_the_stored_canonical_bytes_of_the_previous(tm
         )
         previous = digest
     assert verify(tmp_path).exit_code == 0
+    # the returned event re-serialises to exactly the stored bytes
+    assert [hashlib.sha256(e.canonical().encode()).hexdigest() for e in events] == [r[2] for r in rows]
 
 
 def test_tool_call_detail_uses_opentelemetry_genai_names(tmp_path) -> None:

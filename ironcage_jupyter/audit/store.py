@@ -35,6 +35,7 @@ from .events import (
     NAME_FIELDS,
     AuditEvent,
     AuditEventError,
+    EventType,
     canonical_json,
     envelope_text,
     event_hash,
@@ -234,7 +235,9 @@ class AuditStore:
                 self._flush_locked()
             elif len(self._pending) >= self.batch_size:
                 self._flush_locked()
-            return AuditEvent.model_construct(hash=digest, **envelope)
+            return AuditEvent.model_construct(
+                hash=digest, **(envelope | {"event_type": EventType(event_type)})
+            )
 
     def flush(self, *, wait: bool = True) -> int:
         """Commit every buffered event (call at cell end). Returns how many were written.
