@@ -21,10 +21,19 @@ from traitlets import Float, Int, Unicode, default
 from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
+from .audit.integration import (
+    AuditDecisionStage,
+    AuditRecordStage,
+    AuditSubmitStage,
+    KernelAudit,
+    register_magics,
+)
 from .child import ChildDied, ChildKernel
 from .magics import MagicResult, is_ironcage_magic, run_magic
 from .pipeline import Block, CellRequest, Pipeline, Stage
 from .relay import Relay, Route
+
+register_magics()
 
 #: Frontend comm targets that the wrapper answers itself; every other comm goes to the child.
 WRAPPER_COMM_TARGETS = ("ironcage.ui", "ironcage.tools")
@@ -173,6 +182,15 @@ class IronCageKernel(Kernel):
         self._wrapper_comms: dict[str, str] = {}
         self._shutting_down = False
         self._main_loop: asyncio.AbstractEventLoop | None = None
+        # The audit log opens first: if it cannot be written, every cell is refused (fail closed).
+        self.audit = KernelAudit(self.audit_dir)
+        if self.audit.usable:
+            try:
+                self.audit.session_start(
+                    policy_name=self.policy, workspace=str(self.workspace), kernel_version=__version__
+                )
+            except Exception:
+                self.log.error("the audit log could not record the session start", exc_info=True)
         self.pipeline = Pipeline(self._build_stages())
         atexit.register(self.child.kill_now_sync)
 
@@ -214,7 +232,13 @@ class IronCageKernel(Kernel):
     def _build_stages(self) -> list[Stage]:
         """The ordered per-cell stages. Later components (firewall, policy, credentials, audit)
         register here; no stage is shipped that pretends to check something."""
-        return [ExecuteStage(self)]
+        return [
+            AuditSubmitStage(self.audit),
+            # firewall screen -> policy decide -> credentials go here
+            AuditDecisionStage(self.audit),
+            ExecuteStage(self),
+            AuditRecordStage(self.audit),
+        ]
 
     def start(self) -> None:
         super().start()
@@ -296,6 +320,14 @@ class IronCageKernel(Kernel):
             self.relay.detach(ChildDied(f"the child kernel exited during start (status {status})"))
             return
         self.log.warning("the child kernel exited with status %s", status)
+        try:
+            self.audit.record(
+                "violation",
+                detail={"kind": "child_crash", "message": f"the child kernel exited (status {status})",
+                        "exit_code": status if isinstance(status, int) else None},
+            )
+        except Exception:
+            self.log.error("the audit log could not record the child's exit", exc_info=True)
         self.relay.detach(ChildDied(f"the child kernel died (exit status {status})"))
         # A fresh child, so the next cell runs.
         self._restarts += 1
@@ -699,7 +731,13 @@ class IronCageKernel(Kernel):
     async def _shutdown_child(self) -> None:
         self._shutting_down = True
         self.relay.detach(ChildDied("the kernel is shutting down"))
-        await self.child.stop()
+        try:
+            await self.child.stop()
+        finally:
+            try:
+                self.audit.close(status="normal", reason="shutdown requested")
+            except Exception:
+                self.log.error("the audit log could not be closed cleanly", exc_info=True)
 
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
         try:
@@ -771,6 +809,7 @@ class IronCageKernel(Kernel):
             "pipeline": self.pipeline.names,
             "cell_timeout_s": self.cell_timeout_seconds(),
             "request_timeout_s": self.request_timeout,
+            "audit": self.audit.status(),
             "child_messages": {"received": self.relay.received, "published": self.relay.published,
                                "hwm": self.relay.sockets["iopub"].getsockopt(zmq.RCVHWM) if self.relay.sockets else None},
         }

@@ -96,9 +96,12 @@ class AuditStore:
         batch_size: int = 10_000,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
-        self.audit_dir = ensure_private_dir(Path(audit_dir))
-        ensure_private_dir(self.audit_dir / SESSIONS_SUBDIR)
         self.session_id = check_session_id(session_id)
+        try:
+            self.audit_dir = ensure_private_dir(Path(audit_dir))
+            ensure_private_dir(self.audit_dir / SESSIONS_SUBDIR)
+        except OSError as exc:
+            raise AuditWriteError(f"cannot create the audit directory {audit_dir}: {exc}") from exc
         self.path = session_path(self.audit_dir, session_id)
         self.batch_size = batch_size
         self._clock = clock

@@ -1,0 +1,369 @@
+"""How the wrapper kernel records: one `KernelAudit` per kernel session, two pipeline stages, two magics.
+
+    submit stage (first)      blocks every cell if the audit log is unusable; buffers `cell_submitted`
+    decision stage (before execute, always runs)
+                              records the policy decision (durable) or, without one, commits what is
+                              buffered: one fsync, and the cell runs only after it succeeded
+    record stage (last, always runs)
+                              `execution` (+ `violation` for timeouts / child crashes), then a flush
+                              in the background so the reply does not wait for the disk
+
+Any `AuditWriteError` leaves the `KernelAudit` failed: every later cell and tool call is refused with
+the reason, until the kernel is restarted (fail closed). Other components record through
+`kernel.audit.record(...)` (same signature as `AuditStore.record`).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .events import AuditEvent
+from .settings import AuditSettings
+from .store import AuditStore, AuditWriteError
+
+if TYPE_CHECKING:
+    from ..pipeline import CellRequest
+
+# Bounded so that a huge cell cannot make the audit log the place a denial-of-service lands.
+MAX_CODE_CHARS = 200_000
+
+
+def new_session_id() -> str:
+    """Sortable by start time, unique across hosts and processes."""
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class KernelAudit:
+    """The audit log of one kernel session, with the fail-closed state the kernel consults."""
+
+    def __init__(
+        self,
+        audit_dir: str,
+        *,
+        session_id: str | None = None,
+        settings: AuditSettings | None = None,
+        redact: Callable[[str], str] | None = None,
+    ) -> None:
+        self.audit_dir = audit_dir
+        self.session_id = session_id or new_session_id()
+        self.settings = settings or AuditSettings()
+        #: Replaces secrets in recorded code; the credentials component plugs its redactor in here.
+        self.redact: Callable[[str], str] = redact or (lambda code: code)
+        self.store: AuditStore | None = None
+        self.error: str | None = None
+        self.cells = 0
+        self.started = time.monotonic()
+        try:
+            self.store = AuditStore(audit_dir, self.session_id, batch_size=self.settings.batch_size)
+        except Exception as exc:  # whatever it is, the kernel starts and refuses every cell with it
+            self.error = str(exc)
+
+    # -- state -------------------------------------------------------------------------------------
+    @property
+    def usable(self) -> bool:
+        return self.error is None and self.store is not None and self.store.failed is None
+
+    def failure_reason(self) -> str:
+        if self.error:
+            return self.error
+        if self.store is not None and self.store.failed is not None:
+            return f"audit write failed: {self.store.failed}"
+        return "audit log unavailable"
+
+    def record(self, event_type: str, **kwargs: Any) -> AuditEvent:
+        """`AuditStore.record`, remembering a failure so that nothing runs after it."""
+        if self.store is None:
+            raise AuditWriteError(self.failure_reason())
+        try:
+            return self.store.record(event_type, **kwargs)
+        except Exception as exc:
+            self.error = self.error or f"audit write failed: {exc}"
+            raise AuditWriteError(self.error) from exc
+
+    # -- session -----------------------------------------------------------------------------------
+    def session_start(
+        self, *, policy_name: str | None, workspace: str, kernel_version: str, **extra: Any
+    ) -> None:
+        detail: dict[str, Any] = {
+            "kernel_version": kernel_version,
+            "policy_name": policy_name,
+            "workspace": workspace,
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+        }
+        try:
+            detail["user_name"] = getpass.getuser()
+        except Exception:  # no passwd entry: the event is still worth having
+            detail["user_name"] = None
+        detail.update(extra)
+        self.record("session_start", detail={k: v for k, v in detail.items() if v is not None})
+
+    def close(self, *, status: str = "normal", reason: str | None = None) -> None:
+        if self.store is None:
+            return
+        try:
+            if self.usable:
+                self.record(
+                    "session_end",
+                    detail={
+                        "status": status,
+                        "reason": reason,
+                        "cells_run": self.cells,
+                        "duration_ms": (time.monotonic() - self.started) * 1e3,
+                    },
+                )
+        finally:
+            self.store.close()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "dir": self.audit_dir,
+            "session_id": self.session_id,
+            "state": "ok" if self.usable else f"FAILED: {self.failure_reason()}",
+            "events": self.store.last_seq if self.store is not None else 0,
+        }
+
+    # -- per cell ----------------------------------------------------------------------------------
+    def cell_submitted(self, cell: CellRequest) -> None:
+        code = self.redact(cell.code)
+        self.record(
+            "cell_submitted",
+            detail={
+                "cell_id": cell.cell_id,
+                "execution_count": cell.execution_count,
+                "code_sha256": cell.code_sha256,
+                "code_redacted": code[:MAX_CODE_CHARS],
+                "code_length": len(cell.code),
+                "origin": cell.origin,
+            },
+        )
+
+    def decision(self, cell: CellRequest) -> None:
+        """Commit the decision (or, without a policy engine, the submission) before the cell runs."""
+        decision = cell.decision
+        if decision is None:
+            if cell.block is not None:
+                self.record(
+                    "policy_decision",
+                    decision="deny",
+                    rule=cell.block.rule,
+                    reason=cell.block.reason or cell.block.evalue,
+                    detail={"subject": "cell", "cell_id": cell.cell_id},
+                )
+            elif self.store is not None:
+                self.store.flush()
+            return
+        effect = str(getattr(decision, "effect", "deny")).rsplit(".", 1)[-1].lower()
+        rules = [str(r) for r in (getattr(decision, "rules", None) or [])]
+        self.record(
+            "policy_decision",
+            decision=effect if effect in ("allow", "deny", "escalate") else "deny",
+            rule=rules[0] if rules else None,
+            reason=getattr(decision, "reason", None),
+            detail={"subject": "cell", "cell_id": cell.cell_id, "rules": rules},
+        )
+
+    def cell_finished(self, cell: CellRequest) -> None:
+        self.cells += 1
+        reply = cell.reply or {}
+        block = cell.block
+        if block is not None:
+            status = {"CellTimeout": "timeout", "KeyboardInterrupt": "interrupted"}.get(
+                block.ename, "blocked"
+            )
+            if block.ename == "KernelStateLost":
+                status = "error"
+        else:
+            status = {"ok": "ok", "error": "error", "aborted": "aborted"}.get(
+                str(reply.get("status")), "error"
+            )
+        error_type = (
+            reply.get("ename") if status == "error" and block is None else (block.ename if block else None)
+        )
+        self.record(
+            "execution",
+            detail={
+                "cell_id": cell.cell_id,
+                "execution_count": cell.execution_count,
+                "status": status,
+                "duration_ms": (time.monotonic() - cell.started) * 1e3,
+                "output_bytes": cell.output_bytes or None,
+                "error_type": error_type,
+            },
+        )
+        if block is not None and block.ename in ("CellTimeout", "KernelStateLost"):
+            self.record(
+                "violation",
+                detail={
+                    "kind": "limit_hit" if block.ename == "CellTimeout" else "child_crash",
+                    "limit": "cell_timeout_s" if block.ename == "CellTimeout" else None,
+                    "message": block.evalue,
+                    "cell_id": cell.cell_id,
+                },
+            )
+        if self.store is not None:
+            self.store.flush(wait=False)
+
+
+class _AuditStage:
+    def __init__(self, audit: KernelAudit) -> None:
+        self.audit = audit
+
+
+class AuditSubmitStage(_AuditStage):
+    """First stage: no cell runs while the audit log is unusable."""
+
+    name = "audit-submit"
+    always = False
+
+    async def run(self, cell: CellRequest) -> None:
+        from ..pipeline import Block
+
+        if not self.audit.usable:
+            cell.block = Block(
+                ename="AuditUnavailable",
+                evalue="the audit log cannot be written, so no cell runs: " + self.audit.failure_reason(),
+                rule="invariant.audit-fail-closed",
+                reason="every decision must be recorded before the action it allows",
+                details=["Fix the audit directory (disk space, permissions) and restart the kernel."],
+            )
+            return
+        self.audit.cell_submitted(cell)
+
+
+class AuditDecisionStage(_AuditStage):
+    """Right before execute, and also after a refusal: the decision is durable before anything runs."""
+
+    name = "audit-decision"
+    always = True
+
+    async def run(self, cell: CellRequest) -> None:
+        from ..pipeline import Block
+
+        if not self.audit.usable:
+            return  # the submit stage (or the failure below) already blocked the cell
+        try:
+            self.audit.decision(cell)
+        except AuditWriteError as exc:
+            cell.block = cell.block or Block(
+                ename="AuditUnavailable",
+                evalue=f"the decision could not be recorded, so the cell was not run: {exc}",
+                rule="invariant.audit-fail-closed",
+                reason="audit write failed",
+            )
+
+
+class AuditRecordStage(_AuditStage):
+    """Last stage: how the cell ended."""
+
+    name = "audit-record"
+    always = True
+
+    async def run(self, cell: CellRequest) -> None:
+        if not self.audit.usable:
+            return
+        try:
+            self.audit.cell_finished(cell)
+        except AuditWriteError:
+            pass  # the cell already ran; the failure blocks the next one (see AuditSubmitStage)
+
+
+# -- %%ironcage sql / %ironcage audit ------------------------------------------------------------------
+def register_magics() -> None:
+    """Add the `sql` and `audit` subcommands to the wrapper's %ironcage magic."""
+    import asyncio
+
+    from ..magics import MagicResult, subcommand
+    from .magic import run_audit_magic, run_sql_magic
+    from .query import AuditQueryError
+
+    def _kernel_audit(kernel: Any) -> KernelAudit | None:
+        return getattr(kernel, "audit", None)
+
+    @subcommand("sql", "%%ironcage sql [-o NAME] [--limit N]: read-only SQL over the audit log")
+    async def _sql(kernel: Any, argstring: str, body: str | None) -> MagicResult:
+        audit = _kernel_audit(kernel)
+        if audit is None:
+            return MagicResult.fail("the audit log is not configured in this kernel", "AuditQueryError")
+        if body is None:
+            return MagicResult.fail(
+                "use the cell magic: %%ironcage sql [-o NAME] [--limit N], with the SQL below it",
+                "UsageError",
+            )
+        try:
+            output = await asyncio.to_thread(
+                run_sql_magic,
+                argstring,
+                body,
+                audit_dir=audit.audit_dir,
+                store=audit.store if audit.usable else None,
+                settings=audit.settings,
+            )
+        except AuditQueryError as exc:
+            return MagicResult.fail(str(exc), "AuditQueryError")
+        if output.child_code is not None:
+            problem = await _transfer_to_child(kernel, audit, output.child_code, len(output.result.rows))
+            if problem:
+                return MagicResult.fail(problem, "AuditQueryError")
+        return MagicResult(data=output.data)
+
+    @subcommand("audit", "%ironcage audit [--last N] [--type T] [--denied] [--session ID]: recent events")
+    async def _audit(kernel: Any, argstring: str, body: str | None) -> MagicResult:
+        audit = _kernel_audit(kernel)
+        if audit is None:
+            return MagicResult.fail("the audit log is not configured in this kernel", "AuditQueryError")
+        try:
+            output = await asyncio.to_thread(
+                run_audit_magic,
+                argstring,
+                audit_dir=audit.audit_dir,
+                store=audit.store if audit.usable else None,
+                settings=audit.settings,
+            )
+        except AuditQueryError as exc:
+            return MagicResult.fail(str(exc), "AuditQueryError")
+        return MagicResult(data=output.data)
+
+
+async def _transfer_to_child(kernel: Any, audit: KernelAudit, code: str, rows: int) -> str | None:
+    """Run the DataFrame-building code in the child; returns a problem description or None."""
+    from ..pipeline import CellRequest
+
+    if not audit.usable:
+        return "the audit log is unusable, so nothing is sent to the kernel: " + audit.failure_reason()
+    cell = CellRequest(
+        code=code,
+        silent=True,
+        store_history=False,
+        user_expressions={},
+        allow_stdin=False,
+        cell_id=None,
+        metadata={},
+        execution_count=kernel.execution_count,
+    )
+    try:
+        audit.record(
+            "cell_submitted",
+            detail={
+                "code_sha256": cell.code_sha256,
+                "code_redacted": f"<%%ironcage sql -o: DataFrame of {rows} rows as a JSON literal>",
+                "code_length": len(code),
+                "origin": "ironcage:sql-transfer",
+            },
+            durable=True,
+        )
+    except AuditWriteError as exc:
+        return f"not sent to the kernel: {exc}"
+    await kernel.execute_in_child(cell)
+    if cell.block is not None:
+        return f"the result could not be handed to the kernel: {cell.block.evalue}"
+    if (cell.reply or {}).get("status") != "ok":
+        reply = cell.reply or {}
+        return f"building the DataFrame failed in the kernel: {reply.get('ename')}: {reply.get('evalue')}"
+    return None
