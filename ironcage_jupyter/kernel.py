@@ -182,15 +182,13 @@ class IronCageKernel(Kernel):
         self._wrapper_comms: dict[str, str] = {}
         self._shutting_down = False
         self._main_loop: asyncio.AbstractEventLoop | None = None
-        # The audit log opens first: if it cannot be written, every cell is refused (fail closed).
-        self.audit = KernelAudit(self.audit_dir)
-        if self.audit.usable:
-            try:
-                self.audit.session_start(
-                    policy_name=self.policy, workspace=str(self.workspace), kernel_version=__version__
-                )
-            except Exception:
-                self.log.error("the audit log could not record the session start", exc_info=True)
+        # The audit log opens in the background; no cell runs before it has (and none if it cannot
+        # be written: fail closed).
+        self.audit = KernelAudit(
+            self.audit_dir,
+            session_start={"policy_name": self.policy, "workspace": str(self.workspace),
+                           "kernel_version": __version__},
+        )
         self.pipeline = Pipeline(self._build_stages())
         atexit.register(self.child.kill_now_sync)
 

@@ -135,12 +135,12 @@ def test_unwritable_audit_dir_refuses_every_cell(tmp_path) -> None:
     blocker.write_text("the audit dir cannot be created under a regular file")
     km, kc = start_kernel(tmp_path, env={"IRONCAGE_AUDIT_DIR": str(blocker / "audit")})
     try:
-        assert status(kc)["audit"]["state"].startswith("FAILED")
         for _ in range(2):
             refused = execute(kc, "print('should not run')")
             assert refused.status == "error"
             assert refused.error["ename"] == "AuditUnavailable"
             assert "should not run" not in refused.stdout
+        assert status(kc)["audit"]["state"].startswith("FAILED")
     finally:
         stop_kernel(km, kc)
 
@@ -173,7 +173,7 @@ def test_kill_9_of_the_wrapper_keeps_every_committed_event_and_the_chain(tmp_pat
         assert wait_gone(wrapper)
     finally:
         kc.stop_channels()
-        km.cleanup_resources()
+        km.shutdown_kernel(now=True)  # reaps the killed wrapper and cleans its connection files
     rows = events_of(audit_dir, session)
     submitted = [r[4] for r in rows if r[1] == "cell_submitted"]
     # every cell's submission was committed before it ran; its end may still have been in flight

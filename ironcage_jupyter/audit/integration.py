@@ -15,6 +15,8 @@ the reason, until the kernel is restarted (fail closed). Other components record
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import getpass
 import os
 import socket
@@ -23,15 +25,22 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .events import AuditEvent
-from .settings import AuditSettings
-from .store import AuditStore, AuditWriteError
+from .errors import AuditWriteError
 
 if TYPE_CHECKING:
     from ..pipeline import CellRequest
+    from .events import AuditEvent
+    from .settings import AuditSettings
+    from .store import AuditStore
 
 # Bounded so that a huge cell cannot make the audit log the place a denial-of-service lands.
 MAX_CODE_CHARS = 200_000
+
+
+def _on_opening_thread() -> bool:
+    import threading
+
+    return threading.current_thread().name.startswith("audit-open")
 
 
 def new_session_id() -> str:
@@ -40,7 +49,12 @@ def new_session_id() -> str:
 
 
 class KernelAudit:
-    """The audit log of one kernel session, with the fail-closed state the kernel consults."""
+    """The audit log of one kernel session, with the fail-closed state the kernel consults.
+
+    The store is opened (DuckDB imported, file created, `session_start` committed) on a background
+    thread, so the wrapper answers kernel_info without waiting for it; the first cell waits for it
+    (`await ready()`), and if it failed, that cell and every later one is refused.
+    """
 
     def __init__(
         self,
@@ -49,24 +63,51 @@ class KernelAudit:
         session_id: str | None = None,
         settings: AuditSettings | None = None,
         redact: Callable[[str], str] | None = None,
+        session_start: dict[str, Any] | None = None,
     ) -> None:
         self.audit_dir = audit_dir
         self.session_id = session_id or new_session_id()
-        self.settings = settings or AuditSettings()
+        self._settings = settings
         #: Replaces secrets in recorded code; the credentials component plugs its redactor in here.
         self.redact: Callable[[str], str] = redact or (lambda code: code)
         self.store: AuditStore | None = None
         self.error: str | None = None
         self.cells = 0
         self.started = time.monotonic()
+        executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-open")
+        self._opening = executor.submit(self._open, session_start)
+        executor.shutdown(wait=False)
+
+    def _open(self, session_start: dict[str, Any] | None) -> None:
         try:
-            self.store = AuditStore(audit_dir, self.session_id, batch_size=self.settings.batch_size)
-        except Exception as exc:  # whatever it is, the kernel starts and refuses every cell with it
-            self.error = str(exc)
+            from .store import AuditStore
+
+            self.store = AuditStore(self.audit_dir, self.session_id, batch_size=self.settings.batch_size)
+            if session_start is not None:
+                self.session_start(**session_start)
+        except Exception as exc:  # whatever it is, the kernel runs on and refuses every cell with it
+            self.error = self.error or f"cannot open the audit log: {exc}"
+
+    @property
+    def settings(self) -> AuditSettings:
+        if self._settings is None:
+            from .settings import AuditSettings
+
+            self._settings = AuditSettings()
+        return self._settings
+
+    def wait_opened(self, timeout: float | None = None) -> None:
+        self._opening.result(timeout)
+
+    async def ready(self) -> None:
+        """Wait (without blocking the event loop) until the store is open or has failed to open."""
+        await asyncio.wrap_future(self._opening)
 
     # -- state -------------------------------------------------------------------------------------
     @property
     def usable(self) -> bool:
+        if not self._opening.done():
+            return False
         return self.error is None and self.store is not None and self.store.failed is None
 
     def failure_reason(self) -> str:
@@ -74,10 +115,14 @@ class KernelAudit:
             return self.error
         if self.store is not None and self.store.failed is not None:
             return f"audit write failed: {self.store.failed}"
+        if not self._opening.done():
+            return "the audit log is still opening"
         return "audit log unavailable"
 
     def record(self, event_type: str, **kwargs: Any) -> AuditEvent:
         """`AuditStore.record`, remembering a failure so that nothing runs after it."""
+        if not self._opening.done() and not _on_opening_thread():
+            self.wait_opened()
         if self.store is None:
             raise AuditWriteError(self.failure_reason())
         try:
@@ -105,6 +150,7 @@ class KernelAudit:
         self.record("session_start", detail={k: v for k, v in detail.items() if v is not None})
 
     def close(self, *, status: str = "normal", reason: str | None = None) -> None:
+        self.wait_opened()
         if self.store is None:
             return
         try:
@@ -122,10 +168,14 @@ class KernelAudit:
             self.store.close()
 
     def status(self) -> dict[str, Any]:
+        if not self._opening.done():
+            state = "opening"
+        else:
+            state = "ok" if self.usable else f"FAILED: {self.failure_reason()}"
         return {
             "dir": self.audit_dir,
             "session_id": self.session_id,
-            "state": "ok" if self.usable else f"FAILED: {self.failure_reason()}",
+            "state": state,
             "events": self.store.last_seq if self.store is not None else 0,
         }
 
@@ -225,6 +275,7 @@ class AuditSubmitStage(_AuditStage):
     async def run(self, cell: CellRequest) -> None:
         from ..pipeline import Block
 
+        await self.audit.ready()
         if not self.audit.usable:
             cell.block = Block(
                 ename="AuditUnavailable",
@@ -277,11 +328,7 @@ class AuditRecordStage(_AuditStage):
 # -- %%ironcage sql / %ironcage audit ------------------------------------------------------------------
 def register_magics() -> None:
     """Add the `sql` and `audit` subcommands to the wrapper's %ironcage magic."""
-    import asyncio
-
     from ..magics import MagicResult, subcommand
-    from .magic import run_audit_magic, run_sql_magic
-    from .query import AuditQueryError
 
     def _kernel_audit(kernel: Any) -> KernelAudit | None:
         return getattr(kernel, "audit", None)
@@ -291,6 +338,10 @@ def register_magics() -> None:
         audit = _kernel_audit(kernel)
         if audit is None:
             return MagicResult.fail("the audit log is not configured in this kernel", "AuditQueryError")
+        from .magic import run_sql_magic
+        from .query import AuditQueryError
+
+        await audit.ready()
         if body is None:
             return MagicResult.fail(
                 "use the cell magic: %%ironcage sql [-o NAME] [--limit N], with the SQL below it",
@@ -318,6 +369,10 @@ def register_magics() -> None:
         audit = _kernel_audit(kernel)
         if audit is None:
             return MagicResult.fail("the audit log is not configured in this kernel", "AuditQueryError")
+        from .magic import run_audit_magic
+        from .query import AuditQueryError
+
+        await audit.ready()
         try:
             output = await asyncio.to_thread(
                 run_audit_magic,

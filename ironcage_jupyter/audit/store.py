@@ -30,6 +30,7 @@ from typing import Any
 import duckdb
 from pydantic import BaseModel
 
+from .errors import AuditWriteError
 from .events import (
     ALWAYS_DURABLE,
     NAME_FIELDS,
@@ -50,10 +51,6 @@ _DECISIONS = {"allow", "deny", "escalate"}
 
 # Large enough that DuckDB never checkpoints on its own while the session is live (see module doc).
 _LIVE_CHECKPOINT_THRESHOLD = "16GB"
-
-
-class AuditWriteError(RuntimeError):
-    """The audit log could not be written. The kernel must stop running cells and tool calls."""
 
 
 # Session files this process is writing: DuckDB would hand another in-process connect() the same
