@@ -256,3 +256,15 @@ def test_cli_query_json(live_store) -> None:
         [*command[:-2], "DROP VIEW events"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert refused.returncode == 2 and "read-only" in refused.stderr
+
+
+def test_snapshots_of_dead_query_processes_are_removed(live_store) -> None:
+    orphan = live_store.audit_dir / "snapshots" / "q999999999-abc"
+    orphan.mkdir(parents=True)
+    (orphan / "copy.duckdb").write_bytes(b"stale audit data")
+    with AuditQuery(live_store.audit_dir, live_store=live_store) as query:
+        assert query.attached["live-1"].live
+        assert not orphan.exists()
+        own = list((live_store.audit_dir / "snapshots").iterdir())
+        assert len(own) == 1
+    assert list((live_store.audit_dir / "snapshots").iterdir()) == []

@@ -180,6 +180,7 @@ class AuditQuery:
     def _snapshot(self, path: Path) -> Path | None:
         if self._snapshot_dir is None:
             base = ensure_private_dir(self.audit_dir / SNAPSHOTS_SUBDIR)
+            _remove_orphaned_snapshots(base)
             self._snapshot_dir = Path(tempfile.mkdtemp(prefix=f"q{os.getpid()}-", dir=base))
         target = self._snapshot_dir / f"{uuid.uuid4().hex}.duckdb"
         wal = Path(f"{path}.wal")
@@ -270,6 +271,20 @@ class AuditQuery:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _remove_orphaned_snapshots(base: Path) -> None:
+    """Snapshot copies left by a query process that died (they hold audit data: do not keep them)."""
+    for entry in base.glob("q*-*"):
+        pid_text = entry.name[1:].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's process (should not happen in a 0700 dir)
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:
