@@ -257,6 +257,11 @@ class AuditQuery:
             if reader is not None:
                 reader.close()
 
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """Another connection to the same read-only instance (same attached files and settings),
+        for trusted passes that run in parallel; close it when done."""
+        return self._con.cursor()
+
     def close(self) -> None:
         try:
             self._con.close()
