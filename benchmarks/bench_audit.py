@@ -281,8 +281,10 @@ def bench_durable(work: Path, repeat: int = 300) -> None:
     fd = os.open(work / "raw.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     payload = b"x" * 300
     raw, plain, store_lat = [], [], []
+    # The same table and an equally sized row, inserted as one prepared autocommit statement.
     con = duckdb.connect(str(work / "plain.duckdb"))
-    con.execute("CREATE TABLE t (a BIGINT, s VARCHAR)")
+    con.execute(SESSION_DDL)
+    sample = synth_rows("plain", 1, datetime(2026, 1, 1, tzinfo=UTC))[0]
     store = AuditStore(work / "durable", "durable")
     detail = {"subject": "cell", "cell_id": "c1", "rules": ["deny-exec"]}
     for i in range(repeat):  # interleaved so that disk noise hits all three alike
@@ -291,7 +293,7 @@ def bench_durable(work: Path, repeat: int = 300) -> None:
         os.fdatasync(fd)
         raw.append(time.perf_counter() - start)
         start = time.perf_counter()
-        con.execute("INSERT INTO t VALUES (?, ?)", [i, "x" * 300])
+        con.execute(f"INSERT INTO events VALUES ({','.join('?' * 14)})", list(sample))  # noqa: S608
         plain.append(time.perf_counter() - start)
         start = time.perf_counter()
         store.record("policy_decision", decision="deny", rule="deny-exec", reason="exec", detail=detail)
@@ -307,7 +309,12 @@ def bench_durable(work: Path, repeat: int = 300) -> None:
         f"p90 {percentile(raw, 0.9) * 1e3:.2f} ms",
     )
     plain_p50 = percentile(plain, 0.5) * 1e3
-    say("durable", "DuckDB autocommit INSERT", f"{plain_p50:.2f} ms p50", f"{plain_p50 / raw_p50:.2f}x floor")
+    say(
+        "durable",
+        "DuckDB autocommit INSERT of one event row (same table)",
+        f"{plain_p50:.2f} ms p50",
+        f"{plain_p50 / raw_p50:.2f}x floor",
+    )
     p50 = percentile(store_lat, 0.5) * 1e3
     say(
         "durable",

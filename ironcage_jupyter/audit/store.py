@@ -297,15 +297,13 @@ class AuditStore:
         count = len(self._pending)
         try:
             self._check_identity()
-            self._con.execute("BEGIN TRANSACTION")
+            # The Appender applies its rows as one statement: in autocommit mode that is one atomic,
+            # durable transaction (one WAL fdatasync), without BEGIN/COMMIT round trips.
             try:
                 self._appender.append_rows(self._pending)
                 self._appender.flush()
-                self._con.execute("COMMIT")
             except BaseException:
                 self._appender.clear()
-                with contextlib.suppress(duckdb.Error):  # the commit may already have ended it
-                    self._con.execute("ROLLBACK")
                 raise
             if not self._wal_private:
                 wal = Path(f"{self.path}.wal")
