@@ -287,7 +287,7 @@ def bench_durable(work: Path, repeat: int = 300) -> None:
     sample = synth_rows("plain", 1, datetime(2026, 1, 1, tzinfo=UTC))[0]
     store = AuditStore(work / "durable", "durable")
     detail = {"subject": "cell", "cell_id": "c1", "rules": ["deny-exec"]}
-    for i in range(repeat):  # interleaved so that disk noise hits all three alike
+    for _ in range(repeat):  # interleaved so that disk noise hits all three alike
         start = time.perf_counter()
         os.write(fd, payload)
         os.fdatasync(fd)

@@ -21,7 +21,7 @@ import duckdb
 from .events import EventType, genesis_hash
 from .paths import session_files, session_id_of
 from .settings import AuditSettings
-from .store import is_open_in_process
+from .store import _one, is_open_in_process
 from .verify import verify
 
 
@@ -98,22 +98,26 @@ def _purge_file(
         for event_type, cutoff in cutoffs.items():
             params += [event_type, cutoff]
         con.execute("BEGIN TRANSACTION")
-        expired = con.execute(
-            "UPDATE events SET canonical = NULL, decision = NULL, rule = NULL, reason = NULL, cell_id = NULL, "  # noqa: S608
-            "name = NULL, purged_at = ? "
-            f"WHERE canonical IS NOT NULL AND ts < CASE event_type {cases} ELSE ? END",
-            [now, *params, default_cutoff],
-        ).fetchone()
+        expired = _one(
+            con.execute(
+                "UPDATE events SET canonical = NULL, decision = NULL, rule = NULL, reason = NULL, cell_id = NULL, "  # noqa: S608
+                "name = NULL, purged_at = ? "
+                f"WHERE canonical IS NOT NULL AND ts < CASE event_type {cases} ELSE ? END",
+                [now, *params, default_cutoff],
+            )
+        )
         tombstoned = int(expired[0]) if expired else 0
-        previous = con.execute("SELECT coalesce(max(compacted_through_seq), 0) FROM purge_log").fetchone()
+        previous = _one(con.execute("SELECT coalesce(max(compacted_through_seq), 0) FROM purge_log"))
         compacted_before = int(previous[0]) if previous else 0
-        boundary = con.execute(
-            "SELECT coalesce((SELECT min(seq) FROM events WHERE canonical IS NOT NULL), "
-            "(SELECT max(seq) + 1 FROM events))"
-        ).fetchone()
+        boundary = _one(
+            con.execute(
+                "SELECT coalesce((SELECT min(seq) FROM events WHERE canonical IS NOT NULL), "
+                "(SELECT max(seq) + 1 FROM events))"
+            )
+        )
         through = (int(boundary[0]) - 1) if boundary and boundary[0] is not None else compacted_before
         if through > compacted_before:
-            through_hash = con.execute("SELECT hash FROM events WHERE seq = ?", [through]).fetchone()
+            through_hash = _one(con.execute("SELECT hash FROM events WHERE seq = ?", [through]))
             if through_hash is None:  # verified just before; a hole here means a concurrent change
                 raise duckdb.Error(f"seq {through} vanished during purge")
             con.execute("DELETE FROM events WHERE seq <= ?", [through])
@@ -122,9 +126,11 @@ def _purge_file(
                 [session_id, now, tombstoned, through, through_hash[0], json.dumps(settings.retention_days)],
             )
         elif tombstoned:
-            last = con.execute(
-                "SELECT compacted_through_hash FROM purge_log ORDER BY compacted_through_seq DESC LIMIT 1"
-            ).fetchone()
+            last = _one(
+                con.execute(
+                    "SELECT compacted_through_hash FROM purge_log ORDER BY compacted_through_seq DESC LIMIT 1"
+                )
+            )
             con.execute(
                 "INSERT INTO purge_log VALUES (?, ?, ?, ?, ?, ?)",
                 [

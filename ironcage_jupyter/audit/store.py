@@ -62,6 +62,13 @@ def is_open_in_process(path: Path) -> bool:
     return Path(path).resolve() in _OPEN_IN_PROCESS
 
 
+def _one(result: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:
+    """The first row, reading the result to its end (DuckDB 2 keeps a half-read result open and
+    refuses further statements on the connection)."""
+    rows = result.fetchall()
+    return rows[0] if rows else None
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -117,7 +124,7 @@ class AuditStore:
                 config={"checkpoint_threshold": _LIVE_CHECKPOINT_THRESHOLD, "threads": 1},
             )
             self._con.execute(SESSION_DDL)
-            if not self._con.execute("SELECT count(*) FROM store_meta").fetchone()[0]:  # type: ignore[index]
+            if not self._con.execute("SELECT count(*) FROM store_meta").fetchall()[0][0]:
                 self._con.execute("INSERT INTO store_meta VALUES ('format', ?)", [STORE_FORMAT])
             # The schema goes into the main file now, so a live snapshot never depends on it in the WAL.
             self._con.execute("CHECKPOINT")
@@ -133,11 +140,13 @@ class AuditStore:
     # -- chain state -------------------------------------------------------------------------------------
     def _chain_head(self) -> tuple[int, str]:
         """(last seq, its hash) when reopening an existing session file, else (0, genesis)."""
-        row = self._con.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        checkpoint = self._con.execute(
-            "SELECT compacted_through_seq, compacted_through_hash FROM purge_log "
-            "ORDER BY compacted_through_seq DESC LIMIT 1"
-        ).fetchone()
+        row = _one(self._con.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"))
+        checkpoint = _one(
+            self._con.execute(
+                "SELECT compacted_through_seq, compacted_through_hash FROM purge_log "
+                "ORDER BY compacted_through_seq DESC LIMIT 1"
+            )
+        )
         candidates = [r for r in (row, checkpoint) if r is not None]
         if not candidates:
             return 0, genesis_hash(self.session_id)
