@@ -65,10 +65,10 @@ def events_of(audit_dir: Path, session_id: str) -> list[tuple]:
 
 def test_a_session_records_its_start_every_cell_and_how_it_ended(kernel, audit_dir) -> None:
     _, kc = kernel
+    assert run_cell(kc, "x = 6 * 7\nx", "cell-ok").status == "ok"  # the first cell waits for the log to open
+    assert run_cell(kc, "1/0", "cell-bad").status == "error"
     info = status(kc)["audit"]
     assert info["state"] == "ok" and info["dir"] == str(audit_dir)
-    assert run_cell(kc, "x = 6 * 7\nx", "cell-ok").status == "ok"
-    assert run_cell(kc, "1/0", "cell-bad").status == "error"
     rows = events_of(audit_dir, info["session_id"])
     kinds = [(r[1], r[3], r[4]) for r in rows]
     assert kinds[0][:2] == ("session_start", "default")
