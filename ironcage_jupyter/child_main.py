@@ -8,6 +8,7 @@ output. Everything else is stock ipykernel.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import zmq
 
@@ -17,8 +18,8 @@ IOPUB_QUEUE = 200_000
 def main() -> None:
     original_init = zmq.Context.__init__
 
-    def init(self: zmq.Context, *args: object, **kwargs: object) -> None:
-        original_init(self, *args, **kwargs)  # type: ignore[arg-type]
+    def init(self: zmq.Context, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
         self.setsockopt(zmq.SNDHWM, IOPUB_QUEUE)
 
     zmq.Context.__init__ = init  # type: ignore[method-assign]

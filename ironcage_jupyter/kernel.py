@@ -13,10 +13,11 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from ipykernel.kernelbase import Kernel
+from jupyter_client.session import Session
 from traitlets import Float, Int, Unicode, default
 from zmq.eventloop.zmqstream import ZMQStream
 
@@ -29,9 +30,21 @@ from .audit.integration import (
     register_magics,
 )
 from .child import ChildDied, ChildKernel
+from .credentials.session import CredentialSession
+from .credentials.wiring import (
+    CredentialStage,
+    OutputFinishStage,
+    make_session,
+    prepare_child_launch,
+    screen_child_buffers,
+    screen_child_output,
+)
 from .magics import MagicResult, is_ironcage_magic, run_magic
 from .pipeline import Block, CellRequest, Pipeline, Stage
 from .relay import Relay, Route
+from .ui import UiBridge
+from .ui.integration import policy_ask, report_cell
+from .tools import kernel_glue
 
 register_magics()
 
@@ -73,6 +86,9 @@ class ExecuteStage:
 
 
 class IronCageKernel(Kernel):
+    if TYPE_CHECKING:  # set by the kernel app before any handler runs
+        session: Session
+
     implementation = "ironcage"
     implementation_version = __version__
     banner = (
@@ -173,6 +189,7 @@ class IronCageKernel(Kernel):
             on_input_request=self._forward_input_request,
         )
         self.relay.screen = self._screen_output
+        self.relay.screen_buffers = self._screen_buffers
         self._child_ready: asyncio.Future[None] | None = None
         self._child_error: str | None = None
         self._restarts = 0
@@ -189,8 +206,23 @@ class IronCageKernel(Kernel):
             session_start={"policy_name": self.policy, "workspace": str(self.workspace),
                            "kernel_version": __version__},
         )
+        self.credentials = self._make_credential_session()
+        self._current_parent: dict[str, Any] | None = None
+        # The JupyterLab extension's comm (docs/ui-protocol.md). Isolation shows "unsafe" until the
+        # sandbox reports its layers (self.ui.isolation). Escalations: pass `self.ui_ask` as the
+        # policy stage's `ask` (dialog when the extension is attached, input_request otherwise).
+        self.ui = UiBridge(self.send_comm_msg, session_id=self._ui_session_id(), policy=Path(self.policy).stem)
+        self.ui_ask = policy_ask(self.ui, self.ask_frontend, self._ui_current_cell)
         self.pipeline = Pipeline(self._build_stages())
         atexit.register(self.child.kill_now_sync)
+
+    def _ui_session_id(self) -> str:
+        session = getattr(self, "session", None)
+        return str(getattr(session, "session", "") or os.getpid())
+
+    def _ui_current_cell(self) -> tuple[str | None, dict[str, Any] | None]:
+        cell = self._current_cell
+        return (cell.cell_id if cell is not None else None), self._current_parent
 
     def _guarded(self, msg_type: str, handler: Any) -> Any:
         """Every request gets a reply: malformed content or an internal error yields an error reply."""
@@ -227,14 +259,22 @@ class IronCageKernel(Kernel):
 
         return guarded
 
+    def _make_credential_session(self) -> CredentialSession:
+        """Credential broker + output firewall of this session (see credentials/wiring.py)."""
+        return make_session(self, audit_callback=self.audit.credentials_callback)
+
     def _build_stages(self) -> list[Stage]:
         """The ordered per-cell stages. Later components (firewall, policy, credentials, audit)
         register here; no stage is shipped that pretends to check something."""
+        self.tools = kernel_glue.build_session(self)
         return [
             AuditSubmitStage(self.audit),
-            # firewall screen -> policy decide -> credentials go here
+            kernel_glue.CellBudgetStage(self.tools),
+            CredentialStage(self, self.credentials),
+            # the decision (or refusal) is durable before anything runs
             AuditDecisionStage(self.audit),
             ExecuteStage(self),
+            OutputFinishStage(self, self.credentials),
             AuditRecordStage(self.audit),
         ]
 
@@ -263,6 +303,8 @@ class IronCageKernel(Kernel):
         try:
             if kill_first:
                 await self.child.kill()
+            prepare_child_launch(self.credentials, self.child, replacing=kill_first)
+            await kernel_glue.ensure_started(self)
             await self.child.start()
             client = self.child.km.client() if self.child.km else None
             if client is None:
@@ -291,7 +333,7 @@ class IronCageKernel(Kernel):
                 raise ChildDied(f"the child kernel exited during start (status {self.child.exit_status})")
             route = Route(kind="kernel_info", parent=None, forward_outputs=False)
             self.relay.send("shell", "kernel_info_request", {}, route)
-            done, _ = await asyncio.wait({route.reply, route.idle}, timeout=1.0)
+            done, _ = await asyncio.wait(route.futures(), timeout=1.0)
             if route.reply.done() and route.idle.done():
                 route.reply.result()
                 return
@@ -366,7 +408,11 @@ class IronCageKernel(Kernel):
 
     def _screen_output(self, msg_type: str, content: dict[str, Any], route: Route) -> dict[str, Any] | None:
         """The output firewall's hook on every child message (see the outputs package)."""
-        return content
+        return screen_child_output(self, self.credentials, msg_type, content, route)
+
+    def _screen_buffers(self, msg_type: str, buffers: list[Any], route: Route) -> bool:
+        """The output firewall's hook on binary buffers (widgets): True forwards them."""
+        return screen_child_buffers(self, self.credentials, msg_type, buffers, route)
 
     def publish_error(self, block: Block, parent: dict[str, Any] | None = None) -> dict[str, Any]:
         """Show a refusal or fault as a proper error in the cell; returns the reply content."""
@@ -421,10 +467,16 @@ class IronCageKernel(Kernel):
                 execution_count=self.execution_count,
             )
             self._current_cell = cell
+            self._current_parent = parent = self.get_parent("shell")
             try:
                 await self.pipeline.run(cell)
             finally:
                 self._current_cell = None
+                self._current_parent = None
+            try:
+                report_cell(self.ui, cell, parent)
+            except Exception:  # the UI report never changes the cell's outcome
+                self.log.warning("could not report the cell to the lab extension", exc_info=True)
             if cell.block is not None:
                 return self.publish_error(cell.block)
             assert cell.reply is not None
@@ -487,7 +539,7 @@ class IronCageKernel(Kernel):
         )
         timeout = self.cell_timeout_seconds()
         try:
-            await asyncio.wait({route.reply, route.idle}, timeout=timeout)
+            await asyncio.wait(route.futures(), timeout=timeout)
             if not (route.reply.done() and route.idle.done()):
                 await self._cell_timed_out(cell, route, timeout)
                 return
@@ -508,7 +560,7 @@ class IronCageKernel(Kernel):
     async def _cell_timed_out(self, cell: CellRequest, route: Route, timeout: float | None) -> None:
         """Watchdog: interrupt, then kill and restart if the cell does not stop."""
         await self._interrupt_child()
-        await asyncio.wait({route.reply, route.idle}, timeout=self.interrupt_grace)
+        await asyncio.wait(route.futures(), timeout=self.interrupt_grace)
         if route.reply.done() and route.idle.done() and not route.reply.exception():
             cell.block = Block(
                 ename="CellTimeout",
@@ -561,7 +613,8 @@ class IronCageKernel(Kernel):
         return value if isinstance(value, str) else ""
 
     async def _forward_input_request(self, route: Route, msg: dict[str, Any]) -> None:
-        content = msg["content"]
+        # The prompt is child output too (input(secret) would show it): screened, "" if withheld.
+        content = self.credentials.screen("input_request", msg["content"]).content or {}
         try:
             value = await self.ask_frontend(
                 str(content.get("prompt", "")), password=bool(content.get("password")), route=route
@@ -582,9 +635,11 @@ class IronCageKernel(Kernel):
             done, _ = await asyncio.wait({route.reply}, timeout=self.request_timeout)
             if not done:
                 return None
-            return dict(route.reply.result()["content"])
+            reply = dict(route.reply.result()["content"])
         except ChildDied:
             return None
+        # Completions, inspection, history come from the child: screened like its outputs.
+        return self.credentials.screen_reply(msg_type.replace("_request", "_reply"), reply)
 
     async def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:  # type: ignore[override]
         reply = await self._ask_child("complete_request", {"code": code, "cursor_pos": cursor_pos})
@@ -681,6 +736,11 @@ class IronCageKernel(Kernel):
 
     async def on_wrapper_comm(self, event: str, content: dict[str, Any]) -> None:
         """Comms the wrapper itself answers (the lab extension, tool calls from agents)."""
+        if self._wrapper_comms.get(content.get("comm_id", "")) == kernel_glue.TOOLS_COMM_TARGET:
+            await kernel_glue.on_tools_comm(self, event, content)
+            return
+        # The bridge only takes ironcage.ui opens and the comm ids it opened.
+        await self.ui.handle(event, content)
 
     def send_comm_msg(self, comm_id: str, data: dict[str, Any], parent: dict[str, Any] | None = None) -> None:
         self.session.send(
@@ -713,6 +773,7 @@ class IronCageKernel(Kernel):
         waiter = self._stdin_waiter
         if waiter is not None and not waiter.done():
             waiter.cancel()
+        self.ui.cancel_escalations("interrupt")
         if self.child.alive and self.relay.sockets:
             route = Route(kind="interrupt", parent=None, forward_outputs=False)
             self.relay.send("control", "interrupt_request", {}, route, wait_idle=False)
@@ -731,6 +792,7 @@ class IronCageKernel(Kernel):
         self.relay.detach(ChildDied("the kernel is shutting down"))
         try:
             await self.child.stop()
+            await kernel_glue.shutdown(self)
         finally:
             try:
                 self.audit.close(status="normal", reason="shutdown requested")
@@ -780,6 +842,8 @@ class IronCageKernel(Kernel):
             return self.publish_error(
                 Block(ename=result.error_name or "UsageError", evalue=result.error, details=result.details)
             )
+        if result.reply is not None:
+            return result.reply
         if not silent and result.data:
             self.publish_display(result.data)
         return {"status": "ok", "execution_count": self.execution_count, "payload": [],
@@ -810,10 +874,12 @@ class IronCageKernel(Kernel):
             "audit": self.audit.status(),
             "child_messages": {"received": self.relay.received, "published": self.relay.published,
                                "hwm": self.relay.sockets["iopub"].getsockopt(zmq.RCVHWM) if self.relay.sockets else None},
+            "credentials": self.credentials.status(),
+            "tools": kernel_glue.status(self),
         }
 
 
-def make_app_class() -> type:
+def make_app_class() -> Any:
     """The kernel application: IPKernelApp that also reads ``jupyter_ironcage_config.{py,json}``."""
     from ipykernel.kernelapp import IPKernelApp
     from jupyter_core.paths import jupyter_config_path

@@ -194,3 +194,47 @@ def test_shutdown_records_the_end_and_anchors_the_chain(tmp_path) -> None:
     assert rows[-1][1] == "session_end" and '"cells_run":1' in rows[-1][5]
     report = verify(audit_dir)
     assert report.exit_code == 0 and report.sessions[0].anchored, report.render()
+
+
+def test_credential_and_output_events_from_the_credentials_package_map_onto_the_schema(tmp_path) -> None:
+    from ironcage_jupyter.audit.integration import KernelAudit
+
+    audit = KernelAudit(str(tmp_path), session_id="creds")
+    audit.wait_opened()
+    calls = [
+        ("credential.request", {"name": "GH", "scope": "tool", "tool": "http_get"}),
+        ("credential.grant", {"name": "GH", "scope": "tool", "tool": "http_get", "ttl_s": 60.0}),
+        ("credential.refuse", {"name": "AWS", "scope": "egress", "host": "evil.example", "reason": "host not granted"}),
+        ("credential.source_error", {"name": "VAULT_X", "source": "vault", "reason": "unreachable"}),
+        ("credential.taint", {"names": ["GH", "NPM"], "cell_id": "c9"}),
+        ("output.redacted", {"msg_type": "stream", "cell_id": "c9",
+                             "redactions": [{"detector": "granted-secret", "name": "GH", "count": 2}]}),
+        ("output.withheld", {"msg_type": "display_data", "cell_id": "c9", "notice": "image from a tainted cell"}),
+        ("credential.unmatchable", {"name": "PIN", "reason": "too short to match in outputs"}),
+    ]  # fmt: skip
+    for event_type, detail in calls:
+        audit.credentials_callback(event_type, detail)
+    audit.close()
+    with AuditQuery(tmp_path) as query:
+        access = query.sql(
+            "SELECT credential_name, scope, granted, target, decision FROM credential_access ORDER BY seq"
+        ).rows
+        redactions = query.sql(
+            "SELECT name, detail->>'matched_name', detail->>'count', detail->>'action', reason "
+            "FROM events WHERE event_type = 'output_redaction' ORDER BY seq"
+        ).rows
+        violations = query.sql("SELECT kind, message, reason FROM violations").rows
+    assert access == [
+        ("GH", "tool", None, "http_get", None),
+        ("GH", "tool", True, "http_get", "allow"),
+        ("AWS", "egress", False, "evil.example", "deny"),
+        ("VAULT_X", "source:vault", False, None, None),
+        ("GH", "injected", True, None, None),
+        ("NPM", "injected", True, None, None),
+    ]
+    assert redactions == [
+        ("granted-secret", "GH", "2", "redacted", None),
+        ("output-policy", None, "1", "withheld", "image from a tainted cell"),
+    ]
+    assert violations == [("other", "credential.unmatchable: PIN", "too short to match in outputs")]
+    assert verify(tmp_path).exit_code == 0

@@ -156,6 +156,7 @@ class OutputRedactionDetail(_Detail):
     cell_id: str | None = None
     tool_call_id: str | None = Field(default=None, alias="gen_ai.tool.call.id")
     detector: str
+    matched_name: str | None = Field(default=None, description="Secret or pattern name; never the value.")
     count: int = Field(ge=0)
     action: Literal["redacted", "withheld", "truncated", "flagged"] = "redacted"
     msg_type: str | None = None
@@ -164,8 +165,10 @@ class OutputRedactionDetail(_Detail):
 
 class CredentialAccessDetail(_Detail):
     credential_name: str
-    scope: str | None = Field(default=None, description="cell, tool, host, session")
-    granted: bool
+    scope: str | None = Field(
+        default=None, description="cell, tool, egress, sentinel, injected, source:<kind>"
+    )
+    granted: bool | None = Field(default=None, description="None for a request whose outcome follows.")
     target: str | None = Field(default=None, description="Host or tool the credential is used toward.")
     ttl_s: float | None = None
     used_by: Literal["trusted", "sandbox"] | None = None

@@ -179,6 +179,90 @@ class KernelAudit:
             "events": self.store.last_seq if self.store is not None else 0,
         }
 
+    # -- other components ----------------------------------------------------------------------------
+    def credentials_callback(self, event_type: str, detail: dict[str, Any]) -> None:
+        """The credentials package's audit callback ``(event_type, detail)``, mapped onto this schema.
+
+        Raises `AuditWriteError` when the log cannot be written, so the broker hands nothing out
+        unrecorded (fail closed)."""
+        name = str(detail.get("name") or "?")
+        target = detail.get("host") or detail.get("tool")
+        if target is None and detail.get("hosts"):
+            target = ",".join(str(h) for h in detail["hosts"])
+        common = {"cell_id": detail.get("cell_id")}
+        if event_type in ("credential.request", "credential.grant", "credential.refuse"):
+            granted = {"credential.request": None, "credential.grant": True, "credential.refuse": False}[
+                event_type
+            ]
+            self.record(
+                "credential_access",
+                decision={True: "allow", False: "deny", None: None}[granted],
+                reason=detail.get("reason"),
+                detail={
+                    "credential_name": name,
+                    "scope": detail.get("scope"),
+                    "granted": granted,
+                    "target": target,
+                    "ttl_s": detail.get("ttl_s"),
+                    **common,
+                },
+            )
+        elif event_type == "credential.source_error":
+            self.record(
+                "credential_access",
+                reason=detail.get("reason"),
+                detail={
+                    "credential_name": name,
+                    "scope": f"source:{detail.get('source')}",
+                    "granted": False,
+                    **common,
+                },
+            )
+        elif event_type == "credential.taint":
+            for tainted in detail.get("names") or []:
+                self.record(
+                    "credential_access",
+                    reason="value injected into the sandboxed kernel for this cell",
+                    detail={
+                        "credential_name": str(tainted),
+                        "scope": "injected",
+                        "granted": True,
+                        "used_by": "sandbox",
+                        **common,
+                    },
+                )
+        elif event_type == "output.redacted":
+            for item in detail.get("redactions") or []:
+                self.record(
+                    "output_redaction",
+                    detail={
+                        "detector": str(item.get("detector")),
+                        "matched_name": item.get("name"),
+                        "count": int(item.get("count") or 0),
+                        "action": "redacted",
+                        "msg_type": detail.get("msg_type"),
+                        **common,
+                    },
+                )
+        elif event_type in ("output.withheld", "output.flagged"):
+            self.record(
+                "output_redaction",
+                reason=detail.get("notice"),
+                detail={
+                    "detector": "output-policy",
+                    "count": 1,
+                    "action": event_type.split(".")[1],
+                    "msg_type": detail.get("msg_type"),
+                    **common,
+                },
+            )
+        else:  # e.g. credential.unmatchable: kept, as a violation worth a look
+            self.record(
+                "violation",
+                reason=detail.get("reason"),
+                detail={"kind": "other", "message": f"{event_type}: {name}", **common},
+            )
+
     # -- per cell ----------------------------------------------------------------------------------
     def cell_submitted(self, cell: CellRequest) -> None:
         code = self.redact(cell.code)
