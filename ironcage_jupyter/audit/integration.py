@@ -119,6 +119,19 @@ class KernelAudit:
             return "the audit log is still opening"
         return "audit log unavailable"
 
+    # `AuditQuery(live_store=...)` protocol, so readers can pass the KernelAudit before it has opened.
+    @property
+    def failed(self) -> BaseException | str | None:
+        if not self._opening.done():
+            return None
+        return None if self.usable else self.failure_reason()
+
+    def flush(self, *, wait: bool = True) -> int:
+        self.wait_opened()
+        if self.store is None:
+            raise AuditWriteError(self.failure_reason())
+        return self.store.flush(wait=wait)
+
     def record(self, event_type: str, **kwargs: Any) -> AuditEvent:
         """`AuditStore.record`, remembering a failure so that nothing runs after it."""
         if not self._opening.done() and not _on_opening_thread():
