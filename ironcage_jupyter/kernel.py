@@ -41,11 +41,12 @@ from .credentials.wiring import (
 )
 from .magics import MagicResult, is_ironcage_magic, run_magic
 from .pipeline import Block, CellRequest, Pipeline, Stage
+from .policy.session import status as policy_status
 from .relay import Relay, Route
+from .tools import kernel_glue
 from .ui import UiBridge
 from .ui.audit_feed import audit_panel_query
 from .ui.integration import policy_ask, report_cell
-from .tools import kernel_glue
 
 register_magics()
 
@@ -216,7 +217,20 @@ class IronCageKernel(Kernel):
         self.ui_ask = policy_ask(self.ui, self.ask_frontend, self._ui_current_cell)
         self.ui.audit_query = audit_panel_query(self.audit_dir, self.audit.session_id, live_store=self.audit)
         self.pipeline = Pipeline(self._build_stages())
+        self._connect_ui()
         atexit.register(self.child.kill_now_sync)
+
+    def _connect_ui(self) -> None:
+        """Feed the lab extension from the components present: the audit panel from the audit log,
+        the policy name from the policy session."""
+        audit = getattr(self, "audit", None)
+        if audit is not None and getattr(audit, "session_id", None):
+            self.ui.session_id = audit.session_id
+            self.ui.audit_query = audit_panel_query(self.audit_dir, audit.session_id,
+                                                    live_store=lambda: getattr(audit, "store", None))
+        policy_session = getattr(self, "policy_session", None)
+        if policy_session is not None:
+            self.ui.policy = policy_session.policy.name
 
     def _ui_session_id(self) -> str:
         session = getattr(self, "session", None)
@@ -268,9 +282,14 @@ class IronCageKernel(Kernel):
     def _build_stages(self) -> list[Stage]:
         """The ordered per-cell stages. Later components (firewall, policy, credentials, audit)
         register here; no stage is shipped that pretends to check something."""
+        from .policy.session import build_policy_stages
+
+        # firewall screen -> policy decide (an invalid policy: a stage refusing every cell)
+        self.policy_session, self.policy_error, policy_stages = build_policy_stages(self)
         self.tools = kernel_glue.build_session(self)
         return [
-            AuditSubmitStage(self.audit),
+            AuditSubmitStage(self.audit, self),
+            *policy_stages,
             kernel_glue.CellBudgetStage(self.tools),
             CredentialStage(self, self.credentials),
             # the decision (or refusal) is durable before anything runs
@@ -457,6 +476,7 @@ class IronCageKernel(Kernel):
     ) -> dict[str, Any]:
         try:
             if is_ironcage_magic(code):
+                self._magic_allow_stdin = allow_stdin  # `%ironcage policy load` may ask the human
                 return await self._run_magic(code, silent)
             cell = CellRequest(
                 code=code,
@@ -495,7 +515,8 @@ class IronCageKernel(Kernel):
             )
 
     def cell_timeout_seconds(self) -> float | None:
-        return self.cell_timeout or None
+        session = getattr(self, "policy_session", None)
+        return self.cell_timeout or (session.policy.limits.cell_timeout_s if session is not None else None)
 
     async def execute_in_child(self, cell: CellRequest) -> None:
         interrupted = self._cell_interrupted = asyncio.get_running_loop().create_future()
@@ -840,6 +861,10 @@ class IronCageKernel(Kernel):
     # -- %ironcage magics ------------------------------------------------------------------------
     async def _run_magic(self, code: str, silent: bool) -> dict[str, Any]:
         result: MagicResult = await run_magic(self, code)
+        try:  # a policy load/change made by the magic is recorded at once (a failure refuses later cells)
+            self.audit.drain_policy_events(self)
+        except Exception:
+            self.log.error("the audit log could not record the policy change", exc_info=True)
         if result.error is not None:
             return self.publish_error(
                 Block(ename=result.error_name or "UsageError", evalue=result.error, details=result.details)
@@ -874,6 +899,7 @@ class IronCageKernel(Kernel):
             "cell_timeout_s": self.cell_timeout_seconds(),
             "request_timeout_s": self.request_timeout,
             "audit": self.audit.status(),
+            **policy_status(getattr(self, "policy_session", None), getattr(self, "policy_error", None)),
             "child_messages": {"received": self.relay.received, "published": self.relay.published,
                                "hwm": self.relay.sockets["iopub"].getsockopt(zmq.RCVHWM) if self.relay.sockets else None},
             "credentials": self.credentials.status(),

@@ -29,6 +29,10 @@ def ironcage_jupyter_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     # Kernels started by tests record into a private audit dir, never the user's real one.
     saved["IRONCAGE_AUDIT_DIR"] = os.environ.get("IRONCAGE_AUDIT_DIR")
     os.environ["IRONCAGE_AUDIT_DIR"] = str(tmp_path_factory.mktemp("audit"))
+    # Kernels in tests run under the `observe` policy unless a test sets IRONCAGE_POLICY itself: tests
+    # about other subsystems need their cells to reach the child; the policy's own tests pick policies.
+    saved["IRONCAGE_POLICY"] = os.environ.get("IRONCAGE_POLICY")
+    os.environ.setdefault("IRONCAGE_POLICY", "observe")
     yield root
     for key, value in saved.items():
         if value is None:

@@ -238,3 +238,31 @@ def test_credential_and_output_events_from_the_credentials_package_map_onto_the_
     ]
     assert violations == [("other", "credential.unmatchable: PIN", "too short to match in outputs")]
     assert verify(tmp_path).exit_code == 0
+
+
+def test_policy_decisions_escalations_and_policy_changes_are_recorded(tmp_path) -> None:
+    audit_dir = tmp_path / "audit"
+    km, kc = start_kernel(tmp_path, env={"IRONCAGE_AUDIT_DIR": str(audit_dir), "IRONCAGE_POLICY": "default"})
+    try:
+        # a shell escape escalates under the default policy; without stdin the escalation denies
+        refused = run_cell(kc, "!echo should-not-run", "c-shell")
+        assert refused.status == "error" and "should-not-run" not in refused.stdout
+        assert run_cell(kc, "print('fine')", "c-fine").stdout.strip() == "fine"
+        assert execute(kc, "%ironcage policy load strict").status == "ok"
+        session = status(kc)["audit"]["session_id"]
+    finally:
+        stop_kernel(km, kc)
+    rows = events_of(audit_dir, session)
+    kinds = [(r[1], r[2], r[4]) for r in rows]
+    assert ("escalation", "deny", "c-shell") in kinds
+    assert ("policy_decision", "deny", "c-shell") in kinds
+    assert ("execution", None, "c-shell") in kinds
+    assert ("policy_decision", "allow", "c-fine") in kinds
+    blocked = next(r for r in rows if r[1] == "execution" and r[4] == "c-shell")
+    assert '"status":"blocked"' in blocked[5]
+    change = next(r for r in rows if r[1] == "policy_change")
+    assert '"new_policy":"strict"' in change[5] and '"old_policy":"default"' in change[5]
+    # the submission of the refused cell precedes its decision in the chain
+    order = [r[1] for r in rows if r[4] == "c-shell"]
+    assert order.index("cell_submitted") < order.index("policy_decision") < order.index("execution")
+    assert verify(audit_dir).exit_code == 0

@@ -126,6 +126,9 @@ class PolicyDecisionDetail(_Detail):
     rules: list[str] = Field(default_factory=list, description="Every rule that matched.")
     policy_name: str | None = None
     duration_ms: float | None = None
+    enforced: bool | None = Field(default=None, description="False under an observe-only policy.")
+    would_have: Decision | None = Field(default=None, description="The enforced outcome when not enforced.")
+    invariant: bool | None = Field(default=None, description="Decided by a hardcoded invariant.")
 
 
 class EscalationDetail(_Detail):

@@ -37,6 +37,15 @@ if TYPE_CHECKING:
 MAX_CODE_CHARS = 200_000
 
 
+def _effect(value: Any) -> str:
+    effect = str(value).rsplit(".", 1)[-1].lower()
+    return effect if effect in ("allow", "deny", "escalate") else "deny"
+
+
+def _text(value: Any, limit: int = 4000) -> str | None:
+    return None if value is None else str(value)[:limit]
+
+
 def _on_opening_thread() -> bool:
     import threading
 
@@ -276,6 +285,13 @@ class KernelAudit:
                 detail={"kind": "other", "message": f"{event_type}: {name}", **common},
             )
 
+    def drain_policy_events(self, kernel: Any) -> None:
+        """Record what the kernel's policy session queued (policy loads/changes) since the last call."""
+        session = getattr(kernel, "policy_session", None)
+        drain = getattr(session, "drain_events", None)
+        if callable(drain):
+            self.policy_events(list(drain()))
+
     # -- per cell ----------------------------------------------------------------------------------
     def cell_submitted(self, cell: CellRequest) -> None:
         code = self.redact(cell.code)
@@ -291,8 +307,72 @@ class KernelAudit:
             },
         )
 
+    def findings(self, cell: CellRequest) -> None:
+        """The input firewall's findings for the cell (batched; committed with the decision)."""
+        found = list(getattr(cell.screen, "findings", None) or [])
+        if not found:
+            return
+        self.record(
+            "firewall_findings",
+            detail={
+                "cell_id": cell.cell_id,
+                "target": "cell",
+                "finding_count": len(found),
+                "findings": [
+                    {
+                        "finding_id": str(getattr(f, "id", "?")),
+                        "category": _text(getattr(f, "category", None)),
+                        "severity": _text(getattr(f, "severity", None)),
+                        "line": getattr(f, "line", None)
+                        if isinstance(getattr(f, "line", None), int)
+                        else None,
+                        "message": _text(getattr(f, "message", None)),
+                    }
+                    for f in found[:200]
+                ],
+            },
+        )
+
+    def escalation(self, record: dict[str, Any], *, cell_id: str | None = None) -> None:
+        """An escalation's question and answer (the policy package's EscalationRecord.to_dict())."""
+        outcome = str(record.get("outcome") or "")
+        self.record(
+            "escalation",
+            decision="allow" if outcome.startswith("allow") else "deny",
+            reason=outcome or None,
+            detail={
+                "state": "timeout" if outcome == "deny-timeout" else "answered",
+                "escalation_id": str(uuid.uuid4()),
+                "question": _text(record.get("question")),
+                "answer": "approve" if outcome.startswith("allow") else "deny",
+                "approval_scope": "session" if outcome == "allow-session" else "once",
+                "cell_id": cell_id,
+            },
+        )
+
+    def policy_events(self, events: list[dict[str, Any]]) -> None:
+        """Policy changes and failed loads drained from the policy session (`drain_events()`)."""
+        for event in events:
+            if event.get("escalation"):
+                self.escalation(event["escalation"])
+            failed = event.get("event") == "policy_load_failed"
+            self.record(
+                "policy_change",
+                decision="deny" if failed else _effect(event.get("decision", "deny")),
+                reason=_text(event.get("error") if failed else event.get("reason")),
+                detail={
+                    "old_policy": _text(event.get("from")),
+                    "new_policy": None if failed else _text(event.get("to")),
+                    "source": _text(event.get("target")),
+                },
+            )
+
     def decision(self, cell: CellRequest) -> None:
         """Commit the decision (or, without a policy engine, the submission) before the cell runs."""
+        self.findings(cell)
+        escalation = cell.notes.get("escalation") if isinstance(cell.notes, dict) else None
+        if isinstance(escalation, dict):
+            self.escalation(escalation, cell_id=cell.cell_id)
         decision = cell.decision
         if decision is None:
             if cell.block is not None:
@@ -306,14 +386,23 @@ class KernelAudit:
             elif self.store is not None:
                 self.store.flush()
             return
-        effect = str(getattr(decision, "effect", "deny")).rsplit(".", 1)[-1].lower()
+        effect = _effect(getattr(decision, "effect", "deny"))
         rules = [str(r) for r in (getattr(decision, "rules", None) or [])]
+        enforced = getattr(decision, "enforced", None)
+        would_have = getattr(decision, "would_have", None)
         self.record(
             "policy_decision",
-            decision=effect if effect in ("allow", "deny", "escalate") else "deny",
+            decision=effect,
             rule=rules[0] if rules else None,
             reason=getattr(decision, "reason", None),
-            detail={"subject": "cell", "cell_id": cell.cell_id, "rules": rules},
+            detail={
+                "subject": "cell",
+                "cell_id": cell.cell_id,
+                "rules": rules,
+                "enforced": enforced if isinstance(enforced, bool) else None,
+                "would_have": _effect(would_have) if would_have is not None else None,
+                "invariant": getattr(decision, "invariant", None) or None,
+            },
         )
 
     def cell_finished(self, cell: CellRequest) -> None:
@@ -369,6 +458,10 @@ class AuditSubmitStage(_AuditStage):
     name = "audit-submit"
     always = False
 
+    def __init__(self, audit: KernelAudit, kernel: Any = None) -> None:
+        super().__init__(audit)
+        self.kernel = kernel
+
     async def run(self, cell: CellRequest) -> None:
         from ..pipeline import Block
 
@@ -382,6 +475,7 @@ class AuditSubmitStage(_AuditStage):
                 details=["Fix the audit directory (disk space, permissions) and restart the kernel."],
             )
             return
+        self.audit.drain_policy_events(self.kernel)
         self.audit.cell_submitted(cell)
 
 
