@@ -108,21 +108,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def load_audit_settings(policy: str | None) -> AuditSettings:
-    """The `audit` section of a policy (by name or path), via the policy loader when it is available."""
+    """The `audit` section of a policy (built-in name or path), read by the policy loader."""
     if policy is None:
         return AuditSettings()
-    try:
-        from ironcage_jupyter.policy import load_policy  # type: ignore[attr-defined]
-    except ImportError:
-        load_policy = None
-    if load_policy is not None:
-        section = getattr(load_policy(policy), "audit", None)
-        return section if isinstance(section, AuditSettings) else AuditSettings.model_validate(section or {})
-    import yaml
+    from ironcage_jupyter.policy import load_policy
 
-    with open(policy, encoding="utf-8") as handle:
-        document = yaml.safe_load(handle) or {}
-    return AuditSettings.model_validate(document.get("audit") or {})
+    return load_policy(policy).audit
 
 
 def _purge(args: argparse.Namespace) -> int:

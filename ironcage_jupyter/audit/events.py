@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -306,7 +307,7 @@ def format_ts(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def validate_detail(event_type: str, detail: dict[str, Any] | BaseModel) -> dict[str, Any]:
+def validate_detail(event_type: str, detail: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
     """Validate against the event type's model; return the JSON-ready dict (aliases, no None noise)."""
     try:
         model = DETAIL_MODELS[EventType(event_type)]

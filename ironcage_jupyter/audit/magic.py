@@ -103,7 +103,8 @@ def run_sql_magic(
 
 
 def audit_sql(event_type: str | None, denied: bool, session: str | None) -> tuple[str, list[object]]:
-    clauses, params = ["TRUE"], []
+    clauses: list[str] = ["TRUE"]
+    params: list[object] = []
     if event_type:
         clauses.append("event_type = ?")
         params.append(event_type)

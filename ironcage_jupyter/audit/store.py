@@ -244,9 +244,8 @@ class AuditStore:
                 self._flush_locked()
             elif len(self._pending) >= self.batch_size:
                 self._flush_locked()
-            return AuditEvent.model_construct(
-                hash=digest, **(envelope | {"event_type": EventType(event_type)})
-            )
+            fields: dict[str, Any] = {**envelope, "event_type": EventType(event_type), "hash": digest}
+            return AuditEvent.model_construct(None, **fields)
 
     def flush(self, *, wait: bool = True) -> int:
         """Commit every buffered event (call at cell end). Returns how many were written.
