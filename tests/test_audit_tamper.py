@@ -226,3 +226,13 @@ def test_corrupt_session_file_is_an_error_not_a_crash(audit_dir) -> None:
     statuses = {s.session_id: s.status for s in report.sessions}
     assert statuses == {"alpha": "ok", "beta": "ok", "gamma": "error"}
     assert report.exit_code == 2
+
+
+def test_a_foreign_database_in_the_sessions_dir_is_reported_not_fatal(audit_dir) -> None:
+    con = duckdb.connect(str(audit_dir / "sessions" / "foreign.duckdb"))
+    con.execute("CREATE TABLE events (event_id VARCHAR, whatever INTEGER)")
+    con.close()
+    report = verify(audit_dir)
+    statuses = {s.session_id: s.status for s in report.sessions}
+    assert statuses == {"alpha": "ok", "beta": "ok", "foreign": "error"}
+    assert report.exit_code == 2

@@ -137,6 +137,8 @@ class AuditQuery:
                     continue
                 alias = f"s{index}"
                 live = self._attach(path, alias)
+                if live is not None and not self._has_expected_schema(path, alias):
+                    live = None
                 if live is not None:
                     sources.append(alias)
                     self.attached[session_id_of(path)] = AttachedSession(alias, path, live)
@@ -176,6 +178,24 @@ class AuditQuery:
         self.notes.append(f"skipped live session {path.name}: it kept changing while being copied")
         self.unreadable[session_id_of(path)] = "kept changing while being copied"
         return None
+
+    def _has_expected_schema(self, path: Path, alias: str) -> bool:
+        """A file in sessions/ that is not an audit file of this format is reported, not queried."""
+        columns = [
+            row[0]
+            for row in self._con.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE database_name = ? AND table_name = 'events' "
+                "ORDER BY column_index",
+                [alias],
+            ).fetchall()
+        ]
+        if columns == list(EVENT_COLUMNS):
+            return True
+        self._con.execute(f"DETACH {alias}")
+        reason = f"not an Iron Cage audit file of this format (events columns: {columns or 'none'})"
+        self.notes.append(f"skipped {path.name}: {reason}")
+        self.unreadable[session_id_of(path)] = reason
+        return False
 
     def _snapshot(self, path: Path) -> Path | None:
         if self._snapshot_dir is None:
