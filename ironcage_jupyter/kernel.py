@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import importlib
 import os
 import sys
 import time
@@ -22,33 +23,21 @@ from traitlets import Float, Int, Unicode, default
 from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
-from .audit.integration import (
-    AuditDecisionStage,
-    AuditRecordStage,
-    AuditSubmitStage,
-    KernelAudit,
-    register_magics,
-)
 from .child import ChildDied, ChildKernel
-from .credentials.session import CredentialSession
-from .credentials.wiring import (
-    CredentialStage,
-    OutputFinishStage,
-    make_session,
-    prepare_child_launch,
-    screen_child_buffers,
-    screen_child_output,
-)
 from .magics import MagicResult, is_ironcage_magic, run_magic
 from .pipeline import Block, CellRequest, Pipeline, Stage
-from .policy.session import status as policy_status
 from .relay import Relay, Route
-from .tools import kernel_glue
-from .ui import UiBridge
-from .ui.audit_feed import audit_panel_query
-from .ui.integration import policy_ask, report_cell
 
-register_magics()
+if TYPE_CHECKING:
+    from .credentials.session import CredentialSession
+
+#: ironcage_jupyter.components, imported off the event loop once the kernel has answered kernel_info.
+components: Any = None
+
+
+def _import_components() -> None:
+    global components
+    components = importlib.import_module("ironcage_jupyter.components")
 
 #: Frontend comm targets that the wrapper answers itself; every other comm goes to the child.
 WRAPPER_COMM_TARGETS = ("ironcage.ui", "ironcage.tools")
@@ -201,23 +190,58 @@ class IronCageKernel(Kernel):
         self._wrapper_comms: dict[str, str] = {}
         self._shutting_down = False
         self._main_loop: asyncio.AbstractEventLoop | None = None
+        self._current_parent: dict[str, Any] | None = None
+        self._components_ready: asyncio.Future[None] | None = None
+        self._components_error: str | None = None
+        atexit.register(self.child.kill_now_sync)
+
+    # -- components ------------------------------------------------------------------------------
+    def _start_components(self) -> asyncio.Future[None]:
+        if self._components_ready is None:
+            loop = asyncio.get_event_loop()
+            self._components_ready = loop.create_future()
+            loop.create_task(self._load_components(self._components_ready))
+        return self._components_ready
+
+    async def ensure_components(self) -> None:
+        """Wait until policy, audit, credentials, tools and UI are built; raise if they cannot be."""
+        await asyncio.shield(self._start_components())
+
+    @property
+    def components_ready(self) -> bool:
+        ready = self._components_ready
+        return ready is not None and ready.done() and ready.exception() is None
+
+    async def _load_components(self, ready: asyncio.Future[None]) -> None:
+        try:
+            # The imports take over a second: a worker thread keeps the event loop answering.
+            await asyncio.to_thread(_import_components)
+            self._build_components()
+            ready.set_result(None)
+        except Exception as exc:
+            self.log.error("could not set up Iron Cage's components", exc_info=True)
+            self._components_error = f"Iron Cage could not set up its checks, so no cell runs: {exc!r}"
+            ready.set_exception(RuntimeError(self._components_error))
+            ready.exception()
+
+    def _build_components(self) -> None:
         # The audit log opens in the background; no cell runs before it has (and none if it cannot
         # be written: fail closed).
-        self.audit = KernelAudit(
+        self.audit = components.KernelAudit(
             self.audit_dir,
             session_start={"policy_name": self.policy, "workspace": str(self.workspace),
                            "kernel_version": __version__},
         )
-        self._current_parent: dict[str, Any] | None = None
         # The JupyterLab extension's comm (docs/ui-protocol.md). Isolation shows "unsafe" until the
         # sandbox reports its layers (self.ui.isolation). Escalations: pass `self.ui_ask` as the
         # policy stage's `ask` (dialog when the extension is attached, input_request otherwise).
-        self.ui = UiBridge(self.send_comm_msg, session_id=self._ui_session_id(), policy=Path(self.policy).stem)
-        self.ui_ask = policy_ask(self.ui, self.ask_frontend, self._ui_current_cell)
-        self.ui.audit_query = audit_panel_query(self.audit_dir, self.audit.session_id, live_store=self.audit)
+        self.ui = components.UiBridge(self.send_comm_msg, session_id=self._ui_session_id(),
+                                      policy=Path(self.policy).stem)
+        self.ui_ask = components.policy_ask(self.ui, self.ask_frontend, self._ui_current_cell)
+        self.ui.audit_query = components.audit_panel_query(self.audit_dir, self.audit.session_id,
+                                                           live_store=self.audit)
         self.pipeline = Pipeline(self._build_stages())
         self._connect_ui()
-        atexit.register(self.child.kill_now_sync)
 
     def _connect_ui(self) -> None:
         """Feed the lab extension from the components present: the audit panel from the audit log,
@@ -225,7 +249,7 @@ class IronCageKernel(Kernel):
         audit = getattr(self, "audit", None)
         if audit is not None and getattr(audit, "session_id", None):
             self.ui.session_id = audit.session_id
-            self.ui.audit_query = audit_panel_query(self.audit_dir, audit.session_id,
+            self.ui.audit_query = components.audit_panel_query(self.audit_dir, audit.session_id,
                                                     live_store=lambda: getattr(audit, "store", None))
         policy_session = getattr(self, "policy_session", None)
         if policy_session is not None:
@@ -278,7 +302,7 @@ class IronCageKernel(Kernel):
         """Credential broker + output firewall of this session (see credentials/wiring.py)."""
         policy_session = getattr(self, "policy_session", None)
         policy = policy_session.policy if policy_session is not None else None
-        return make_session(self, policy=policy, audit_callback=self.audit.credentials_callback)
+        return components.make_session(self, policy=policy, audit_callback=self.audit.credentials_callback)
 
     def _build_stages(self) -> list[Stage]:
         """The ordered per-cell stages. Later components (firewall, policy, credentials, audit)
@@ -289,17 +313,17 @@ class IronCageKernel(Kernel):
         self.policy_session, self.policy_error, policy_stages = build_policy_stages(self)
         # The broker needs the policy's grants, so it is built after the policy is loaded.
         self.credentials = self._make_credential_session()
-        self.tools = kernel_glue.build_session(self)
+        self.tools = components.kernel_glue.build_session(self)
         return [
-            AuditSubmitStage(self.audit, self),
+            components.AuditSubmitStage(self.audit, self),
             *policy_stages,
-            kernel_glue.CellBudgetStage(self.tools),
-            CredentialStage(self, self.credentials),
+            components.kernel_glue.CellBudgetStage(self.tools),
+            components.CredentialStage(self, self.credentials),
             # the decision (or refusal) is durable before anything runs
-            AuditDecisionStage(self.audit),
+            components.AuditDecisionStage(self.audit),
             ExecuteStage(self),
-            OutputFinishStage(self, self.credentials),
-            AuditRecordStage(self.audit),
+            components.OutputFinishStage(self, self.credentials),
+            components.AuditRecordStage(self.audit),
         ]
 
     def start(self) -> None:
@@ -325,10 +349,11 @@ class IronCageKernel(Kernel):
 
     async def _launch_child(self, ready: asyncio.Future[None], *, kill_first: bool = False) -> None:
         try:
+            await self.ensure_components()
             if kill_first:
                 await self.child.kill()
-            prepare_child_launch(self.credentials, self.child, replacing=kill_first)
-            await kernel_glue.ensure_started(self)
+            components.prepare_child_launch(self.credentials, self.child, replacing=kill_first)
+            await components.kernel_glue.ensure_started(self)
             await self.child.start()
             client = self.child.km.client() if self.child.km else None
             if client is None:
@@ -432,11 +457,11 @@ class IronCageKernel(Kernel):
 
     def _screen_output(self, msg_type: str, content: dict[str, Any], route: Route) -> dict[str, Any] | None:
         """The output firewall's hook on every child message (see the outputs package)."""
-        return screen_child_output(self, self.credentials, msg_type, content, route)
+        return components.screen_child_output(self, self.credentials, msg_type, content, route)
 
     def _screen_buffers(self, msg_type: str, buffers: list[Any], route: Route) -> bool:
         """The output firewall's hook on binary buffers (widgets): True forwards them."""
-        return screen_child_buffers(self, self.credentials, msg_type, buffers, route)
+        return components.screen_child_buffers(self, self.credentials, msg_type, buffers, route)
 
     def publish_error(self, block: Block, parent: dict[str, Any] | None = None) -> dict[str, Any]:
         """Show a refusal or fault as a proper error in the cell; returns the reply content."""
@@ -478,6 +503,12 @@ class IronCageKernel(Kernel):
         cell_id: str | None = None,
     ) -> dict[str, Any]:
         try:
+            try:
+                await self.ensure_components()
+            except Exception as exc:
+                if not is_ironcage_magic(code):  # %ironcage status still answers and says why
+                    return self.publish_error(Block(ename="IronCageUnavailable", evalue=str(exc),
+                                                    reason="no cell runs without Iron Cage's checks"))
             if is_ironcage_magic(code):
                 self._magic_allow_stdin = allow_stdin  # `%ironcage policy load` may ask the human
                 return await self._run_magic(code, silent)
@@ -499,7 +530,7 @@ class IronCageKernel(Kernel):
                 self._current_cell = None
                 self._current_parent = None
             try:
-                report_cell(self.ui, cell, parent)
+                components.report_cell(self.ui, cell, parent)
             except Exception:  # the UI report never changes the cell's outcome
                 self.log.warning("could not report the cell to the lab extension", exc_info=True)
             if cell.block is not None:
@@ -763,8 +794,12 @@ class IronCageKernel(Kernel):
 
     async def on_wrapper_comm(self, event: str, content: dict[str, Any]) -> None:
         """Comms the wrapper itself answers (the lab extension, tool calls from agents)."""
-        if self._wrapper_comms.get(content.get("comm_id", "")) == kernel_glue.TOOLS_COMM_TARGET:
-            await kernel_glue.on_tools_comm(self, event, content)
+        try:
+            await self.ensure_components()
+        except Exception:
+            return
+        if self._wrapper_comms.get(content.get("comm_id", "")) == components.kernel_glue.TOOLS_COMM_TARGET:
+            await components.kernel_glue.on_tools_comm(self, event, content)
             return
         # The bridge only takes ironcage.ui opens and the comm ids it opened.
         await self.ui.handle(event, content)
@@ -803,7 +838,9 @@ class IronCageKernel(Kernel):
         waiter = self._stdin_waiter
         if waiter is not None and not waiter.done():
             waiter.cancel()
-        self.ui.cancel_escalations("interrupt")
+        ui = getattr(self, "ui", None)
+        if ui is not None:
+            ui.cancel_escalations("interrupt")
         if self.child.alive and self.relay.sockets:
             route = Route(kind="interrupt", parent=None, forward_outputs=False)
             self.relay.send("control", "interrupt_request", {}, route, wait_idle=False)
@@ -822,10 +859,12 @@ class IronCageKernel(Kernel):
         self.relay.detach(ChildDied("the kernel is shutting down"))
         try:
             await self.child.stop()
-            await kernel_glue.shutdown(self)
+            if self.components_ready:
+                await components.kernel_glue.shutdown(self)
         finally:
             try:
-                self.audit.close(status="normal", reason="shutdown requested")
+                if self.components_ready:
+                    self.audit.close(status="normal", reason="shutdown requested")
             except Exception:
                 self.log.error("the audit log could not be closed cleanly", exc_info=True)
 
@@ -893,7 +932,7 @@ class IronCageKernel(Kernel):
             state = f"unavailable: {self._child_error}"
         else:
             state = "running"
-        return {
+        info: dict[str, Any] = {
             "version": __version__,
             "wrapper_pid": os.getpid(),
             "child_pid": child.pid,
@@ -902,16 +941,21 @@ class IronCageKernel(Kernel):
             "runtime_dir": str(child.runtime_dir) if child.runtime_dir else None,
             "workspace": str(Path(self.workspace)),
             "restarts": self._restarts,
-            "pipeline": self.pipeline.names,
             "cell_timeout_s": self.cell_timeout_seconds(),
             "request_timeout_s": self.request_timeout,
-            "audit": self.audit.status(),
-            **policy_status(getattr(self, "policy_session", None), getattr(self, "policy_error", None)),
-            "child_messages": {"received": self.relay.received, "published": self.relay.published,
-                               "hwm": self.relay.sockets["iopub"].getsockopt(zmq.RCVHWM) if self.relay.sockets else None},
-            "credentials": self.credentials.status(),
-            "tools": kernel_glue.status(self),
+            "child_messages": {"received": self.relay.received, "published": self.relay.published},
         }
+        if not self.components_ready:
+            info["components"] = self._components_error or "starting"
+            return info
+        info.update({
+            "pipeline": self.pipeline.names,
+            "audit": self.audit.status(),
+            **components.policy_status(getattr(self, "policy_session", None), getattr(self, "policy_error", None)),
+            "credentials": self.credentials.status(),
+            "tools": components.kernel_glue.status(self),
+        })
+        return info
 
 
 def make_app_class() -> Any:

@@ -104,8 +104,14 @@ def execute(
 
 
 def start_kernel(
-    workspace: Path, *, env: dict[str, str] | None = None, extra_arguments: list[str] | None = None
+    workspace: Path,
+    *,
+    env: dict[str, str] | None = None,
+    extra_arguments: list[str] | None = None,
+    warm: bool = False,
 ) -> tuple[KernelManager, BlockingKernelClient]:
+    """Start an ironcage kernel. With warm, also run one empty cell, so the child kernel and the
+    components (which start after the first kernel_info reply) are up when this returns."""
     km = KernelManager(kernel_name="ironcage")
     full_env = dict(os.environ)
     full_env["IRONCAGE_WORKSPACE"] = str(workspace)
@@ -114,6 +120,8 @@ def start_kernel(
     kc = km.client()
     kc.start_channels()
     kc.wait_for_ready(timeout=60)
+    if warm:
+        execute(kc, "", timeout=120)
     return km, kc
 
 

@@ -29,7 +29,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def kernel(workspace: Path) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
-    km, kc = start_kernel(workspace, env={"IRONCAGE_TEST_WRAPPER_SECRET": "wrapper-only-value-8d1f"})
+    km, kc = start_kernel(workspace, env={"IRONCAGE_TEST_WRAPPER_SECRET": "wrapper-only-value-8d1f"}, warm=True)
     yield km, kc
     stop_kernel(km, kc)
 
@@ -194,7 +194,7 @@ def test_ironcage_help_and_bad_subcommand(kernel):
 
 
 def test_interrupt_through_a_real_kernel_manager(workspace):
-    km, kc = start_kernel(workspace)
+    km, kc = start_kernel(workspace, warm=True)
     try:
         msg_id = kc.execute("while True: pass", stop_on_error=False)
         time.sleep(0.5)
@@ -210,7 +210,7 @@ def test_interrupt_through_a_real_kernel_manager(workspace):
 
 
 def test_child_killed_mid_cell_then_a_fresh_child_runs_the_next_cell(workspace):
-    km, kc = start_kernel(workspace)
+    km, kc = start_kernel(workspace, warm=True)
     try:
         execute(kc, "state = 'kept'")
         child_pid = status(kc)["child_pid"]
@@ -250,7 +250,7 @@ def test_watchdog_kills_a_cell_that_ignores_interrupts(workspace):
 
 
 def test_shutdown_leaves_no_process_behind(workspace):
-    km, kc = start_kernel(workspace)
+    km, kc = start_kernel(workspace, warm=True)
     info = status(kc)
     execute(kc, "import subprocess; p = subprocess.Popen(['sleep', '300']); print(p.pid)")
     wrapper_pid, child_pid = info["wrapper_pid"], info["child_pid"]
@@ -262,7 +262,7 @@ def test_shutdown_leaves_no_process_behind(workspace):
 
 
 def test_restart_replaces_wrapper_and_child(workspace):
-    km, kc = start_kernel(workspace)
+    km, kc = start_kernel(workspace, warm=True)
     try:
         old = status(kc)
         km.restart_kernel(now=False)

@@ -33,9 +33,11 @@ class ToolsTestKernel(IronCageKernel):
             upstream_ca_file=config.get("upstream_ca_file"),
             escalate=kernel_glue.make_escalator(self), escalation_timeout_s=30,
         )
-        return [kernel_glue.CellBudgetStage(self.tools), *stages[1:]]
+        return [kernel_glue.CellBudgetStage(self.tools) if isinstance(stage, kernel_glue.CellBudgetStage)
+                else stage for stage in stages]
 
     async def _launch_child(self, ready, *, kill_first=False):  # type: ignore[override]
+        await self.ensure_components()
         if self.tools.socket_dir is None:
             try:
                 await kernel_glue.start_tools(self, self.tools, bridge_port=self._tools_config.get("bridge_port", 3128),
