@@ -214,7 +214,6 @@ class IronCageKernel(Kernel):
         # policy stage's `ask` (dialog when the extension is attached, input_request otherwise).
         self.ui = UiBridge(self.send_comm_msg, session_id=self._ui_session_id(), policy=Path(self.policy).stem)
         self.ui_ask = policy_ask(self.ui, self.ask_frontend, self._ui_current_cell)
-        self.ui.audit_query = audit_panel_query(self.audit_dir, self.audit.session_id, live_store=self.audit)
         self.pipeline = Pipeline(self._build_stages())
         self._connect_ui()
         atexit.register(self.child.kill_now_sync)
