@@ -238,8 +238,6 @@ class IronCageKernel(Kernel):
         self.ui = components.UiBridge(self.send_comm_msg, session_id=self._ui_session_id(),
                                       policy=Path(self.policy).stem)
         self.ui_ask = components.policy_ask(self.ui, self.ask_frontend, self._ui_current_cell)
-        self.ui.audit_query = components.audit_panel_query(self.audit_dir, self.audit.session_id,
-                                                           live_store=self.audit)
         self.pipeline = Pipeline(self._build_stages())
         self._connect_ui()
 

@@ -31,7 +31,12 @@ store.flush()
 print(json.dumps({"committed": store.last_seq}), flush=True)
 for line in sys.stdin:
     command = line.strip()
-    if command == "pending":
+    if command == "decide":
+        # Durable in the journal only: DuckDB gets them later (or from the journal after a crash).
+        for n in range(3):
+            store.record("policy_decision", decision="deny", detail={"subject": "cell", "cell_id": f"d{n}"})
+        print(json.dumps({"committed": store.last_seq}), flush=True)
+    elif command == "pending":
         # Buffered, never committed: a crash may lose these and nothing else.
         for n in range(50):
             store.record("output_redaction", detail={"detector": "late", "count": n}, durable=False)
@@ -60,6 +65,10 @@ def finish(process: subprocess.Popen) -> None:
     process.stdin.close()
     process.wait(timeout=30)
     process.stdout.close()
+
+
+def journal_lines(audit_dir: Path, session: str) -> int:
+    return (audit_dir / "sessions" / f"{session}.journal").read_bytes().count(b"\n")
 
 
 def read_line(process: subprocess.Popen) -> dict:
@@ -101,7 +110,11 @@ def test_kill_9_loses_no_committed_event_and_the_chain_still_verifies(tmp_path) 
     writer = start_writer(tmp_path, "victim", 500)
     other = start_writer(tmp_path, "bystander", 100)
     try:
+        read_line(writer)
+        writer.stdin.write("decide\n")
+        writer.stdin.flush()
         committed = read_line(writer)["committed"]
+        assert journal_lines(tmp_path, "victim") == 3  # durable, not yet in DuckDB
         writer.stdin.write("pending\n")
         writer.stdin.flush()
         state = read_line(writer)
@@ -116,7 +129,8 @@ def test_kill_9_loses_no_committed_event_and_the_chain_still_verifies(tmp_path) 
             seqs = query.run_trusted(
                 "SELECT min(seq), max(seq), count(*) FROM events WHERE session_id = 'victim'"
             )
-        assert seqs.rows == [(1, committed, committed)]
+        assert seqs.rows == [(1, committed, committed)]  # including the 3 replayed from the journal
+        assert journal_lines(tmp_path, "victim") == 0
         report = verify(tmp_path)
         by_session = {s.session_id: s for s in report.sessions}
         assert report.exit_code == 0, report.render()

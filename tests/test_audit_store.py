@@ -214,18 +214,34 @@ def test_invalid_session_ids_are_refused(tmp_path) -> None:
             AuditStore(tmp_path, bad)
 
 
-def test_disk_full_raises_audit_write_error_and_stays_failed(tmp_path) -> None:
+def test_full_disk_under_the_journal_fails_the_durable_record(tmp_path) -> None:
+    sessions = tmp_path / "sessions"
+    sessions.mkdir(mode=0o700)
+    os.symlink("/dev/full", sessions / "s1.journal")  # the journal's appends land on a full device
     store = AuditStore(tmp_path, "s1")
-    # The WAL does not exist between commits after open; make the next one land on a full disk.
-    os.symlink("/dev/full", f"{store.path}.wal")
     with pytest.raises(AuditWriteError, match="No space left"):
         store.record("violation", detail=EXAMPLES["violation"], durable=True)
     assert store.failed is not None
     with pytest.raises(AuditWriteError, match="earlier failure"):
         store.record("execution", detail=EXAMPLES["execution"], durable=False)
-    with pytest.raises(AuditWriteError):
-        store.flush()
     store.close()
+
+
+def test_full_disk_under_duckdb_fails_the_next_call(tmp_path) -> None:
+    store = AuditStore(tmp_path, "s1")
+    # The WAL does not exist between commits after open; make the next DuckDB write land on a full disk.
+    os.symlink("/dev/full", f"{store.path}.wal")
+    store.record("violation", detail=EXAMPLES["violation"], durable=True)  # durable in the journal
+    with pytest.raises(AuditWriteError, match="No space left"):
+        store.flush()
+    assert store.failed is not None
+    with pytest.raises(AuditWriteError, match="earlier failure"):
+        store.record("execution", detail=EXAMPLES["execution"], durable=False)
+    store.close()
+    # what the journal made durable survives and is replayed once the disk is usable again
+    os.unlink(f"{store.path}.wal")
+    with AuditStore(tmp_path, "s1") as reopened:
+        assert reopened.last_seq == 1
 
 
 def test_removed_audit_file_raises_instead_of_writing_into_an_unlinked_inode(tmp_path) -> None:

@@ -384,7 +384,7 @@ class KernelAudit:
                     detail={"subject": "cell", "cell_id": cell.cell_id},
                 )
             elif self.store is not None:
-                self.store.flush()
+                self.store.commit()  # the submission is durable before the cell runs
             return
         effect = _effect(getattr(decision, "effect", "deny"))
         rules = [str(r) for r in (getattr(decision, "rules", None) or [])]

@@ -32,6 +32,7 @@ import duckdb
 
 from .paths import SNAPSHOTS_SUBDIR, ensure_private_dir, session_files, session_id_of
 from .schema import EVENT_COLUMNS, EVENTS_TABLE, VIEWS_SQL
+from .store import is_open_in_process, journal_path, replay_journal
 
 if TYPE_CHECKING:
     from .store import AuditStore
@@ -158,6 +159,8 @@ class AuditQuery:
         """ATTACH in place (returns False) or via a snapshot (live: True); None if it cannot be read."""
         for _attempt in range(5):
             try:
+                if not _recover_journal_in_place(path):
+                    raise duckdb.IOException("Could not set lock: the session is live")
                 self._con.execute(f"ATTACH '{_sql_str(path)}' AS {alias} (READ_ONLY)")
                 return False
             except duckdb.Error as exc:
@@ -204,7 +207,13 @@ class AuditQuery:
             self._snapshot_dir = Path(tempfile.mkdtemp(prefix=f"q{os.getpid()}-", dir=base))
         target = self._snapshot_dir / f"{uuid.uuid4().hex}.duckdb"
         wal = Path(f"{path}.wal")
+        journal = journal_path(path)
+        target_journal = journal_path(target)
         try:
+            # Journal first: an event durable now is either still in it, or was already written into
+            # DuckDB before the journal was reset, and so is in the WAL copied after it.
+            if journal.is_file():
+                shutil.copyfile(journal, target_journal)
             before = _identity(path)
             shutil.copyfile(path, target)
             if wal.exists():
@@ -213,6 +222,12 @@ class AuditQuery:
                 return None
         except FileNotFoundError:
             return None
+        if target_journal.exists() and target_journal.stat().st_size:
+            copy = duckdb.connect(str(target))
+            try:
+                replay_journal(copy, target_journal)
+            finally:
+                copy.close()
         return target
 
     def _create_views(self, sources: list[str]) -> None:
@@ -296,6 +311,29 @@ class AuditQuery:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _recover_journal_in_place(path: Path) -> bool:
+    """Replay a crashed session's journal tail into its file before it is read; False if the session
+    turns out to be live (its writer, here or in another process, holds the file)."""
+    journal = journal_path(path)
+    if not journal.is_file() or not journal.stat().st_size:
+        return True
+    if is_open_in_process(path):
+        return False
+    try:
+        con = duckdb.connect(str(path))
+    except duckdb.Error as exc:
+        if any(marker in str(exc).lower() for marker in _LOCK_MARKERS):
+            return False
+        raise
+    try:
+        replay_journal(con, journal)
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    os.truncate(journal, 0)  # DuckDB holds it all now
+    return True
 
 
 def _remove_orphaned_snapshots(base: Path) -> None:
