@@ -24,6 +24,17 @@ class IsolationSettings(BaseModel):
         default_factory=list,
         description="Extra host paths bound read-only into the sandbox (data outside the workspace).",
     )
+    allow_degraded: bool = Field(
+        default=True,
+        description=(
+            "Where user namespaces are refused (Docker, AppArmor, Binder), start the child with Landlock,"
+            " seccomp and rlimits only; the selftest reports process/network as degraded or missing."
+        ),
+    )
+    pass_env: list[str] = Field(
+        default_factory=list,
+        description="Environment variable names passed to the child besides the built-in allowlist.",
+    )
 
 
 class ResourceLimits(BaseModel):
@@ -34,3 +45,5 @@ class ResourceLimits(BaseModel):
     max_processes: int = Field(default=64, gt=0, description="Processes/threads the child may create.")
     cpu_seconds: int | None = Field(default=None, description="CPU seconds per child process (RLIMIT_CPU).")
     output_max_bytes: int = Field(default=10_000_000, gt=0, description="Output kept per cell.")
+    max_open_files: int = Field(default=4096, gt=16, description="Open file descriptors per process (RLIMIT_NOFILE).")
+    max_file_size_mb: int = Field(default=10_240, gt=0, description="Largest file the child may write (RLIMIT_FSIZE).")
