@@ -44,7 +44,9 @@ SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
 SCOPE_SIGNAL = 1 << 1
 
 # Rights that make sense on a regular file (adding directory rights to a file rule is EINVAL).
-_FILE_RIGHTS = ACCESS_FS_EXECUTE | ACCESS_FS_WRITE_FILE | ACCESS_FS_READ_FILE | ACCESS_FS_TRUNCATE | ACCESS_FS_IOCTL_DEV
+_FILE_RIGHTS = (
+    ACCESS_FS_EXECUTE | ACCESS_FS_WRITE_FILE | ACCESS_FS_READ_FILE | ACCESS_FS_TRUNCATE | ACCESS_FS_IOCTL_DEV
+)
 
 
 class LandlockError(OSError):
@@ -79,7 +81,9 @@ def _syscall(number: int, *args: object) -> int:
 def abi_version() -> int:
     """The Landlock ABI the running kernel offers; 0 when Landlock is absent or disabled."""
     try:
-        return _syscall(_SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION))
+        return _syscall(
+            _SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION)
+        )
     except LandlockError:
         return 0
 
@@ -150,7 +154,13 @@ def _add_path_rule(ruleset_fd: int, path: str, rights: int) -> int:
             rights &= _FILE_RIGHTS
         rule = _PathBeneathAttr(allowed_access=rights, parent_fd=fd)
         try:
-            _syscall(_SYS_ADD_RULE, ctypes.c_int(ruleset_fd), ctypes.c_int(_RULE_PATH_BENEATH), ctypes.byref(rule), ctypes.c_uint32(0))
+            _syscall(
+                _SYS_ADD_RULE,
+                ctypes.c_int(ruleset_fd),
+                ctypes.c_int(_RULE_PATH_BENEATH),
+                ctypes.byref(rule),
+                ctypes.c_uint32(0),
+            )
         except LandlockError as exc:
             # Kernel-internal filesystems (a pipe behind /dev/stdout) take no rules; skipping an
             # allow rule only ever restricts more.

@@ -51,21 +51,65 @@ class Rule:
 # Calls a notebook never needs and that open a way out of (or around) the sandbox.
 DENIED_SYSCALLS: tuple[str, ...] = (
     # debugging / memory of other processes
-    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd", "process_madvise",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kcmp",
+    "pidfd_getfd",
+    "process_madvise",
     # mounts and filesystem namespaces
-    "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen", "fsmount",
-    "fsconfig", "fspick", "mount_setattr",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsmount",
+    "fsconfig",
+    "fspick",
+    "mount_setattr",
     # namespaces after setup
-    "unshare", "setns",
+    "unshare",
+    "setns",
     # kernel attack surface
-    "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register",
-    "keyctl", "add_key", "request_key", "lookup_dcookie", "fanotify_init",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "lookup_dcookie",
+    "fanotify_init",
     # modules, kexec, machine control
-    "init_module", "finit_module", "delete_module", "create_module", "kexec_load", "kexec_file_load",
-    "reboot", "swapon", "swapoff", "acct", "quotactl", "syslog", "vhangup", "iopl", "ioperm",
-    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "nfsservctl", "uselib", "_sysctl",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "create_module",
+    "kexec_load",
+    "kexec_file_load",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "acct",
+    "quotactl",
+    "syslog",
+    "vhangup",
+    "iopl",
+    "ioperm",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "nfsservctl",
+    "uselib",
+    "_sysctl",
     # file handles bypass path-based checks
-    "open_by_handle_at", "name_to_handle_at",
+    "open_by_handle_at",
+    "name_to_handle_at",
 )
 
 _CLONE_NAMESPACE_FLAGS = (
@@ -112,7 +156,11 @@ def _load_libseccomp() -> ctypes.CDLL:
     lib.seccomp_load.argtypes = [ctypes.c_void_p]
     lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
     lib.seccomp_rule_add_array.argtypes = [
-        ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint, ctypes.POINTER(_ArgCmp),
+        ctypes.c_void_p,
+        ctypes.c_uint32,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.POINTER(_ArgCmp),
     ]
     return lib
 
@@ -135,9 +183,13 @@ def install_filter(rules: Sequence[Rule]) -> dict[str, object]:
                 unknown.append(rule.syscall)
                 continue
             cmps = (_ArgCmp * max(1, len(rule.comparisons)))(*[_ArgCmp(*c) for c in rule.comparisons])
-            rc = lib.seccomp_rule_add_array(ctx, act_errno(rule.errno_code), number, len(rule.comparisons), cmps)
+            rc = lib.seccomp_rule_add_array(
+                ctx, act_errno(rule.errno_code), number, len(rule.comparisons), cmps
+            )
             if rc < 0:
-                raise SeccompError(-rc, f"seccomp rule for {rule.syscall} refused: {errno.errorcode.get(-rc, rc)}")
+                raise SeccompError(
+                    -rc, f"seccomp rule for {rule.syscall} refused: {errno.errorcode.get(-rc, rc)}"
+                )
         rc = lib.seccomp_load(ctx)
         if rc < 0:
             raise SeccompError(-rc, f"seccomp_load failed: {errno.errorcode.get(-rc, rc)}")

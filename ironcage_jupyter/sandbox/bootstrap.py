@@ -68,7 +68,11 @@ class _CapHeader(ctypes.Structure):
 
 
 class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
 
 
 def _drop_capabilities() -> None:
@@ -153,7 +157,7 @@ def _start(argv: list[str], config: dict) -> None:
             sys.path.remove(config["pythonpath_entry"])
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         sys.exit(0)
-    os.execvp(argv[0], argv)
+    os.execvp(argv[0], argv)  # noqa: S606 - replacing this process with the kernel is the point
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,21 +41,70 @@ LAYER_MECHANISMS: dict[str, tuple[str, ...]] = {
 SYSTEM_READ_ROOTS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
 # Host secrets outside home that a process running with host uid 0 could otherwise read.
 SYSTEM_SECRETS = (
-    "/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers", "/etc/sudoers.d",
-    "/etc/ssh", "/etc/ssl/private", "/etc/ironcage",
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/etc/ssh",
+    "/etc/ssl/private",
+    "/etc/ironcage",
 )
 HOME_SECRETS = (
-    ".ssh", ".aws", ".config", ".netrc", ".gnupg", ".docker", ".kube", ".azure", ".git-credentials",
-    ".gitconfig", ".pypirc", ".npmrc", ".jupyter", ".ipython", ".local/share/jupyter", ".bash_history",
-    ".python_history", ".cache", ".pgpass", ".my.cnf", ".vault-token", ".terraform.d", ".ironcage",
+    ".ssh",
+    ".aws",
+    ".config",
+    ".netrc",
+    ".gnupg",
+    ".docker",
+    ".kube",
+    ".azure",
+    ".git-credentials",
+    ".gitconfig",
+    ".pypirc",
+    ".npmrc",
+    ".jupyter",
+    ".ipython",
+    ".local/share/jupyter",
+    ".bash_history",
+    ".python_history",
+    ".cache",
+    ".pgpass",
+    ".my.cnf",
+    ".vault-token",
+    ".terraform.d",
+    ".ironcage",
 )
 # Environment variables the child may inherit; everything else (tokens, keys, proxies) is dropped.
-ENV_ALLOWED = frozenset({
-    "PATH", "LANG", "LANGUAGE", "TZ", "TERM", "COLUMNS", "LINES", "PYTHONUNBUFFERED", "PYTHONIOENCODING",
-    "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE", "MPLBACKEND", "VIRTUAL_ENV", "CONDA_PREFIX",
-    "CONDA_DEFAULT_ENV", "JPY_PARENT_PID", "JPY_SESSION_NAME", "KERNEL_ID", "CLICOLOR", "FORCE_COLOR",
-    "NO_COLOR", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-})
+ENV_ALLOWED = frozenset(
+    {
+        "PATH",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TERM",
+        "COLUMNS",
+        "LINES",
+        "PYTHONUNBUFFERED",
+        "PYTHONIOENCODING",
+        "PYTHONHASHSEED",
+        "PYTHONDONTWRITEBYTECODE",
+        "MPLBACKEND",
+        "VIRTUAL_ENV",
+        "CONDA_PREFIX",
+        "CONDA_DEFAULT_ENV",
+        "JPY_PARENT_PID",
+        "JPY_SESSION_NAME",
+        "KERNEL_ID",
+        "CLICOLOR",
+        "FORCE_COLOR",
+        "NO_COLOR",
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+    }
+)
 
 
 class SandboxError(RuntimeError):
@@ -289,8 +338,17 @@ def build_sandboxed_command(
         "env_drop": ["PYTHONPATH"] if "PYTHONPATH" not in env else [],
     }
 
-    child_env = _child_env(env, spec, home=home, tmp=private_tmp, keep_parent_pid=not use_bwrap or "pidns" in disabled)
-    bootstrap = [sys.executable, "-m", "ironcage_jupyter.sandbox.bootstrap", "--config", json.dumps(config), "--"]
+    child_env = _child_env(
+        env, spec, home=home, tmp=private_tmp, keep_parent_pid=not use_bwrap or "pidns" in disabled
+    )
+    bootstrap = [
+        sys.executable,
+        "-m",
+        "ironcage_jupyter.sandbox.bootstrap",
+        "--config",
+        json.dumps(config),
+        "--",
+    ]
     argv = [*bootstrap, *kernel_argv]
     if use_bwrap:
         argv = [*_bwrap_args(spec, disabled, workspace, socket_dir, home, read_only, hidden, cg), "--", *argv]
@@ -326,7 +384,9 @@ def _rlimits(limits: ResourceLimits) -> dict[str, int]:
     return out
 
 
-def _child_env(env: dict[str, str], spec: SandboxSpec, *, home: str, tmp: str, keep_parent_pid: bool) -> dict[str, str]:
+def _child_env(
+    env: dict[str, str], spec: SandboxSpec, *, home: str, tmp: str, keep_parent_pid: bool
+) -> dict[str, str]:
     allowed = ENV_ALLOWED | set(spec.isolation.pass_env)
     out = {k: v for k, v in env.items() if k in allowed or k.startswith("LC_")}
     if not keep_parent_pid:
@@ -334,21 +394,23 @@ def _child_env(env: dict[str, str], spec: SandboxSpec, *, home: str, tmp: str, k
         # --die-with-parent does that job instead.
         out.pop("JPY_PARENT_PID", None)
     out.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    out.update({
-        "HOME": home,
-        "TMPDIR": tmp,
-        "IPYTHONDIR": f"{tmp}/ipython",
-        "MPLCONFIGDIR": f"{tmp}/matplotlib",
-        "XDG_CACHE_HOME": f"{tmp}/cache",
-        "XDG_CONFIG_HOME": f"{tmp}/config",
-        "XDG_DATA_HOME": f"{tmp}/data",
-        "XDG_RUNTIME_DIR": f"{tmp}/runtime",
-        "JUPYTER_CONFIG_DIR": f"{tmp}/jupyter-config",
-        "JUPYTER_DATA_DIR": f"{tmp}/jupyter-data",
-        "JUPYTER_RUNTIME_DIR": f"{tmp}/jupyter-runtime",
-        "PYTHONNOUSERSITE": "1",
-        "IRONCAGE_SANDBOX": "1",
-    })
+    out.update(
+        {
+            "HOME": home,
+            "TMPDIR": tmp,
+            "IPYTHONDIR": f"{tmp}/ipython",
+            "MPLCONFIGDIR": f"{tmp}/matplotlib",
+            "XDG_CACHE_HOME": f"{tmp}/cache",
+            "XDG_CONFIG_HOME": f"{tmp}/config",
+            "XDG_DATA_HOME": f"{tmp}/data",
+            "XDG_RUNTIME_DIR": f"{tmp}/runtime",
+            "JUPYTER_CONFIG_DIR": f"{tmp}/jupyter-config",
+            "JUPYTER_DATA_DIR": f"{tmp}/jupyter-data",
+            "JUPYTER_RUNTIME_DIR": f"{tmp}/jupyter-runtime",
+            "PYTHONNOUSERSITE": "1",
+            "IRONCAGE_SANDBOX": "1",
+        }
+    )
     return _package_env(out) if "PYTHONPATH" not in out else out
 
 

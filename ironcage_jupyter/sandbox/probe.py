@@ -98,11 +98,16 @@ def check_syscalls() -> dict:
         "unshare(0)": _syscall_refused(table["unshare"], 0),
         "ptrace(-1)": _syscall_refused(table["ptrace"], -1, 0, 0, 0),
         "keyctl(-1)": _syscall_refused(table["keyctl"], -1, 0, 0, 0),
-        "process_vm_readv(self, 0 iov)": _syscall_refused(table["process_vm_readv"], os.getpid(), 0, 0, 0, 0, 0),
+        "process_vm_readv(self, 0 iov)": _syscall_refused(
+            table["process_vm_readv"], os.getpid(), 0, 0, 0, 0, 0
+        ),
     }
     refused = [name for name, (ok, _) in results.items() if ok]
     allowed = [f"{name}: {how}" for name, (ok, how) in results.items() if not ok]
-    return {"blocked": not allowed, "detail": "refused: " + ", ".join(refused) + ("; allowed: " + ", ".join(allowed) if allowed else "")}
+    return {
+        "blocked": not allowed,
+        "detail": "refused: " + ", ".join(refused) + ("; allowed: " + ", ".join(allowed) if allowed else ""),
+    }
 
 
 def check_signal(pid: int) -> dict:
@@ -155,14 +160,20 @@ def run(targets: dict) -> dict:
         "write_outside": check_write(targets["outside_dir"]),
         "write_site_packages": check_write(targets["system_dir"]),
         "workspace_write": check_workspace_write(targets["workspace"]),
-        "tcp_host": check_connect(socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", targets["tcp_port"]), b"x"),
-        "udp_host": check_connect(socket.AF_INET, socket.SOCK_DGRAM, ("127.0.0.1", targets["udp_port"]), b"ironcage-udp"),
+        "tcp_host": check_connect(
+            socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", targets["tcp_port"]), b"x"
+        ),
+        "udp_host": check_connect(
+            socket.AF_INET, socket.SOCK_DGRAM, ("127.0.0.1", targets["udp_port"]), b"ironcage-udp"
+        ),
         "syscalls": check_syscalls(),
         "signal_host": check_signal(targets["host_pid"]),
         "host_environ": check_host_proc(targets["host_pid"], targets["environ_marker"]),
     }
     if targets.get("tcp6_port"):
-        checks["tcp6_host"] = check_connect(socket.AF_INET6, socket.SOCK_STREAM, ("::1", targets["tcp6_port"]), b"x")
+        checks["tcp6_host"] = check_connect(
+            socket.AF_INET6, socket.SOCK_STREAM, ("::1", targets["tcp6_port"]), b"x"
+        )
     return {"checks": checks, "facts": facts()}
 
 

@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ironcage_jupyter.sandbox.launcher import SandboxError, SandboxSpec, build_sandboxed_command, release_sandbox
+from ironcage_jupyter.sandbox.launcher import (
+    SandboxError,
+    SandboxSpec,
+    build_sandboxed_command,
+    release_sandbox,
+)
 
 State = Literal["active", "degraded", "missing"]
 LAYERS = ("process", "filesystem", "network", "syscall")
@@ -136,7 +141,8 @@ class _HostTargets:
             self.tcp6 = None
         self.marker = secrets.token_hex(12)
         self.host_process = subprocess.Popen(
-            ["sleep", "60"], env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "IRONCAGE_MARKER": self.marker}
+            ["sleep", "60"],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "IRONCAGE_MARKER": self.marker},
         )
 
     def targets(self) -> dict:
@@ -212,7 +218,9 @@ def run_selftest(spec: SandboxSpec, timeout_s: float = 30.0) -> SelfTestReport:
         try:
             result = json.loads(proc.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
-            return _failed(spec, f"probe printed no result: {proc.stdout[-200:]!r} {proc.stderr[-300:]!r}", started)
+            return _failed(
+                spec, f"probe printed no result: {proc.stdout[-200:]!r} {proc.stderr[-300:]!r}", started
+            )
         arrived = host.arrived()
     finally:
         host.close()
@@ -224,7 +232,11 @@ def run_selftest(spec: SandboxSpec, timeout_s: float = 30.0) -> SelfTestReport:
 def _failed(spec: SandboxSpec, error: str, started: float) -> SelfTestReport:
     layers = {name: LayerStatus(name, "missing", "the sandbox did not start") for name in LAYERS}
     return SelfTestReport(
-        layers, "failed", unsafe=spec.isolation.unsafe, duration_ms=(time.perf_counter() - started) * 1000, error=error
+        layers,
+        "failed",
+        unsafe=spec.isolation.unsafe,
+        duration_ms=(time.perf_counter() - started) * 1000,
+        error=error,
     )
 
 
@@ -243,7 +255,9 @@ def judge(result: dict, arrived: dict[str, bool], *, unsafe: bool = False) -> Se
         elif not present:
             layers[layer] = LayerStatus(layer, "missing", "no mechanism enforces it", present)
         elif absent:
-            layers[layer] = LayerStatus(layer, "degraded", f"held by {', '.join(present)}; missing {', '.join(absent)}", present)
+            layers[layer] = LayerStatus(
+                layer, "degraded", f"held by {', '.join(present)}; missing {', '.join(absent)}", present
+            )
         else:
             layers[layer] = LayerStatus(layer, "active", f"held by {', '.join(present)}", present)
 

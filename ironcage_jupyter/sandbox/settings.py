@@ -7,13 +7,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Layer = Literal["process", "filesystem", "network", "syscall"]
+ALL_LAYERS: tuple[Layer, ...] = ("process", "filesystem", "network", "syscall")
 
 
 class IsolationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     required_layers: list[Layer] = Field(
-        default_factory=lambda: ["process", "filesystem", "network", "syscall"],
+        default_factory=lambda: list(ALL_LAYERS),
         description="Layers that must prove themselves active before the first cell runs.",
     )
     unsafe: bool = Field(
@@ -45,5 +46,9 @@ class ResourceLimits(BaseModel):
     max_processes: int = Field(default=64, gt=0, description="Processes/threads the child may create.")
     cpu_seconds: int | None = Field(default=None, description="CPU seconds per child process (RLIMIT_CPU).")
     output_max_bytes: int = Field(default=10_000_000, gt=0, description="Output kept per cell.")
-    max_open_files: int = Field(default=4096, gt=16, description="Open file descriptors per process (RLIMIT_NOFILE).")
-    max_file_size_mb: int = Field(default=10_240, gt=0, description="Largest file the child may write (RLIMIT_FSIZE).")
+    max_open_files: int = Field(
+        default=4096, gt=16, description="Open file descriptors per process (RLIMIT_NOFILE)."
+    )
+    max_file_size_mb: int = Field(
+        default=10_240, gt=0, description="Largest file the child may write (RLIMIT_FSIZE)."
+    )
