@@ -19,6 +19,7 @@ SCMP_ACT_ALLOW = 0x7FFF0000
 _SCMP_ACT_ERRNO = 0x00050000
 _SCMP_CMP_NE = 1
 _SCMP_CMP_EQ = 4
+_SCMP_CMP_GE = 5
 _SCMP_CMP_MASKED_EQ = 7
 
 
@@ -123,6 +124,8 @@ _CLONE_NAMESPACE_FLAGS = (
     0x00000080,  # CLONE_NEWTIME
 )
 _TIOCSTI = 0x5412
+_AF_MAX = 46  # one past the highest address family Linux defines (AF_MCTP = 45)
+_NETLINK_ROUTE = 0
 _PERSONALITY_QUERY = 0xFFFFFFFF
 
 
@@ -137,10 +140,17 @@ def sandbox_rules(*, deny_network_sockets: bool = True) -> list[Rule]:
     # Pushing characters into the controlling terminal's input.
     rules.append(Rule("ioctl", ((1, _SCMP_CMP_EQ, _TIOCSTI, 0),)))
     if deny_network_sockets:
-        # Only AF_UNIX: the kernel's ZMQ ipc sockets and asyncio's socketpair. Landlock (ABI <= 7)
-        # does not cover UDP, raw or packet sockets; this does, for every family at once.
+        # Only AF_UNIX (the kernel's ZMQ ipc sockets, asyncio's socketpair) and NETLINK_ROUTE, which
+        # glibc's getifaddrs() needs: libzmq aborts the kernel if getifaddrs fails with EPERM. A route
+        # socket without CAP_NET_ADMIN can only list interfaces. Landlock (ABI <= 7) does not cover
+        # UDP, raw or packet sockets; this does, for every other family.
         for call in ("socket", "socketpair"):
-            rules.append(Rule(call, ((0, _SCMP_CMP_NE, socket.AF_UNIX, 0),), errno.EPERM))
+            for family in range(_AF_MAX):
+                if family not in (socket.AF_UNIX, socket.AF_NETLINK):
+                    rules.append(Rule(call, ((0, _SCMP_CMP_EQ, family, 0),)))
+            rules.append(Rule(call, ((0, _SCMP_CMP_GE, _AF_MAX, 0),)))
+        rules.append(Rule("socket", ((0, _SCMP_CMP_EQ, socket.AF_NETLINK, 0), (2, _SCMP_CMP_NE, _NETLINK_ROUTE, 0))))
+        rules.append(Rule("socketpair", ((0, _SCMP_CMP_EQ, socket.AF_NETLINK, 0),)))
     return rules
 
 

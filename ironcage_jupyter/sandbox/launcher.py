@@ -335,7 +335,10 @@ def build_sandboxed_command(
         "rlimits": {} if "limits" in disabled else _rlimits(spec.limits),
         "cgroup_procs": cg.procs_files if cg else [],
         "pythonpath_entry": _package_root(),
-        "env_drop": ["PYTHONPATH"] if "PYTHONPATH" not in env else [],
+        # jupyter_client's launch_kernel sets JPY_PARENT_PID after we return; inside a pid namespace that
+        # pid means nothing (ipykernel would see ppid 1 and exit): --die-with-parent does its job.
+        "env_drop": (["PYTHONPATH"] if "PYTHONPATH" not in env else [])
+        + (["JPY_PARENT_PID"] if use_bwrap and "pidns" not in disabled else []),
     }
 
     child_env = _child_env(

@@ -1,0 +1,123 @@
+"""A real ipykernel in the real sandbox: every layer on, each attack of the battery must fail."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from sandbox_support import ATTACKS, Bait, SandboxedKernel, leaks, run_battery
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def bait(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sandbox-kernel")
+    with pytest.MonkeyPatch.context() as mp:
+        bait = Bait.create(root)
+        mp.setenv("HOME", str(bait.home))
+        mp.setenv("IRONCAGE_TEST_WRAPPER_SECRET", bait.secret)
+        yield bait
+        bait.close()
+
+
+@pytest.fixture(scope="module")
+def kernel(bait):
+    kernel = SandboxedKernel(bait.spec())
+    yield kernel
+    kernel.shutdown()
+
+
+def test_every_attack_in_the_battery_is_blocked(kernel, bait):
+    results = run_battery(kernel, bait)
+    assert set(results) == set(ATTACKS)
+    assert leaks(results) == {}
+    assert bait.hits == []
+
+
+def test_kernel_still_works_after_the_attacks(kernel, bait):
+    reply, out = kernel.run("print(6 * 7)")
+    assert reply["status"] == "ok" and out.strip() == "42"
+
+
+def test_workspace_is_writable_and_data_readable(kernel, bait):
+    data = kernel.run_json(
+        "import json; open('result.txt', 'w').write('done'); print(json.dumps([open('data.csv').read(), __import__('os').getcwd()]))"
+    )
+    assert data == ["a,b\n1,2\n", str(bait.workspace)]
+    assert (bait.workspace / "result.txt").read_text() == "done"
+
+
+def test_wrapper_environment_does_not_reach_the_child(kernel, bait):
+    env = kernel.run_json("import os, json; print(json.dumps(dict(os.environ)))")
+    assert "IRONCAGE_TEST_WRAPPER_SECRET" not in env
+    assert bait.secret not in json.dumps(env)
+    assert env["HOME"] == str(bait.home)
+    assert env["IPYTHONDIR"].startswith(env["TMPDIR"])
+
+
+def test_home_shows_only_the_workspace(kernel, bait):
+    listing = kernel.run_json(f"import os, json; print(json.dumps(sorted(os.listdir({str(bait.home)!r}))))")
+    planted = {".ssh", ".aws", ".netrc", ".config", ".local", "notes.txt"}
+    assert planted <= {p.name for p in bait.home.iterdir()}
+    assert "project" in listing and not set(listing) & planted
+
+
+def test_proc_belongs_to_a_new_pid_namespace(kernel, bait):
+    info = kernel.run_json(
+        "import os, json; print(json.dumps([open('/proc/1/cmdline').read().split(chr(0))[0], os.getpid(), sorted(int(p) for p in os.listdir('/proc') if p.isdigit())]))"
+    )
+    init, pid, pids = info
+    assert init.endswith("bwrap")
+    assert pid < 10 and os.getpid() not in pids and max(pids) < 100
+
+
+def test_process_hardening_in_the_kernel(kernel, bait):
+    status = kernel.run_json(
+        "import ctypes, json; s = dict(l.split(':', 1) for l in open('/proc/self/status')); "
+        "print(json.dumps({k: s[k].strip() for k in ('Uid', 'CapEff', 'CapBnd', 'NoNewPrivs', 'Seccomp')} | "
+        "{'dumpable': ctypes.CDLL(None).prctl(3, 0, 0, 0, 0), 'sid': __import__('os').getsid(0)}))"
+    )
+    assert status["Uid"].split()[0] == "65534"
+    assert int(status["CapEff"], 16) == 0
+    assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+    assert status["dumpable"] == 0
+
+
+def test_resource_limits_reach_the_kernel(kernel, bait):
+    limits = kernel.run_json(
+        "import resource, json; print(json.dumps([resource.getrlimit(resource.RLIMIT_AS)[0], "
+        "resource.getrlimit(resource.RLIMIT_CORE)[0], open('/proc/self/cgroup').read()]))"
+    )
+    assert limits[0] == 2048 * 1024 * 1024
+    assert limits[1] == 0
+    if os.getuid() == 0:  # cgroups are created by the (root) wrapper here
+        assert f"ironcage-{bait.spec().sandbox_name}" in limits[2]
+
+
+def test_shutdown_leaves_no_process_behind(bait, tmp_path):
+    kernel = SandboxedKernel(bait.spec())
+    pid = kernel.km.provisioner.process.pid
+    kernel.run("import subprocess; p = subprocess.Popen(['sleep', '300'])")
+    kernel.shutdown()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert _sandboxed_processes() == []
+
+
+def _sandboxed_processes() -> list[int]:
+    """Host pids whose environment marks them as part of a sandbox built by these tests' HOME."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as handle:
+                env = handle.read()
+        except OSError:
+            continue
+        if b"IRONCAGE_SANDBOX=1" in env and b"HOME=" + os.environ["HOME"].encode() in env:
+            found.append(int(name))
+    return found
