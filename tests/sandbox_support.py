@@ -8,6 +8,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 from dataclasses import dataclass, field
@@ -60,7 +61,9 @@ class Bait:
         bait = cls(root=root, home=home, workspace=workspace, socket_dir=socket_dir)
         bait._plant_files()
         bait._start_servers()
-        bait.host_process = subprocess.Popen(["sleep", "300"], env={"PATH": "/usr/bin:/bin", "HOST_SECRET": bait.secret})
+        bait.host_process = subprocess.Popen(
+            ["sleep", "300"], env={"PATH": "/usr/bin:/bin", "HOST_SECRET": bait.secret}
+        )
         return bait
 
     def _plant_files(self) -> None:
@@ -126,9 +129,11 @@ class Bait:
             self.host_process.wait()
 
     def spec(self, **kw: Any) -> SandboxSpec:
+        """A spec over the bait; each call gets its own private socket dir (and so its own cgroup)."""
+        socket_dir = Path(tempfile.mkdtemp(prefix="run-", dir=self.root))
         return SandboxSpec(
             workspace=self.workspace,
-            socket_dir=self.socket_dir,
+            socket_dir=socket_dir,
             isolation=kw.pop("isolation", IsolationSettings()),
             limits=kw.pop("limits", ResourceLimits(memory_mb=2048)),
             hidden_paths=self.hidden_paths,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 from collections.abc import Iterable
 
 # Syscall numbers are the same on every architecture (generic syscall table).
@@ -145,12 +146,17 @@ def restrict_self(
 
 
 def _add_path_rule(ruleset_fd: int, path: str, rights: int) -> int:
+    # Never follow a symlink: one planted in the workspace would otherwise turn a rule for the
+    # workspace's contents into a rule for whatever it points at.
     try:
-        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return 0
     try:
-        if not os.path.isdir(f"/proc/self/fd/{fd}"):
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISLNK(mode):
+            return 0
+        if not stat.S_ISDIR(mode):
             rights &= _FILE_RIGHTS
         rule = _PathBeneathAttr(allowed_access=rights, parent_fd=fd)
         try:

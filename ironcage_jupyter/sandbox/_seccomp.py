@@ -149,7 +149,9 @@ def sandbox_rules(*, deny_network_sockets: bool = True) -> list[Rule]:
                 if family not in (socket.AF_UNIX, socket.AF_NETLINK):
                     rules.append(Rule(call, ((0, _SCMP_CMP_EQ, family, 0),)))
             rules.append(Rule(call, ((0, _SCMP_CMP_GE, _AF_MAX, 0),)))
-        rules.append(Rule("socket", ((0, _SCMP_CMP_EQ, socket.AF_NETLINK, 0), (2, _SCMP_CMP_NE, _NETLINK_ROUTE, 0))))
+        rules.append(
+            Rule("socket", ((0, _SCMP_CMP_EQ, socket.AF_NETLINK, 0), (2, _SCMP_CMP_NE, _NETLINK_ROUTE, 0)))
+        )
         rules.append(Rule("socketpair", ((0, _SCMP_CMP_EQ, socket.AF_NETLINK, 0),)))
     return rules
 

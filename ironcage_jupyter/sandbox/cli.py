@@ -20,8 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Start a sandbox like the kernel's and show each isolation layer as active / degraded / missing.",
     )
     parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
-    parser.add_argument("--workspace", type=Path, default=None, help="Workspace to test (default: a temp dir).")
-    parser.add_argument("--policy", default=None, help="Policy name or file whose isolation/limits sections apply.")
+    parser.add_argument(
+        "--workspace", type=Path, default=None, help="Workspace to test (default: a temp dir)."
+    )
+    parser.add_argument(
+        "--policy", default=None, help="Policy name or file whose isolation/limits sections apply."
+    )
     parser.set_defaults(func=run)
 
 

@@ -251,7 +251,8 @@ def carve(allowed: list[str], hidden: list[str]) -> list[str]:
         if any(h == root for h in inner) or not os.path.isdir(root) or os.path.islink(root):
             continue
         try:
-            children = sorted(os.path.join(root, name) for name in os.listdir(root))
+            # Symlinked entries get no rule (the bootstrap never follows links either).
+            children = sorted(e.path for e in os.scandir(root) if not e.is_symlink())
         except OSError:
             continue
         out.extend(carve(children, inner))
@@ -296,7 +297,7 @@ def build_sandboxed_command(
         private_tmp = str(socket_dir / "tmp")
         os.makedirs(private_tmp, mode=0o700, exist_ok=True)
     read_only = _outermost(
-        [p for p in SYSTEM_READ_ROOTS if os.path.exists(p)]
+        [os.path.realpath(p) for p in SYSTEM_READ_ROOTS if os.path.exists(p)]
         + interpreter_paths()
         + [os.path.realpath(p) for p in spec.isolation.read_only_paths]
     )
@@ -330,7 +331,10 @@ def build_sandboxed_command(
         if "landlock" in disabled
         else {
             "read_only": carve(read_only + ["/proc", "/sys"], hidden) + devices_ro,
-            "read_write": carve(read_write, landlock_hidden) + devices_rw,
+            # Carving a writable tree costs its top directory the right to create entries, so it is
+            # only done when Landlock is the sole filesystem layer; under bubblewrap the mount view
+            # already hides what lies inside the workspace.
+            "read_write": (read_write if mounts else carve(read_write, landlock_hidden)) + devices_rw,
         },
         "rlimits": {} if "limits" in disabled else _rlimits(spec.limits),
         "cgroup_procs": cg.procs_files if cg else [],
@@ -411,7 +415,7 @@ def _child_env(
             "JUPYTER_DATA_DIR": f"{tmp}/jupyter-data",
             "JUPYTER_RUNTIME_DIR": f"{tmp}/jupyter-runtime",
             "PYTHONNOUSERSITE": "1",
-            "IRONCAGE_SANDBOX": "1",
+            "IRONCAGE_SANDBOX": spec.sandbox_name,  # names this sandbox's processes (cleanup, tests)
         }
     )
     return _package_env(out) if "PYTHONPATH" not in out else out
@@ -442,12 +446,12 @@ def _bwrap_args(
             args += ["--proc", "/proc"]
     else:
         binds: list[str] = []
-        for root in read_only:
-            if os.path.islink(root) and os.path.dirname(root) == "/":
+        for root in SYSTEM_READ_ROOTS:
+            if os.path.islink(root):  # merged /usr: /bin -> usr/bin
                 args += ["--symlink", os.readlink(root), root]
-            else:
-                args += ["--ro-bind", root, root]
-                binds.append(root)
+        for root in read_only:
+            args += ["--ro-bind", root, root]
+            binds.append(root)
         args += ["--ro-bind", "/sys", "/sys", "--dev", "/dev"]
         args += ["--proc", "/proc"] if "pidns" not in disabled else ["--ro-bind", "/proc", "/proc"]
         args += ["--tmpfs", "/tmp", "--perms", "0700", "--tmpfs", home]
