@@ -9,11 +9,9 @@ from a foreign architecture (32-bit ``int 0x80`` on x86_64) hit libseccomp's bad
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
-import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 SCMP_ACT_ALLOW = 0x7FFF0000
 _SCMP_ACT_ERRNO = 0x00050000
@@ -40,9 +38,11 @@ class _ArgCmp(ctypes.Structure):
     ]
 
 
-@dataclass(frozen=True)
-class Rule:
-    """Refuse ``syscall`` (with ``errno_code``) when every ``(arg, op, a, b)`` comparison holds."""
+class Rule(NamedTuple):
+    """Refuse ``syscall`` (with ``errno_code``) when every ``(arg, op, a, b)`` comparison holds.
+
+    (A NamedTuple, not a dataclass: importing dataclasses costs milliseconds on every kernel start.)
+    """
 
     syscall: str
     comparisons: tuple[tuple[int, int, int, int], ...] = ()
@@ -126,6 +126,8 @@ _CLONE_NAMESPACE_FLAGS = (
 _TIOCSTI = 0x5412
 _AF_MAX = 46  # one past the highest address family Linux defines (AF_MCTP = 45)
 _NETLINK_ROUTE = 0
+_AF_UNIX = 1
+_AF_NETLINK = 16
 _PERSONALITY_QUERY = 0xFFFFFFFF
 
 
@@ -146,22 +148,28 @@ def sandbox_rules(*, deny_network_sockets: bool = True) -> list[Rule]:
         # UDP, raw or packet sockets; this does, for every other family.
         for call in ("socket", "socketpair"):
             for family in range(_AF_MAX):
-                if family not in (socket.AF_UNIX, socket.AF_NETLINK):
+                if family not in (_AF_UNIX, _AF_NETLINK):
                     rules.append(Rule(call, ((0, _SCMP_CMP_EQ, family, 0),)))
             rules.append(Rule(call, ((0, _SCMP_CMP_GE, _AF_MAX, 0),)))
         rules.append(
-            Rule("socket", ((0, _SCMP_CMP_EQ, socket.AF_NETLINK, 0), (2, _SCMP_CMP_NE, _NETLINK_ROUTE, 0)))
+            Rule("socket", ((0, _SCMP_CMP_EQ, _AF_NETLINK, 0), (2, _SCMP_CMP_NE, _NETLINK_ROUTE, 0)))
         )
-        rules.append(Rule("socketpair", ((0, _SCMP_CMP_EQ, socket.AF_NETLINK, 0),)))
+        rules.append(Rule("socketpair", ((0, _SCMP_CMP_EQ, _AF_NETLINK, 0),)))
     return rules
 
 
 def _load_libseccomp() -> ctypes.CDLL:
-    name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
     try:
-        lib = ctypes.CDLL(name, use_errno=True)
-    except OSError as exc:
-        raise SeccompError(0, f"libseccomp is not available ({exc})") from exc
+        lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    except OSError:
+        # find_library spawns ldconfig (~90 ms): only when the soname is not found directly.
+        from ctypes.util import find_library
+
+        name = find_library("seccomp")
+        try:
+            lib = ctypes.CDLL(name or "libseccomp.so.2", use_errno=True)
+        except OSError as exc:
+            raise SeccompError(0, f"libseccomp is not available ({exc})") from exc
     lib.seccomp_init.restype = ctypes.c_void_p
     lib.seccomp_init.argtypes = [ctypes.c_uint32]
     lib.seccomp_release.argtypes = [ctypes.c_void_p]

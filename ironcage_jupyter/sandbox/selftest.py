@@ -17,6 +17,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -57,7 +58,7 @@ class SelfTestReport:
     probe: dict = field(default_factory=dict)
     error: str = ""
 
-    def ok_for(self, required_layers: list[str] | tuple[str, ...]) -> tuple[bool, list[str]]:
+    def ok_for(self, required_layers: Sequence[str]) -> tuple[bool, list[str]]:
         """May cells run? False with the reasons when a required layer is missing (fail closed).
 
         A degraded layer still holds (its attacks failed) and is allowed, with its reason listed.
