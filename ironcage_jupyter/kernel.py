@@ -1,0 +1,748 @@
+"""The Iron Cage wrapper kernel.
+
+It speaks the Jupyter protocol to the frontend and never runs user code itself: every request is
+screened and decided here, then relayed to a child ipykernel (see :mod:`.child` and :mod:`.relay`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ipykernel.kernelbase import Kernel
+from traitlets import Float, Unicode, default
+from zmq.eventloop.zmqstream import ZMQStream
+
+from . import __version__
+from .child import ChildDied, ChildKernel
+from .magics import MagicResult, is_ironcage_magic, run_magic
+from .pipeline import Block, CellRequest, Pipeline, Stage
+from .relay import Relay, Route
+
+#: Frontend comm targets that the wrapper answers itself; every other comm goes to the child.
+WRAPPER_COMM_TARGETS = ("ironcage.ui", "ironcage.tools")
+
+#: Fields a request must carry, with their types, before any handler sees it.
+REQUIRED_FIELDS: dict[str, dict[str, type]] = {
+    "execute_request": {"code": str},
+    "complete_request": {"code": str, "cursor_pos": int},
+    "inspect_request": {"code": str, "cursor_pos": int},
+    "is_complete_request": {"code": str},
+    "history_request": {"hist_access_type": str},
+    "comm_open": {"comm_id": str, "target_name": str},
+    "comm_msg": {"comm_id": str},
+    "comm_close": {"comm_id": str},
+}
+
+RED = "\x1b[0;31m"
+BOLD = "\x1b[1m"
+RESET = "\x1b[0m"
+
+
+def _env_default(name: str, fallback: str = "") -> str:
+    return os.environ.get(name, fallback)
+
+
+class ExecuteStage:
+    """Runs the cell in the child and waits for its reply and its last output."""
+
+    name = "execute"
+    always = False
+
+    def __init__(self, kernel: IronCageKernel) -> None:
+        self.kernel = kernel
+
+    async def run(self, cell: CellRequest) -> None:
+        await self.kernel.execute_in_child(cell)
+
+
+class IronCageKernel(Kernel):
+    implementation = "ironcage"
+    implementation_version = __version__
+    banner = (
+        f"Iron Cage Python {__version__}: cells are screened, decided by policy and run in an "
+        "isolated child kernel. Type %ironcage? for help."
+    )
+    language_info = {
+        "name": "python",
+        "version": sys.version.split()[0],
+        "mimetype": "text/x-python",
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "pygments_lexer": "ipython3",
+        "nbconvert_exporter": "python",
+        "file_extension": ".py",
+    }
+    help_links = [{"text": "Iron Cage Python", "url": "https://pypi.org/project/ironcage-jupyter/"}]
+
+    # -- configuration -------------------------------------------------------------------------
+    workspace = Unicode(
+        help="The directory cells may write (env IRONCAGE_WORKSPACE). Default: the directory the "
+        "kernel was started in, which Jupyter sets to the notebook's directory."
+    ).tag(config=True)
+
+    @default("workspace")
+    def _workspace_default(self) -> str:
+        return _env_default("IRONCAGE_WORKSPACE") or os.getcwd()
+
+    policy = Unicode(
+        help="Name of a built-in policy (default, strict, observe) or path of a policy YAML file "
+        "(env IRONCAGE_POLICY)."
+    ).tag(config=True)
+
+    @default("policy")
+    def _policy_default(self) -> str:
+        return _env_default("IRONCAGE_POLICY", "default")
+
+    audit_dir = Unicode(
+        help="Directory of the DuckDB audit store (env IRONCAGE_AUDIT_DIR). Default: "
+        "<jupyter data dir>/ironcage/audit."
+    ).tag(config=True)
+
+    @default("audit_dir")
+    def _audit_dir_default(self) -> str:
+        env = _env_default("IRONCAGE_AUDIT_DIR")
+        if env:
+            return env
+        from jupyter_core.paths import jupyter_data_dir
+
+        return str(Path(jupyter_data_dir()) / "ironcage" / "audit")
+
+    secrets_file = Unicode(
+        help="TOML file of secrets the credential broker may hand out (env IRONCAGE_SECRETS_FILE). "
+        "Refused unless mode 0600 and owned by the user."
+    ).tag(config=True)
+
+    @default("secrets_file")
+    def _secrets_file_default(self) -> str:
+        return _env_default("IRONCAGE_SECRETS_FILE")
+
+    cell_timeout = Float(
+        0.0,
+        help="Wall-clock limit of a cell in seconds, enforced by the wrapper's watchdog "
+        "(0: take it from the policy's limits, or no limit without a policy).",
+    ).tag(config=True)
+
+    interrupt_grace = Float(
+        5.0,
+        help="Seconds a cell gets to stop after the watchdog interrupts it, before the child is killed.",
+    ).tag(config=True)
+
+    request_timeout = Float(
+        30.0,
+        help="Seconds to wait for the child's answer to completion, inspection, history and similar "
+        "requests before replying with an error.",
+    ).tag(config=True)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for msg_type in ("comm_open", "comm_msg", "comm_close"):
+            self.shell_handlers[msg_type] = getattr(self, msg_type)
+        for msg_type, handler in list(self.shell_handlers.items()):
+            self.shell_handlers[msg_type] = self._guarded(msg_type, handler)
+        self.session_started = time.time()
+        self.child = ChildKernel(workspace=Path(self.workspace), parent=self)
+        self.child.on_exit = self._on_child_exit
+        self.relay = Relay(
+            publish=self._publish_from_child,
+            on_input_request=self._forward_input_request,
+        )
+        self.relay.screen = self._screen_output
+        self._child_ready: asyncio.Future[None] | None = None
+        self._child_error: str | None = None
+        self._restarts = 0
+        self._current_cell: CellRequest | None = None
+        self._stdin_waiter: asyncio.Future[dict[str, Any]] | None = None
+        self._wrapper_comms: dict[str, str] = {}
+        self._shutting_down = False
+        self._main_loop: asyncio.AbstractEventLoop | None = None
+        self.pipeline = Pipeline(self._build_stages())
+        atexit.register(self.child.kill_now_sync)
+
+    def _guarded(self, msg_type: str, handler: Any) -> Any:
+        """Every request gets a reply: malformed content or an internal error yields an error reply."""
+        required = REQUIRED_FIELDS.get(msg_type, {})
+
+        async def guarded(stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+            content = parent.get("content")
+            problem = None
+            if not isinstance(content, dict):
+                problem = "content is not an object"
+            else:
+                for key, kind in required.items():
+                    if not isinstance(content.get(key), kind):
+                        problem = f"field {key!r} is missing or not of type {kind.__name__}"
+                        break
+            if problem is None:
+                try:
+                    await handler(stream, ident, parent)
+                    return
+                except Exception as exc:
+                    self.log.error("error handling %s", msg_type, exc_info=True)
+                    problem = f"internal error: {exc!r}"
+            if msg_type.startswith("comm_"):
+                return  # comm messages have no reply in the protocol
+            reply_type = msg_type.replace("_request", "_reply")
+            self.session.send(
+                stream,
+                reply_type,
+                {"status": "error", "ename": "MalformedMessage" if "internal" not in problem else "IronCageError",
+                 "evalue": f"{msg_type}: {problem}", "traceback": []},
+                parent,
+                ident,
+            )
+
+        return guarded
+
+    def _build_stages(self) -> list[Stage]:
+        """The ordered per-cell stages. Later components (firewall, policy, credentials, audit)
+        register here; no stage is shipped that pretends to check something."""
+        return [ExecuteStage(self)]
+
+    def start(self) -> None:
+        super().start()
+        self._main_loop = asyncio.get_event_loop()
+        stdin_stream = ZMQStream(self.stdin_socket)
+        stdin_stream.on_recv(self._on_frontend_stdin, copy=False)
+        self._stdin_stream = stdin_stream
+        self.io_loop.add_callback(self._schedule_launch)
+
+    def _schedule_launch(self, *, kill_first: bool = False) -> asyncio.Future[None]:
+        """Start (or replace) the child in the background; the returned future says when it is ready.
+
+        The future is installed at once, so every request arriving meanwhile waits for this one
+        launch instead of starting another.
+        """
+        loop = asyncio.get_event_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        self._child_ready = ready
+        loop.create_task(self._launch_child(ready, kill_first=kill_first))
+        return ready
+
+    async def _launch_child(self, ready: asyncio.Future[None], *, kill_first: bool = False) -> None:
+        try:
+            if kill_first:
+                await self.child.kill()
+            await self.child.start()
+            client = self.child.km.client() if self.child.km else None
+            if client is None:
+                raise RuntimeError("the child kernel manager has no client")
+            client.start_channels(hb=False)
+            self._child_client = client
+            self.relay.attach(client)
+            await self._wait_child_ready()
+            self._child_error = None
+            ready.set_result(None)
+        except Exception as exc:
+            self.log.error("could not start the child kernel", exc_info=True)
+            self._child_error = f"the isolated child kernel could not start: {exc}"
+            ready.set_exception(RuntimeError(self._child_error))
+            ready.exception()
+            await self.child.kill()
+
+    async def _wait_child_ready(self) -> None:
+        """kernel_info until the child answers on shell and its iopub is subscribed."""
+        deadline = time.monotonic() + self.child.startup_timeout
+        while time.monotonic() < deadline:
+            if not self.child.alive:
+                raise ChildDied(f"the child kernel exited during start (status {self.child.exit_status})")
+            route = Route(kind="kernel_info", parent=None, forward_outputs=False)
+            self.relay.send("shell", "kernel_info_request", {}, route)
+            done, _ = await asyncio.wait({route.reply, route.idle}, timeout=1.0)
+            if route.reply.done() and route.idle.done():
+                route.reply.result()
+                return
+        raise TimeoutError(f"the child kernel did not answer within {self.child.startup_timeout:.0f}s")
+
+    async def ensure_child(self) -> None:
+        """Wait for the child to be ready; raise with the reason when it cannot be."""
+        ready = self._child_ready
+        if ready is None:
+            ready = self._schedule_launch()
+        await asyncio.shield(ready)
+
+    async def restart_child(self) -> None:
+        self.relay.detach(ChildDied("the child kernel is being restarted"))
+        self._restarts += 1
+        await asyncio.shield(self._schedule_launch(kill_first=True))
+
+    def _on_child_exit(self, child: ChildKernel, status: int | None) -> None:
+        if self._shutting_down:
+            return
+        ready = self._child_ready
+        if ready is not None and not ready.done():
+            # Died while starting: the launch fails and says why; no relaunch loop.
+            self.relay.detach(ChildDied(f"the child kernel exited during start (status {status})"))
+            return
+        self.log.warning("the child kernel exited with status %s", status)
+        self.relay.detach(ChildDied(f"the child kernel died (exit status {status})"))
+        # A fresh child, so the next cell runs.
+        self._restarts += 1
+        self._schedule_launch(kill_first=True)
+
+    # -- kernel_info -----------------------------------------------------------------------------
+    @property
+    def kernel_info(self) -> dict[str, Any]:
+        info = dict(super().kernel_info)
+        # A forwarded debugger would run code outside the policy engine; subshells would bypass
+        # the one-cell-at-a-time pipeline. Advertise neither.
+        info["supported_features"] = []
+        return info
+
+    # -- publishing ------------------------------------------------------------------------------
+    def _publish_from_child(
+        self,
+        msg_type: str,
+        content: dict[str, Any],
+        parent: dict[str, Any] | None,
+        metadata: dict[str, Any],
+        buffers: list[Any],
+    ) -> None:
+        self.session.send(
+            self.iopub_socket,
+            msg_type,
+            content,
+            parent=parent,
+            metadata=metadata,
+            buffers=buffers or None,
+            ident=self._topic(msg_type),
+        )
+
+    def _screen_output(self, msg_type: str, content: dict[str, Any], route: Route) -> dict[str, Any] | None:
+        """The output firewall's hook on every child message (see the outputs package)."""
+        return content
+
+    def publish_error(self, block: Block, parent: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Show a refusal or fault as a proper error in the cell; returns the reply content."""
+        lines = [f"{RED}{BOLD}{block.ename}{RESET}: {block.evalue}"]
+        if block.rule:
+            lines.append(f"  rule:   {block.rule}")
+        if block.reason:
+            lines.append(f"  reason: {block.reason}")
+        lines.extend(block.details)
+        content = {"ename": block.ename, "evalue": block.evalue, "traceback": lines}
+        self.session.send(
+            self.iopub_socket,
+            "error",
+            content,
+            parent=parent or self.get_parent("shell"),
+            ident=self._topic("error"),
+        )
+        return {"status": "error", "execution_count": self.execution_count, **content}
+
+    def publish_display(self, data: dict[str, Any], parent: dict[str, Any] | None = None) -> None:
+        self.session.send(
+            self.iopub_socket,
+            "display_data",
+            {"data": data, "metadata": {}, "transient": {}},
+            parent=parent or self.get_parent("shell"),
+            ident=self._topic("display_data"),
+        )
+
+    # -- execute ---------------------------------------------------------------------------------
+    async def do_execute(  # type: ignore[override]
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool = True,
+        user_expressions: dict[str, Any] | None = None,
+        allow_stdin: bool = False,
+        *,
+        cell_meta: dict[str, Any] | None = None,
+        cell_id: str | None = None,
+    ) -> dict[str, Any]:
+        try:
+            if is_ironcage_magic(code):
+                return await self._run_magic(code, silent)
+            cell = CellRequest(
+                code=code,
+                silent=silent,
+                store_history=store_history,
+                user_expressions=user_expressions or {},
+                allow_stdin=allow_stdin,
+                cell_id=cell_id,
+                metadata=cell_meta or {},
+                execution_count=self.execution_count,
+            )
+            self._current_cell = cell
+            try:
+                await self.pipeline.run(cell)
+            finally:
+                self._current_cell = None
+            if cell.block is not None:
+                return self.publish_error(cell.block)
+            assert cell.reply is not None
+            return cell.reply
+        except Exception as exc:
+            # The wrapper never dies because of a cell: any internal error becomes an error reply.
+            self.log.error("internal error while executing a cell", exc_info=True)
+            return self.publish_error(
+                Block(
+                    ename="IronCageError",
+                    evalue=f"internal error in the Iron Cage wrapper; the cell was not completed: {exc!r}",
+                    details=traceback.format_exception_only(type(exc), exc),
+                )
+            )
+
+    def cell_timeout_seconds(self) -> float | None:
+        return self.cell_timeout or None
+
+    async def execute_in_child(self, cell: CellRequest) -> None:
+        try:
+            await self.ensure_child()
+        except Exception as exc:
+            cell.block = Block(
+                ename="IronCageUnavailable",
+                evalue=str(exc) or self._child_error or "the child kernel is not available",
+                reason="no cell runs without a working isolated child kernel",
+            )
+            return
+        route = Route(
+            kind="execute",
+            parent=self.get_parent("shell"),
+            ident=self._parent_ident["shell"],
+            execution_count=cell.execution_count,
+        )
+        cell.notes["route"] = route
+        self.relay.last_route = route
+        self.relay.send(
+            "shell",
+            "execute_request",
+            {
+                "code": cell.code,
+                "silent": cell.silent,
+                "store_history": cell.store_history,
+                "user_expressions": cell.user_expressions,
+                "allow_stdin": cell.allow_stdin,
+                # The wrapper aborts the frontend's queue itself; a child aborting would race
+                # with the next cell the wrapper forwards.
+                "stop_on_error": False,
+            },
+            route,
+            metadata=cell.metadata,
+        )
+        timeout = self.cell_timeout_seconds()
+        try:
+            await asyncio.wait({route.reply, route.idle}, timeout=timeout)
+            if not (route.reply.done() and route.idle.done()):
+                await self._cell_timed_out(cell, route, timeout)
+                return
+            reply = route.reply.result()
+            route.idle.result()
+        except ChildDied as exc:
+            cell.block = Block(
+                ename="KernelStateLost",
+                evalue=f"{exc}; the kernel's state was lost. A fresh kernel has been started: "
+                "re-run the cells this one depends on.",
+                reason="child kernel died mid-cell",
+            )
+            return
+        content = dict(reply["content"])
+        content["execution_count"] = cell.execution_count
+        cell.reply = content
+
+    async def _cell_timed_out(self, cell: CellRequest, route: Route, timeout: float | None) -> None:
+        """Watchdog: interrupt, then kill and restart if the cell does not stop."""
+        await self._interrupt_child()
+        await asyncio.wait({route.reply, route.idle}, timeout=self.interrupt_grace)
+        if route.reply.done() and route.idle.done() and not route.reply.exception():
+            cell.block = Block(
+                ename="CellTimeout",
+                evalue=f"the cell ran longer than its limit of {timeout:g}s and was interrupted",
+                rule="limits.cell_timeout_s",
+                reason="wall-clock watchdog",
+            )
+            return
+        await self.restart_child()
+        cell.block = Block(
+            ename="CellTimeout",
+            evalue=f"the cell ran longer than its limit of {timeout:g}s and did not stop when "
+            "interrupted; the kernel was restarted and its state lost",
+            rule="limits.cell_timeout_s",
+            reason="wall-clock watchdog killed the child kernel",
+        )
+
+    # -- stdin -----------------------------------------------------------------------------------
+    def _on_frontend_stdin(self, frames: list[Any]) -> None:
+        try:
+            _idents, frames = self.session.feed_identities(frames, copy=False)
+            msg = self.session.deserialize(frames, content=True, copy=False)
+        except Exception:
+            self.log.warning("malformed message on stdin", exc_info=True)
+            return
+        waiter = self._stdin_waiter
+        if msg["header"].get("msg_type") == "input_reply" and waiter is not None and not waiter.done():
+            waiter.set_result(msg["content"])
+
+    async def ask_frontend(self, prompt: str, *, password: bool = False, route: Route | None = None) -> str:
+        """Send input_request to the frontend and wait for its input_reply."""
+        parent = route.parent if route is not None else self.get_parent("shell")
+        ident = route.ident if route is not None else self._parent_ident["shell"]
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._stdin_waiter = waiter
+        try:
+            self.session.send(
+                self.stdin_socket,
+                "input_request",
+                {"prompt": prompt, "password": password},
+                parent=parent,
+                ident=ident,
+            )
+            reply = await waiter
+        finally:
+            if self._stdin_waiter is waiter:
+                self._stdin_waiter = None
+        value = reply.get("value", "")
+        return value if isinstance(value, str) else ""
+
+    async def _forward_input_request(self, route: Route, msg: dict[str, Any]) -> None:
+        content = msg["content"]
+        try:
+            value = await self.ask_frontend(
+                str(content.get("prompt", "")), password=bool(content.get("password")), route=route
+            )
+        except asyncio.CancelledError:
+            value = ""
+        self.relay.send_reply_to_child("input_reply", {"value": value}, msg["header"])
+
+    # -- requests answered by the child --------------------------------------------------------------
+    async def _ask_child(self, msg_type: str, content: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            await self.ensure_child()
+        except Exception:
+            return None
+        route = Route(kind=msg_type, parent=self.get_parent("shell"), forward_outputs=False)
+        self.relay.send("shell", msg_type, content, route, wait_idle=False)
+        try:
+            done, _ = await asyncio.wait({route.reply}, timeout=self.request_timeout)
+            if not done:
+                return None
+            return dict(route.reply.result()["content"])
+        except ChildDied:
+            return None
+
+    async def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:  # type: ignore[override]
+        reply = await self._ask_child("complete_request", {"code": code, "cursor_pos": cursor_pos})
+        if reply is None:
+            return {"status": "ok", "matches": [], "cursor_start": cursor_pos, "cursor_end": cursor_pos,
+                    "metadata": {}}
+        return reply
+
+    async def do_inspect(  # type: ignore[override]
+        self, code: str, cursor_pos: int, detail_level: int = 0, omit_sections: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        reply = await self._ask_child(
+            "inspect_request", {"code": code, "cursor_pos": cursor_pos, "detail_level": detail_level}
+        )
+        if reply is None:
+            return {"status": "ok", "found": False, "data": {}, "metadata": {}}
+        content = reply
+        if content.get("data"):
+            screened = self._screen_output("display_data", {"data": content["data"], "metadata": {}},
+                                           Route(kind="inspect", parent=None, forward_outputs=False))
+            content["data"] = (screened or {}).get("data", {})
+        return content
+
+    async def do_is_complete(self, code: str) -> dict[str, Any]:  # type: ignore[override]
+        reply = await self._ask_child("is_complete_request", {"code": code})
+        return reply if reply is not None else {"status": "unknown"}
+
+    async def do_history(  # type: ignore[override]
+        self,
+        hist_access_type: str,
+        output: bool,
+        raw: bool,
+        session: int | None = None,
+        start: int | None = None,
+        stop: int | None = None,
+        n: int | None = None,
+        pattern: str | None = None,
+        unique: bool = False,
+    ) -> dict[str, Any]:
+        content: dict[str, Any] = {"hist_access_type": hist_access_type, "output": output, "raw": raw,
+                                   "unique": unique}
+        for key, value in (("session", session), ("start", start), ("stop", stop), ("n", n),
+                           ("pattern", pattern)):
+            if value is not None:
+                content[key] = value
+        reply = await self._ask_child("history_request", content)
+        if reply is None:
+            return {"status": "ok", "history": []}
+        return reply
+
+    # -- comms -----------------------------------------------------------------------------------
+    async def comm_open(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        content = parent["content"]
+        if content.get("target_name") in WRAPPER_COMM_TARGETS:
+            self._wrapper_comms[content.get("comm_id", "")] = content["target_name"]
+            await self.on_wrapper_comm("open", content)
+            return
+        await self._forward_comm(parent)
+
+    async def comm_msg(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        content = parent["content"]
+        if content.get("comm_id") in self._wrapper_comms:
+            await self.on_wrapper_comm("msg", content)
+            return
+        await self._forward_comm(parent)
+
+    async def comm_close(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        content = parent["content"]
+        if content.get("comm_id") in self._wrapper_comms:
+            self._wrapper_comms.pop(content.get("comm_id", ""), None)
+            await self.on_wrapper_comm("close", content)
+            return
+        await self._forward_comm(parent)
+
+    async def _forward_comm(self, parent: dict[str, Any]) -> None:
+        """Comm traffic from the frontend (widgets) goes to the child; its answers come back on iopub."""
+        try:
+            await self.ensure_child()
+        except Exception:
+            return
+        route = Route(kind="comm", parent=parent)
+        self.relay.last_route = route if self._current_cell is None else self.relay.last_route
+        self.relay.send(
+            "shell",
+            parent["header"]["msg_type"],
+            parent["content"],
+            route,
+            metadata=parent.get("metadata") or {},
+            buffers=parent.get("buffers") or None,
+            wait_idle=False,
+        )
+        # Comm messages get no reply; the route only carries the child's iopub answers.
+        route.reply.set_result({})
+
+    async def on_wrapper_comm(self, event: str, content: dict[str, Any]) -> None:
+        """Comms the wrapper itself answers (the lab extension, tool calls from agents)."""
+
+    def send_comm_msg(self, comm_id: str, data: dict[str, Any], parent: dict[str, Any] | None = None) -> None:
+        self.session.send(
+            self.iopub_socket,
+            "comm_msg",
+            {"comm_id": comm_id, "data": data},
+            parent=parent or self.get_parent("shell"),
+            ident=self._topic("comm_msg"),
+        )
+
+    async def comm_info_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        target_name = parent["content"].get("target_name")
+        reply = await self._ask_child("comm_info_request", dict(parent["content"]))
+        comms = dict((reply or {}).get("comms", {}))
+        for comm_id, target in self._wrapper_comms.items():
+            if target_name is None or target == target_name:
+                comms[comm_id] = {"target_name": target}
+        self.session.send(stream, "comm_info_reply", {"status": "ok", "comms": comms}, parent, ident)
+
+    # -- control: interrupt, shutdown, unsupported ----------------------------------------------------
+    def _on_main_loop(self, coro: Any) -> asyncio.Future[Any]:
+        """Control requests arrive on the control thread; the child belongs to the main loop."""
+        assert self._main_loop is not None
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._main_loop))
+
+    async def _interrupt_child(self) -> None:
+        waiter = self._stdin_waiter
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+        if self.child.alive and self.relay.sockets:
+            route = Route(kind="interrupt", parent=None, forward_outputs=False)
+            self.relay.send("control", "interrupt_request", {}, route, wait_idle=False)
+            await asyncio.wait({route.reply}, timeout=self.interrupt_grace)
+
+    async def interrupt_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        content: dict[str, Any] = {"status": "ok"}
+        try:
+            await self._on_main_loop(self._interrupt_child())
+        except Exception as exc:
+            content = {"status": "error", "ename": type(exc).__name__, "evalue": str(exc), "traceback": []}
+        self.session.send(stream, "interrupt_reply", content, parent, ident=ident)
+
+    async def _shutdown_child(self) -> None:
+        self._shutting_down = True
+        self.relay.detach(ChildDied("the kernel is shutting down"))
+        await self.child.stop()
+
+    async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
+        try:
+            await self._on_main_loop(self._shutdown_child())
+        except Exception:
+            self.log.error("error while stopping the child kernel", exc_info=True)
+            self.child.kill_now_sync()
+        return {"status": "ok", "restart": restart}
+
+    async def debug_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        self.session.send(
+            stream,
+            "debug_reply",
+            {"status": "error", "ename": "NotSupported",
+             "evalue": "debugging is not available in Iron Cage: it would run code outside the policy"},
+            parent,
+            ident,
+        )
+
+    async def create_subshell_request(self, socket: Any, ident: Any, parent: dict[str, Any]) -> None:
+        self._refuse_subshells(socket, ident, parent, "create_subshell_reply")
+
+    async def delete_subshell_request(self, socket: Any, ident: Any, parent: dict[str, Any]) -> None:
+        self._refuse_subshells(socket, ident, parent, "delete_subshell_reply")
+
+    async def list_subshell_request(self, socket: Any, ident: Any, parent: dict[str, Any]) -> None:
+        self._refuse_subshells(socket, ident, parent, "list_subshell_reply")
+
+    def _refuse_subshells(self, socket: Any, ident: Any, parent: dict[str, Any], reply_type: str) -> None:
+        self.session.send(
+            socket,
+            reply_type,
+            {"status": "error", "ename": "NotSupported", "evalue": "Iron Cage runs one cell at a time"},
+            parent,
+            ident,
+        )
+
+    # -- %ironcage magics ------------------------------------------------------------------------
+    async def _run_magic(self, code: str, silent: bool) -> dict[str, Any]:
+        result: MagicResult = await run_magic(self, code)
+        if result.error is not None:
+            return self.publish_error(
+                Block(ename=result.error_name or "UsageError", evalue=result.error, details=result.details)
+            )
+        if not silent and result.data:
+            self.publish_display(result.data)
+        return {"status": "ok", "execution_count": self.execution_count, "payload": [],
+                "user_expressions": {}}
+
+    # -- status ----------------------------------------------------------------------------------
+    def status_info(self) -> dict[str, Any]:
+        child = self.child
+        ready = self._child_ready
+        if ready is None or not ready.done():
+            state = "starting"
+        elif ready.exception() is not None:
+            state = f"unavailable: {self._child_error}"
+        else:
+            state = "running"
+        return {
+            "version": __version__,
+            "wrapper_pid": os.getpid(),
+            "child_pid": child.pid,
+            "child_state": state,
+            "transport": "ipc",
+            "runtime_dir": str(child.runtime_dir) if child.runtime_dir else None,
+            "workspace": str(Path(self.workspace)),
+            "restarts": self._restarts,
+            "pipeline": self.pipeline.names,
+            "cell_timeout_s": self.cell_timeout_seconds(),
+        }
+
+
+def main() -> None:
+    from ipykernel.kernelapp import IPKernelApp
+
+    IPKernelApp.launch_instance(kernel_class=IronCageKernel)

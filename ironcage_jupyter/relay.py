@@ -1,0 +1,223 @@
+"""Event-driven relay between the wrapper and its child kernel.
+
+One reader task per child channel awaits the next message (no sleeps, no polling with timeouts).
+Every message the child sends is routed by its parent header to the wrapper-side request it belongs
+to, re-parented under the frontend's request, screened, and published. The child's ``status`` and
+``execute_input`` are never forwarded: the wrapper publishes its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+from jupyter_client.session import Session
+
+log = logging.getLogger("ironcage.relay")
+
+#: A screen for child messages: returns the content to publish, or None to withhold it.
+OutputScreen = Callable[[str, dict[str, Any], "Route"], "dict[str, Any] | None"]
+
+
+@dataclass(eq=False)
+class Route:
+    """Where the child's messages for one request go on the wrapper side."""
+
+    kind: str
+    parent: dict[str, Any] | None
+    ident: list[bytes] | None = None
+    execution_count: int | None = None
+    forward_outputs: bool = True
+    reply: asyncio.Future[dict[str, Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    idle: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    output_bytes: int = 0
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def fail(self, exc: BaseException) -> None:
+        for fut in (self.reply, self.idle):
+            if not fut.done():
+                fut.set_exception(exc)
+                # Retrieved here so an unawaited failure never becomes an "exception never retrieved" warning.
+                fut.exception()
+
+    async def done(self) -> dict[str, Any]:
+        """The child's reply, once its iopub idle has also arrived (so every output was relayed)."""
+        await asyncio.gather(self.reply, self.idle)
+        return self.reply.result()
+
+
+class Relay:
+    """Holds the child's sockets and routes its messages to the wrapper's sockets."""
+
+    #: How many finished requests keep their route, so late output from threads still finds its cell.
+    ROUTE_MEMORY = 256
+
+    def __init__(
+        self,
+        *,
+        publish: Callable[[str, dict[str, Any], dict[str, Any] | None, dict[str, Any], list[Any]], None],
+        on_input_request: Callable[[Route, dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        self.session: Session = Session()
+        self.publish = publish
+        self.on_input_request = on_input_request
+        self.screen: OutputScreen | None = None
+        self.routes: OrderedDict[str, Route] = OrderedDict()
+        self.pending: set[Route] = set()
+        self.last_route: Route | None = None
+        self.sockets: dict[str, zmq.asyncio.Socket] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- connection ----------------------------------------------------------------------------
+    def attach(self, client: Any) -> None:
+        """Take the channels of a started AsyncKernelClient and start one reader per channel."""
+        # The child has its own HMAC key: its messages are signed and read with the child's session.
+        self.session = client.session
+        self.sockets = {
+            "shell": client.shell_channel.socket,
+            "iopub": client.iopub_channel.socket,
+            "stdin": client.stdin_channel.socket,
+            "control": client.control_channel.socket,
+        }
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._read(name, handler), name=f"ironcage-relay-{name}")
+            for name, handler in (
+                ("shell", self._on_reply),
+                ("control", self._on_reply),
+                ("iopub", self._on_iopub),
+                ("stdin", self._on_stdin),
+            )
+        ]
+
+    def detach(self, reason: BaseException) -> None:
+        """Stop reading and fail every request still waiting on the child."""
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+        self.sockets = {}
+        for route in list(self.pending):
+            route.fail(reason)
+        self.pending.clear()
+
+    async def _read(self, name: str, handler: Callable[[dict[str, Any]], Any]) -> None:
+        socket = self.sockets[name]
+        session = self.session
+        while True:
+            try:
+                frames = await socket.recv_multipart(copy=False)
+            except asyncio.CancelledError:
+                raise
+            except zmq.ZMQError:
+                log.debug("child %s socket closed", name)
+                return
+            try:
+                _idents, frames = session.feed_identities(frames, copy=False)
+                msg = session.deserialize(frames, content=True, copy=False)
+            except Exception:
+                # The child is untrusted: a malformed or badly signed message is dropped, never fatal.
+                log.warning("dropped a malformed message from the child on %s", name, exc_info=True)
+                continue
+            try:
+                result = handler(msg)
+                if asyncio.iscoroutine(result):
+                    await result
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.error("error relaying a %s message from the child", name, exc_info=True)
+
+    # -- sending -------------------------------------------------------------------------------
+    def send(
+        self,
+        channel: str,
+        msg_type: str,
+        content: dict[str, Any],
+        route: Route,
+        *,
+        metadata: dict[str, Any] | None = None,
+        buffers: list[Any] | None = None,
+        wait_idle: bool = True,
+    ) -> Route:
+        socket = self.sockets.get(channel)
+        if socket is None:
+            route.fail(ConnectionError("the child kernel is not running"))
+            return route
+        msg = self.session.msg(msg_type, content, metadata=metadata)
+        msg_id = msg["header"]["msg_id"]
+        self.routes[msg_id] = route
+        if len(self.routes) > self.ROUTE_MEMORY:
+            self.routes.popitem(last=False)
+        if not wait_idle:
+            route.idle.set_result(True)
+        self.pending.add(route)
+        route.reply.add_done_callback(lambda _f: self._settle(route))
+        route.idle.add_done_callback(lambda _f: self._settle(route))
+        self.session.send(socket, msg, buffers=buffers)
+        return route
+
+    def send_reply_to_child(self, msg_type: str, content: dict[str, Any], parent: dict[str, Any]) -> None:
+        """Answer the child on its stdin channel (input_reply)."""
+        socket = self.sockets.get("stdin")
+        if socket is not None:
+            self.session.send(socket, msg_type, content, parent=parent)
+
+    def _settle(self, route: Route) -> None:
+        if route.reply.done() and route.idle.done():
+            self.pending.discard(route)
+
+    # -- receiving -----------------------------------------------------------------------------
+    def _route_of(self, msg: dict[str, Any]) -> Route | None:
+        parent_id = (msg.get("parent_header") or {}).get("msg_id")
+        return self.routes.get(parent_id) if parent_id else None
+
+    def _on_reply(self, msg: dict[str, Any]) -> None:
+        route = self._route_of(msg)
+        if route is not None and not route.reply.done():
+            route.reply.set_result(msg)
+
+    def _on_iopub(self, msg: dict[str, Any]) -> None:
+        msg_type = msg["header"].get("msg_type")
+        route = self._route_of(msg)
+        if msg_type == "status":
+            if route is not None and msg["content"].get("execution_state") == "idle":
+                if not route.idle.done():
+                    route.idle.set_result(True)
+            return
+        if msg_type == "execute_input":
+            return
+        if route is None:
+            # Output with no known parent (a thread printing after its cell ended, a widget
+            # update): it belongs to the most recent request, as in a plain kernel.
+            route = self.last_route
+            if route is None:
+                return
+        if not route.forward_outputs:
+            return
+        content = msg["content"]
+        if not isinstance(content, dict):
+            return
+        if msg_type == "execute_result" and route.execution_count is not None:
+            content["execution_count"] = route.execution_count
+        screen = self.screen
+        if screen is not None:
+            screened = screen(msg_type, content, route)
+            if screened is None:
+                return
+            content = screened
+        self.publish(msg_type, content, route.parent, msg.get("metadata") or {}, msg.get("buffers") or [])
+
+    async def _on_stdin(self, msg: dict[str, Any]) -> None:
+        if msg["header"].get("msg_type") != "input_request":
+            return
+        route = self._route_of(msg)
+        if route is None:
+            # Nobody to ask: answer empty so the child never waits forever.
+            self.send_reply_to_child("input_reply", {"value": ""}, msg["header"])
+            return
+        await self.on_input_request(route, msg)

@@ -1,0 +1,34 @@
+"""Shared fixtures: the ironcage kernelspec installed into a private Jupyter path, pointing at this tree."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ironcage_jupyter_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A JUPYTER_PATH holding the ironcage kernelspec for this source tree; set for the whole run so
+    every real client (KernelManager, nbclient, jupyter run, jupyter_kernel_test) finds it."""
+    from ironcage_jupyter.kernelspec import write_kernel_spec
+
+    root = tmp_path_factory.mktemp("jupyter")
+    env = {"PYTHONPATH": str(REPO)}
+    write_kernel_spec(root / "kernels" / "ironcage", python=sys.executable, env=env)
+    saved = {k: os.environ.get(k) for k in ("JUPYTER_PATH", "PYTHONPATH", "JUPYTER_RUNTIME_DIR")}
+    os.environ["JUPYTER_PATH"] = str(root)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), saved["PYTHONPATH"]) if p)
+    runtime = tmp_path_factory.mktemp("runtime")
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(runtime)
+    yield root
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
