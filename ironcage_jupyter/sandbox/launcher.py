@@ -401,23 +401,31 @@ def _child_env(
         # --die-with-parent does that job instead.
         out.pop("JPY_PARENT_PID", None)
     out.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    out.update(
-        {
-            "HOME": home,
-            "TMPDIR": tmp,
-            "IPYTHONDIR": f"{tmp}/ipython",
-            "MPLCONFIGDIR": f"{tmp}/matplotlib",
-            "XDG_CACHE_HOME": f"{tmp}/cache",
-            "XDG_CONFIG_HOME": f"{tmp}/config",
-            "XDG_DATA_HOME": f"{tmp}/data",
-            "XDG_RUNTIME_DIR": f"{tmp}/runtime",
-            "JUPYTER_CONFIG_DIR": f"{tmp}/jupyter-config",
-            "JUPYTER_DATA_DIR": f"{tmp}/jupyter-data",
-            "JUPYTER_RUNTIME_DIR": f"{tmp}/jupyter-runtime",
-            "PYTHONNOUSERSITE": "1",
-            "IRONCAGE_SANDBOX": spec.sandbox_name,  # names this sandbox's processes (cleanup, tests)
-        }
-    )
+    private = {
+        # Under bubblewrap the real home path is a private tmpfs; without it home is not readable.
+        "HOME": home if tmp == "/tmp" else f"{tmp}/home",
+        "IPYTHONDIR": f"{tmp}/ipython",
+        "MPLCONFIGDIR": f"{tmp}/matplotlib",
+        "XDG_CACHE_HOME": f"{tmp}/cache",
+        "XDG_CONFIG_HOME": f"{tmp}/config",
+        "XDG_DATA_HOME": f"{tmp}/data",
+        "XDG_RUNTIME_DIR": f"{tmp}/runtime",
+        "JUPYTER_CONFIG_DIR": f"{tmp}/jupyter-config",
+        "JUPYTER_DATA_DIR": f"{tmp}/jupyter-data",
+        "JUPYTER_RUNTIME_DIR": f"{tmp}/jupyter-runtime",
+    }
+    writable = (str(spec.socket_dir.resolve()), str(spec.workspace.resolve()))
+    for key, default in private.items():
+        # The caller's choice stands when it points into a tree the child may write (the wrapper
+        # uses <runtime dir>/home); anything else (the user's real dirs) is replaced.
+        value = env.get(key)
+        if value and any(_is_within(os.path.realpath(value), w) for w in writable):
+            out[key] = value
+        else:
+            out[key] = default
+    out["TMPDIR"] = tmp
+    out["PYTHONNOUSERSITE"] = "1"
+    out["IRONCAGE_SANDBOX"] = spec.sandbox_name  # names this sandbox's processes (cleanup, tests)
     return _package_env(out) if "PYTHONPATH" not in out else out
 
 
