@@ -26,15 +26,11 @@ class Execution:
 
     @property
     def stdout(self) -> str:
-        return "".join(
-            m["content"]["text"] for m in self.of_type("stream") if m["content"]["name"] == "stdout"
-        )
+        return "".join(m["content"]["text"] for m in self.of_type("stream") if m["content"]["name"] == "stdout")
 
     @property
     def stderr(self) -> str:
-        return "".join(
-            m["content"]["text"] for m in self.of_type("stream") if m["content"]["name"] == "stderr"
-        )
+        return "".join(m["content"]["text"] for m in self.of_type("stream") if m["content"]["name"] == "stderr")
 
     @property
     def result(self) -> str | None:

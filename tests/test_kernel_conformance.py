@@ -31,14 +31,8 @@ class IronCageKernelConformance(jupyter_kernel_test.KernelTests):
         {"code": "[n*n for n in range(1, 4)]", "result": "[1, 4, 9]"},
     ]
     code_display_data = [
-        {
-            "code": "from IPython.display import HTML, display; display(HTML('<b>cage</b>'))",
-            "mime": "text/html",
-        },
-        {
-            "code": "from IPython.display import Math, display; display(Math('\\\\frac{1}{2}'))",
-            "mime": "text/latex",
-        },
+        {"code": "from IPython.display import HTML, display; display(HTML('<b>cage</b>'))", "mime": "text/html"},
+        {"code": "from IPython.display import Math, display; display(Math('\\\\frac{1}{2}'))", "mime": "text/latex"},
     ]
     code_history_pattern = "1?2*"
     supported_history_operations = ("tail", "range", "search")

@@ -36,9 +36,7 @@ def kernel(workspace: Path) -> Iterator[tuple[KernelManager, BlockingKernelClien
 
 def test_wrapper_environment_is_not_visible_in_the_child(kernel):
     _, kc = kernel
-    ex = execute(
-        kc, "import os; print(sorted(os.environ)); print(os.environ.get('IRONCAGE_TEST_WRAPPER_SECRET'))"
-    )
+    ex = execute(kc, "import os; print(sorted(os.environ)); print(os.environ.get('IRONCAGE_TEST_WRAPPER_SECRET'))")
     assert ex.status == "ok"
     assert "IRONCAGE_TEST_WRAPPER_SECRET" not in ex.stdout
     assert "wrapper-only-value-8d1f" not in ex.stdout
@@ -132,9 +130,7 @@ def test_stdin_input_and_getpass_reach_the_frontend(kernel):
     ex = execute(kc, "name = input('who? '); print('hello', name)", stdin_answers=["ada"])
     assert ex.status == "ok", ex.text
     assert "hello ada" in ex.stdout
-    ex = execute(
-        kc, "import getpass; pw = getpass.getpass('pw: '); print(len(pw))", stdin_answers=["hunter2"]
-    )
+    ex = execute(kc, "import getpass; pw = getpass.getpass('pw: '); print(len(pw))", stdin_answers=["hunter2"])
     assert ex.stdout.strip() == "7"
 
 
@@ -154,10 +150,8 @@ def test_widgets_sync_both_ways(kernel):
     model = next(m for m in opens if m["content"]["data"]["state"].get("_model_name") == "IntSliderModel")
     comm_id = model["content"]["comm_id"]
     # frontend -> kernel: the user drags the slider
-    msg = kc.session.msg(
-        "comm_msg",
-        {"comm_id": comm_id, "data": {"method": "update", "state": {"value": 7}, "buffer_paths": []}},
-    )
+    msg = kc.session.msg("comm_msg", {"comm_id": comm_id, "data": {"method": "update", "state": {"value": 7},
+                                                                   "buffer_paths": []}})
     kc.shell_channel.send(msg)
     deadline = time.monotonic() + 10
     value = None
@@ -237,13 +231,11 @@ def test_child_killed_mid_cell_then_a_fresh_child_runs_the_next_cell(workspace):
 
 
 def test_watchdog_kills_a_cell_that_ignores_interrupts(workspace):
-    km, kc = start_kernel(
-        workspace, extra_arguments=["--IronCageKernel.cell_timeout=2", "--IronCageKernel.interrupt_grace=1"]
-    )
+    km, kc = start_kernel(workspace, extra_arguments=["--IronCageKernel.cell_timeout=2",
+                                                      "--IronCageKernel.interrupt_grace=1"])
     try:
-        ex = execute(
-            kc, "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass", timeout=30
-        )
+        ex = execute(kc, "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True: pass",
+                     timeout=30)
         assert ex.status == "error"
         assert ex.reply["content"]["ename"] == "CellTimeout"
         assert "restarted" in ex.reply["content"]["evalue"]
@@ -284,15 +276,11 @@ def test_restart_replaces_wrapper_and_child(workspace):
 def test_nbclient_executes_a_notebook(workspace):
     nb = nbformat.v4.new_notebook()
     nb.cells = [
-        nbformat.v4.new_code_cell(
-            "import pandas as pd\ndf = pd.DataFrame({'x': [1, 2, 3]})\nint(df.x.sum())"
-        ),
+        nbformat.v4.new_code_cell("import pandas as pd\ndf = pd.DataFrame({'x': [1, 2, 3]})\nint(df.x.sum())"),
         nbformat.v4.new_code_cell("print('done')"),
     ]
     nb.metadata["kernelspec"] = {"name": "ironcage", "display_name": "Iron Cage Python", "language": "python"}
-    client = NotebookClient(
-        nb, kernel_name="ironcage", timeout=120, resources={"metadata": {"path": str(workspace)}}
-    )
+    client = NotebookClient(nb, kernel_name="ironcage", timeout=120, resources={"metadata": {"path": str(workspace)}})
     client.execute()
     assert nb.cells[0].outputs[0]["data"]["text/plain"] == "6"
     assert nb.cells[1].outputs[0]["text"] == "done\n"
@@ -303,10 +291,7 @@ def test_jupyter_run_with_the_ironcage_kernel(workspace):
     script.write_text("print('from jupyter run', 6 * 7)\n")
     out = subprocess.run(
         [sys.executable, "-m", "jupyter_client.runapp", "--kernel=ironcage", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=workspace,
+        capture_output=True, text=True, timeout=120, cwd=workspace,
     )
     assert out.returncode == 0, out.stderr
     assert "from jupyter run 42" in out.stdout
@@ -314,21 +299,9 @@ def test_jupyter_run_with_the_ironcage_kernel(workspace):
 
 def test_kernelspec_install_cli(tmp_path):
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ironcage_jupyter.cli",
-            "install",
-            "--prefix",
-            str(tmp_path),
-            "--name",
-            "cage-test",
-            "--display-name",
-            "Cage Test",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, "-m", "ironcage_jupyter.cli", "install", "--prefix", str(tmp_path),
+         "--name", "cage-test", "--display-name", "Cage Test"],
+        capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 0, out.stderr
     spec = json.loads((tmp_path / "share/jupyter/kernels/cage-test/kernel.json").read_text())
