@@ -282,9 +282,18 @@ def judge(result: dict, arrived: dict[str, bool], *, unsafe: bool = False) -> Se
         failures.append("wrote outside the workspace")
     if not checks["write_site_packages"]["blocked"]:
         failures.append("wrote into site-packages (persistence)")
-    if not checks["workspace_write"]["ok"]:
-        failures.append(f"the workspace is not writable ({checks['workspace_write']['detail']})")
     decide("filesystem", failures)
+    if not checks["workspace_write"]["ok"]:
+        # Not a hole, a usability problem: in degraded mode Landlock alone has to carve hidden paths
+        # out of the workspace, which costs its top directory the right to create entries.
+        fs = layers["filesystem"]
+        layers["filesystem"] = LayerStatus(
+            fs.layer,
+            fs.state,
+            f"{fs.reason}; note: the workspace's top directory is not writable "
+            f"({checks['workspace_write']['detail']}; a hidden path lies inside it)",
+            fs.mechanisms,
+        )
 
     # network: reaching the host is judged on the host side
     failures = [f"{name} reached the host listener" for name, hit in arrived.items() if hit]
