@@ -142,8 +142,6 @@ class ChildKernel(LoggingConfigurable):
             "-f",
             "{connection_file}",
             "--IPKernelApp.kernel_class=ipykernel.ipkernel.IPythonKernel",
-            # The child's own history would be a file in its private home; keep it in memory.
-            "--HistoryManager.hist_file=:memory:",
             "--Application.log_level=WARN",
         ]
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ipykernel.kernelbase import Kernel
-from traitlets import Float, Unicode, default
+import zmq
+from traitlets import Float, Int, Unicode, default
 from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
@@ -139,6 +140,15 @@ class IronCageKernel(Kernel):
         "requests before replying with an error.",
     ).tag(config=True)
 
+    # ipykernel sleeps 0.5 ms after every execute as a workaround for lost flushes; the wrapper's
+    # outputs are already relayed in full before its reply, so the sleep is pure latency here.
+    _execute_sleep = Float(0.0).tag(config=True)
+
+    child_output_queue = Int(
+        200_000,
+        help="Messages from the child that may wait for the relay before zmq drops output (0: unbounded).",
+    ).tag(config=True)
+
     # -- lifecycle -----------------------------------------------------------------------------
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -158,6 +168,7 @@ class IronCageKernel(Kernel):
         self._child_error: str | None = None
         self._restarts = 0
         self._current_cell: CellRequest | None = None
+        self._cell_interrupted: asyncio.Future[bool] | None = None
         self._stdin_waiter: asyncio.Future[dict[str, Any]] | None = None
         self._wrapper_comms: dict[str, str] = {}
         self._shutting_down = False
@@ -211,7 +222,8 @@ class IronCageKernel(Kernel):
         stdin_stream = ZMQStream(self.stdin_socket)
         stdin_stream.on_recv(self._on_frontend_stdin, copy=False)
         self._stdin_stream = stdin_stream
-        self.io_loop.add_callback(self._schedule_launch)
+        # The child starts once the frontend's first kernel_info_request is answered (frontends
+        # always send one), so the wrapper's own start is not slowed by the child's.
 
     def _schedule_launch(self, *, kill_first: bool = False) -> asyncio.Future[None]:
         """Start (or replace) the child in the background; the returned future says when it is ready.
@@ -233,6 +245,9 @@ class IronCageKernel(Kernel):
             client = self.child.km.client() if self.child.km else None
             if client is None:
                 raise RuntimeError("the child kernel manager has no client")
+            # A fast child can publish faster than the relay forwards; the default high-water mark
+            # (1,000) would silently drop outputs, so the receive queue is made much deeper.
+            client.context.setsockopt(zmq.RCVHWM, self.child_output_queue)
             client.start_channels(hb=False)
             self._child_client = client
             self.relay.attach(client)
@@ -287,6 +302,11 @@ class IronCageKernel(Kernel):
         self._schedule_launch(kill_first=True)
 
     # -- kernel_info -----------------------------------------------------------------------------
+    async def kernel_info_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        await super().kernel_info_request(stream, ident, parent)
+        if self._child_ready is None:
+            self._schedule_launch()
+
     @property
     def kernel_info(self) -> dict[str, Any]:
         info = dict(super().kernel_info)
@@ -394,8 +414,16 @@ class IronCageKernel(Kernel):
         return self.cell_timeout or None
 
     async def execute_in_child(self, cell: CellRequest) -> None:
+        interrupted = self._cell_interrupted = asyncio.get_running_loop().create_future()
         try:
-            await self.ensure_child()
+            ready = asyncio.ensure_future(self.ensure_child())
+            await asyncio.wait({ready, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+            if not ready.done():
+                # Interrupted while the child was still starting: the cell is never sent.
+                ready.add_done_callback(lambda f: f.exception())
+                cell.block = Block(ename="KeyboardInterrupt", evalue="interrupted before the cell started")
+                return
+            ready.result()
         except Exception as exc:
             cell.block = Block(
                 ename="IronCageUnavailable",
@@ -649,6 +677,9 @@ class IronCageKernel(Kernel):
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._main_loop))
 
     async def _interrupt_child(self) -> None:
+        pending_cell = self._cell_interrupted
+        if pending_cell is not None and not pending_cell.done():
+            pending_cell.set_result(True)
         waiter = self._stdin_waiter
         if waiter is not None and not waiter.done():
             waiter.cancel()
@@ -739,10 +770,31 @@ class IronCageKernel(Kernel):
             "restarts": self._restarts,
             "pipeline": self.pipeline.names,
             "cell_timeout_s": self.cell_timeout_seconds(),
+            "request_timeout_s": self.request_timeout,
         }
 
 
-def main() -> None:
+def make_app_class() -> type:
+    """The kernel application: IPKernelApp that also reads ``jupyter_ironcage_config.{py,json}``."""
     from ipykernel.kernelapp import IPKernelApp
+    from jupyter_core.paths import jupyter_config_path
+    from traitlets.config.application import Application
 
-    IPKernelApp.launch_instance(kernel_class=IronCageKernel)
+    class IronCageKernelApp(IPKernelApp):
+        name = "ironcage-kernel"
+
+        def load_config_file(self, *args: Any, **kwargs: Any) -> None:
+            super().load_config_file(*args, **kwargs)
+            # Jupyter config path order: the first directory has the highest priority.
+            Application.load_config_file(self, "jupyter_ironcage_config", path=jupyter_config_path())
+
+    return IronCageKernelApp
+
+
+def main() -> None:
+    app_class = make_app_class()
+    # The wrapper runs no user code, so nothing it prints belongs in the notebook: its stdout and
+    # stderr stay the process's own (the Jupyter server log) instead of iopub streams, which also
+    # spares two cross-thread flushes per request.
+    app_class.outstream_class = None
+    app_class.launch_instance(kernel_class=IronCageKernel)

@@ -311,3 +311,19 @@ def test_kernelspec_install_cli(tmp_path):
     assert spec["argv"][1:3] == ["-m", "ironcage_jupyter"]
     assert (tmp_path / "share/jupyter/kernels/cage-test/logo-64x64.png").exists()
     assert process_alive(os.getpid())
+
+
+def test_configuration_from_jupyter_config_file_and_command_line(workspace, tmp_path):
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "jupyter_ironcage_config.json").write_text(
+        json.dumps({"IronCageKernel": {"cell_timeout": 123.0, "request_timeout": 9.0}})
+    )
+    km, kc = start_kernel(workspace, env={"JUPYTER_CONFIG_DIR": str(config_dir)},
+                          extra_arguments=["--IronCageKernel.request_timeout=11"])
+    try:
+        info = status(kc)
+        assert info["cell_timeout_s"] == 123.0
+        assert info["request_timeout_s"] == 11.0  # the command line wins over the file
+    finally:
+        stop_kernel(km, kc)

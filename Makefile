@@ -1,0 +1,39 @@
+# One command for the main job (`make demo`) and one for the tests (`make test`); both install what
+# they need on a fresh Debian/Ubuntu machine: system packages (as root), a local venv, the package.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: all venv system-deps test demo bench lint clean
+
+all: test
+
+system-deps:
+	@bash .ci/system-deps.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[test]"
+	$(PY) -m ironcage_jupyter.cli install --sys-prefix
+	touch $(STAMP)
+
+venv: system-deps $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q
+
+demo: venv
+	$(PY) examples/run_demo.py
+
+bench: venv
+	$(PY) benchmarks/bench_kernel.py --markdown
+
+lint: venv
+	$(VENV)/bin/ruff check ironcage_jupyter tests benchmarks
+	$(VENV)/bin/mypy ironcage_jupyter
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts

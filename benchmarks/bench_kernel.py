@@ -1,0 +1,186 @@
+"""Plain ipykernel vs Iron Cage, side by side in one run, with the same client.
+
+    python benchmarks/bench_kernel.py [--cells 300] [--starts 5] [--markdown]
+
+Measures cold start to the first kernel_info_reply, the trivial-cell round trip (p50/p99), 10,000
+small outputs in one cell (display_data messages) and a 50 MB stdout stream, and prints the ratios.
+Kernels alternate so that machine noise hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import KernelManager
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def make_kernelspecs(root: Path, policy: str | None) -> None:
+    from ironcage_jupyter.kernelspec import write_kernel_spec
+
+    env = {"PYTHONPATH": str(REPO)}
+    if policy:
+        env["IRONCAGE_POLICY"] = policy
+    write_kernel_spec(root / "kernels" / "ironcage", python=sys.executable, env=env)
+    plain = root / "kernels" / "plain-python"
+    plain.mkdir(parents=True)
+    (plain / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "plain", "language": "python",
+    }))
+
+
+def start(name: str, workspace: Path) -> tuple[KernelManager, BlockingKernelClient, float]:
+    t0 = time.perf_counter()
+    km = KernelManager(kernel_name=name)
+    km.start_kernel(cwd=str(workspace))
+    kc = km.client()
+    kc.start_channels()
+    kc.kernel_info(reply=True, timeout=120)
+    elapsed = time.perf_counter() - t0
+    kc.wait_for_ready(timeout=120)
+    return km, kc, elapsed
+
+
+def run_cell(kc: BlockingKernelClient, code: str, collect: bool = False) -> tuple[float, int]:
+    """Seconds from send to reply-and-idle; with collect, also the bytes of output received."""
+    t0 = time.perf_counter()
+    msg_id = kc.execute(code, store_history=False)
+    received = 0
+    idle = False
+    while not idle:
+        msg = kc.get_iopub_msg(timeout=300)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        msg_type = msg["header"]["msg_type"]
+        if msg_type == "status" and msg["content"]["execution_state"] == "idle":
+            idle = True
+        elif collect and msg_type == "stream":
+            received += len(msg["content"]["text"])
+        elif collect and msg_type == "display_data":
+            received += 1
+    reply = kc.get_shell_msg(timeout=300)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = kc.get_shell_msg(timeout=300)
+    return time.perf_counter() - t0, received
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cells", type=int, default=300)
+    parser.add_argument("--starts", type=int, default=5)
+    parser.add_argument("--stream-mb", type=int, default=50)
+    parser.add_argument("--outputs", type=int, default=10_000)
+    parser.add_argument("--policy", default=None, help="IRONCAGE_POLICY for the ironcage kernel")
+    parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        make_kernelspecs(root, args.policy)
+        os.environ["JUPYTER_PATH"] = str(root)
+        workspace = root / "ws"
+        workspace.mkdir()
+        kernels = ("plain-python", "ironcage")
+        results: dict[str, dict[str, Any]] = {k: {"start": []} for k in kernels}
+
+        for _ in range(args.starts):
+            for name in kernels:
+                km, kc, elapsed = start(name, workspace)
+                results[name]["start"].append(elapsed)
+                kc.stop_channels()
+                km.shutdown_kernel(now=True)
+
+        clients = {name: start(name, workspace) for name in kernels}
+        try:
+            for name in kernels:
+                _, kc, _ = clients[name]
+                for _ in range(20):  # warm up both
+                    run_cell(kc, "1")
+                results[name]["cell"] = []
+            for _ in range(args.cells):
+                for name in kernels:
+                    results[name]["cell"].append(run_cell(clients[name][1], "1")[0])
+            outputs_code = (
+                "from IPython.display import display\n"
+                f"for i in range({args.outputs}):\n    display(i)\n"
+            )
+            line = "x" * 1023 + "\n"
+            stream_code = (
+                "import sys\n"
+                f"chunk = {line!r} * 1024\n"
+                f"for _ in range({args.stream_mb}):\n    sys.stdout.write(chunk)\n"
+                "sys.stdout.flush()\n"
+            )
+            for name in kernels:
+                kc = clients[name][1]
+                results[name]["outputs"] = []
+                results[name]["stream"] = []
+            for _ in range(3):
+                for name in kernels:
+                    kc = clients[name][1]
+                    seconds, count = run_cell(kc, outputs_code, collect=True)
+                    assert count == args.outputs, (name, count)
+                    results[name]["outputs"].append(seconds)
+                    seconds, received = run_cell(kc, stream_code, collect=True)
+                    results[name]["stream"].append((seconds, received))
+        finally:
+            for km, kc, _ in clients.values():
+                kc.stop_channels()
+                km.shutdown_kernel(now=True)
+
+    rows = []
+
+    def add(metric: str, plain: float, cage: float, unit: str, target: str, higher_is_better: bool = False) -> None:
+        ratio = cage / plain if plain else float("nan")
+        rows.append((metric, plain, cage, unit, ratio, target))
+
+    p, c = results["plain-python"], results["ironcage"]
+    add("cold start to kernel_info_reply (median)", statistics.median(p["start"]) * 1e3,
+        statistics.median(c["start"]) * 1e3, "ms", "<= 1.3x")
+    add(f"trivial cell round trip p50 ({args.cells} cells)", percentile(p["cell"], 50) * 1e3,
+        percentile(c["cell"], 50) * 1e3, "ms", "<= 1.3x")
+    add("trivial cell round trip p99", percentile(p["cell"], 99) * 1e3, percentile(c["cell"], 99) * 1e3, "ms", "-")
+    add(f"{args.outputs:,} display outputs in one cell (median)", statistics.median(p["outputs"]) * 1e3,
+        statistics.median(c["outputs"]) * 1e3, "ms", "-")
+
+    def throughput(runs: list[tuple[float, int]]) -> float:
+        seconds = statistics.median(r[0] for r in runs)
+        received = max(r[1] for r in runs)
+        return received / seconds / 1e6
+
+    add(f"{args.stream_mb} MB stdout stream throughput", throughput(p["stream"]), throughput(c["stream"]),
+        "MB/s", ">= 0.7x", higher_is_better=True)
+    streamed = {k: max(r[1] for r in results[k]["stream"]) for k in kernels}
+
+    if args.markdown:
+        print("| metric | plain ipykernel | Iron Cage | unit | ratio (Iron Cage / plain) | target |")
+        print("|---|---:|---:|---|---:|---|")
+        for metric, plain, cage, unit, ratio, target in rows:
+            print(f"| {metric} | {plain:.2f} | {cage:.2f} | {unit} | {ratio:.2f}x | {target} |")
+    else:
+        for metric, plain, cage, unit, ratio, target in rows:
+            print(f"{metric:50s} plain {plain:9.2f} {unit:5s} ironcage {cage:9.2f} {unit:5s} "
+                  f"ratio {ratio:5.2f}x  target {target}")
+    print(f"bytes streamed: {streamed}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
