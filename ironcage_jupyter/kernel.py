@@ -25,6 +25,7 @@ from .child import ChildDied, ChildKernel
 from .magics import MagicResult, is_ironcage_magic, run_magic
 from .pipeline import Block, CellRequest, Pipeline, Stage
 from .relay import Relay, Route
+from .sandbox.integration import SandboxController
 
 #: Frontend comm targets that the wrapper answers itself; every other comm goes to the child.
 WRAPPER_COMM_TARGETS = ("ironcage.ui", "ironcage.tools")
@@ -159,6 +160,9 @@ class IronCageKernel(Kernel):
         self.session_started = time.time()
         self.child = ChildKernel(workspace=Path(self.workspace), parent=self)
         self.child.on_exit = self._on_child_exit
+        # The child always runs in the sandbox; the selftest gates the first cell (fail closed).
+        self.sandbox = self._make_sandbox()
+        self.child.command_wrapper = self.sandbox.command_wrapper
         self.relay = Relay(
             publish=self._publish_from_child,
             on_input_request=self._forward_input_request,
@@ -175,6 +179,7 @@ class IronCageKernel(Kernel):
         self._main_loop: asyncio.AbstractEventLoop | None = None
         self.pipeline = Pipeline(self._build_stages())
         atexit.register(self.child.kill_now_sync)
+        atexit.register(self.sandbox.release_all)
 
     def _guarded(self, msg_type: str, handler: Any) -> Any:
         """Every request gets a reply: malformed content or an internal error yields an error reply."""
@@ -237,11 +242,46 @@ class IronCageKernel(Kernel):
         loop.create_task(self._launch_child(ready, kill_first=kill_first))
         return ready
 
+    def _make_sandbox(self) -> SandboxController:
+        """The sandbox for this session. Isolation and limits come from the policy's ``isolation`` and
+        ``limits`` sections once the policy is loaded here; until then their defaults (every layer
+        required, no unsafe mode) apply."""
+        from .sandbox.settings import IsolationSettings, ResourceLimits
+
+        return SandboxController(
+            workspace=Path(self.workspace),
+            isolation=IsolationSettings(),
+            limits=ResourceLimits(),
+            hidden_paths=self._protected_paths(),
+        )
+
+    def _protected_paths(self) -> list[Path]:
+        """Iron Cage's own config, policy, secrets and audit locations: hidden from the child."""
+        from jupyter_core.paths import jupyter_config_path
+
+        paths = [Path(self.audit_dir)]
+        if self.secrets_file:
+            paths.append(Path(self.secrets_file))
+        if self.policy and os.sep in self.policy:
+            paths.append(Path(self.policy))
+        for directory in jupyter_config_path():
+            for name in ("jupyter_ironcage_config.py", "jupyter_ironcage_config.json"):
+                paths.append(Path(directory) / name)
+        return paths
+
     async def _launch_child(self, ready: asyncio.Future[None], *, kill_first: bool = False) -> None:
         try:
             if kill_first:
                 await self.child.kill()
-            await self.child.start()
+            # The selftest (cached after the first run) proves each isolation layer while the child
+            # starts; a missing required layer stops the launch and says why.
+            isolation = asyncio.ensure_future(asyncio.to_thread(self.sandbox.check))
+            try:
+                await self.child.start()
+            finally:
+                ok, reasons = await isolation
+            if not ok:
+                raise RuntimeError("isolation unavailable: " + "; ".join(reasons))
             client = self.child.km.client() if self.child.km else None
             if client is None:
                 raise RuntimeError("the child kernel manager has no client")
@@ -411,7 +451,7 @@ class IronCageKernel(Kernel):
             )
 
     def cell_timeout_seconds(self) -> float | None:
-        return self.cell_timeout or None
+        return self.cell_timeout or self.sandbox.limits.cell_timeout_s or None
 
     async def execute_in_child(self, cell: CellRequest) -> None:
         interrupted = self._cell_interrupted = asyncio.get_running_loop().create_future()
@@ -699,7 +739,10 @@ class IronCageKernel(Kernel):
     async def _shutdown_child(self) -> None:
         self._shutting_down = True
         self.relay.detach(ChildDied("the kernel is shutting down"))
-        await self.child.stop()
+        try:
+            await self.child.stop()
+        finally:
+            self.sandbox.release_all()  # whatever the child left behind (degraded mode, no pid ns)
 
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
         try:
@@ -771,6 +814,7 @@ class IronCageKernel(Kernel):
             "pipeline": self.pipeline.names,
             "cell_timeout_s": self.cell_timeout_seconds(),
             "request_timeout_s": self.request_timeout,
+            **self.sandbox.status_fields(),
         }
 
 

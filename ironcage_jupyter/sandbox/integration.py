@@ -1,20 +1,11 @@
 """What the wrapper kernel holds for one session: the child's command wrapper, the selftest gate,
 status lines, and cleanup.
 
-Wiring (kernel.py, by the lead)::
-
-    self.sandbox = SandboxController(
-        workspace=Path(self.workspace),
-        isolation=policy.isolation,
-        limits=policy.limits,
-        hidden_paths=(config_dir, policy_dir, Path(self.audit_dir), secrets_dir),
-    )
-    self.child.command_wrapper = self.sandbox.command_wrapper
-    # before the first cell (once; ~0.1-0.2 s, may run in a thread while the child starts):
-    ok, reasons = await asyncio.to_thread(self.sandbox.check)
-    # not ok -> Block(ename="IsolationUnavailable", evalue="; ".join(reasons)); cells do not run
-    # %ironcage status: self.sandbox.status_lines()  /  status_info: self.sandbox.status_dict()
-    # at shutdown / after killing the child: self.sandbox.release_all()
+Wired in kernel.py: ``IronCageKernel._make_sandbox()`` builds it (isolation and limits from the
+policy), ``child.command_wrapper = sandbox.command_wrapper``, ``_launch_child`` awaits
+``sandbox.check()`` (run in a thread while the child starts) and refuses to mark the child ready when
+a required layer is missing, ``status_info()`` merges ``status_fields()``, shutdown calls
+``release_all()``.
 """
 
 from __future__ import annotations
@@ -105,6 +96,19 @@ class SandboxController:
         data["reasons"] = reasons
         data["required_layers"] = list(self.isolation.required_layers)
         return data
+
+    def status_fields(self) -> dict:
+        """Flat fields for ``%ironcage status`` (text and --json)."""
+        if self._report is None:
+            return {"sandbox": "selftest not run yet (runs when the child starts)"}
+        report = self._report
+        ok, reasons = report.ok_for(self.isolation.required_layers)
+        return {
+            "sandbox": f"{report.mode}{' (UNSAFE MODE)' if report.unsafe else ''}, selftest {report.duration_ms:.0f} ms",
+            "isolation": {name: status.state for name, status in report.layers.items()},
+            "isolation_ok": ok,
+            "isolation_notes": reasons or [f"{s.layer}: {s.reason}" for s in report.layers.values()],
+        }
 
     def release_all(self) -> int:
         """Kill whatever is left of earlier children (grandchildren in degraded mode) and drop their
