@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,7 @@ def create(name: str, *, max_processes: int | None, memory_bytes: int | None) ->
         if base is None:
             notes.append(f"no writable {controller} cgroup hierarchy")
             continue
+        _collect_stale(base)
         directory = base / f"ironcage-{name}"
         try:
             directory.mkdir(exist_ok=True)
@@ -103,6 +105,44 @@ def create(name: str, *, max_processes: int | None, memory_bytes: int | None) ->
             seen.add(directory)
             dirs.append(directory)
     return CgroupSet(name, tuple(dirs), tuple(controllers), "; ".join(notes))
+
+
+def _collect_stale(base: Path, min_age_s: float = 120.0) -> None:
+    """Remove empty ``ironcage-*`` cgroups left by wrappers that died without cleaning up (SIGKILL).
+    Only old ones: a fresh empty cgroup may belong to a sandbox whose bootstrap has not joined yet."""
+    now = time.time()
+    try:
+        entries = list(base.glob("ironcage-*"))
+    except OSError:
+        return
+    for directory in entries:
+        try:
+            if (
+                now - directory.stat().st_mtime > min_age_s
+                and not (directory / "cgroup.procs").read_text().strip()
+            ):
+                directory.rmdir()
+        except OSError:
+            continue
+
+
+def hits(directory: Path) -> dict[str, int]:
+    """How often this cgroup's limits were hit: {"processes": fork failures, "oom_kills": kills}."""
+    out: dict[str, int] = {}
+    for name, key in (
+        ("pids.events", "max"),
+        ("memory.events", "oom_kill"),
+        ("memory.oom_control", "oom_kill"),
+    ):
+        try:
+            for line in (directory / name).read_text().splitlines():
+                field, _, value = line.partition(" ")
+                if field == key:
+                    label = "processes" if name == "pids.events" else "oom_kills"
+                    out[label] = out.get(label, 0) + int(value)
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def _remove(directory: Path) -> None:

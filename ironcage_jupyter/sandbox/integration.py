@@ -16,7 +16,12 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from ironcage_jupyter.sandbox.launcher import SandboxSpec, build_sandboxed_command, release_sandbox
+from ironcage_jupyter.sandbox.launcher import (
+    SandboxSpec,
+    build_sandboxed_command,
+    limit_hits,
+    release_sandbox,
+)
 from ironcage_jupyter.sandbox.selftest import SelfTestReport, run_selftest, status_lines
 from ironcage_jupyter.sandbox.settings import IsolationSettings, ResourceLimits
 
@@ -41,6 +46,8 @@ class SandboxController:
         self._report: SelfTestReport | None = None
         self._specs: dict[Path, SandboxSpec] = {}
         self._lock = threading.Lock()
+        self._seen_hits: dict[Path, dict[str, int]] = {}
+        self._last_hits: list[str] = []
 
     def spec_for(self, socket_dir: Path) -> SandboxSpec:
         return SandboxSpec(
@@ -97,6 +104,25 @@ class SandboxController:
         data["required_layers"] = list(self.isolation.required_layers)
         return data
 
+    def limits_hit(self) -> list[str]:
+        """Resource limits the current child ran into since the last call, as sentences (empty: none).
+
+        Call after each cell (~0.05 ms: reads two cgroup files). A process-cap hit leaves the
+        fork bomb's children holding every slot, so the child should then be restarted."""
+        found: list[str] = []
+        with self._lock:
+            specs = list(self._specs.values())
+        for spec in specs:
+            counts = limit_hits(spec)
+            seen = self._seen_hits.get(spec.socket_dir, {})
+            self._seen_hits[spec.socket_dir] = counts
+            if counts.get("processes", 0) > seen.get("processes", 0):
+                found.append(f"the process limit ({self.limits.max_processes}) was reached")
+            if counts.get("oom_kills", 0) > seen.get("oom_kills", 0):
+                found.append(f"the memory limit ({self.limits.memory_mb} MB) killed a process")
+        self._last_hits = found or self._last_hits
+        return found
+
     def status_fields(self) -> dict:
         """Flat fields for ``%ironcage status`` (text and --json)."""
         if self._report is None:
@@ -108,6 +134,7 @@ class SandboxController:
             "isolation": {name: status.state for name, status in report.layers.items()},
             "isolation_ok": ok,
             "isolation_notes": reasons or [f"{s.layer}: {s.reason}" for s in report.layers.values()],
+            "limits_hit": self.limits_hit() or self._last_hits,
         }
 
     def release_all(self) -> int:

@@ -483,16 +483,29 @@ def _bwrap_args(
     return args
 
 
-def release_sandbox(spec: SandboxSpec) -> int:
-    """Kill anything left in this sandbox's cgroups and remove them (call at kernel shutdown).
-
-    Returns the number of processes killed."""
+def sandbox_cgroup_dirs(spec: SandboxSpec) -> list[Path]:
     directories = []
     for controller in ("pids", "memory"):
         base = cgroups._base_dir(controller)
         if base is not None and (base / f"ironcage-{spec.sandbox_name}").is_dir():
             directories.append(base / f"ironcage-{spec.sandbox_name}")
-    return cgroups.release(cgroups.CgroupSet(spec.sandbox_name, tuple(directories), ()))
+    return list(dict.fromkeys(directories))
+
+
+def limit_hits(spec: SandboxSpec) -> dict[str, int]:
+    """Counters of this sandbox's cgroup limits: {"processes": n fork failures, "oom_kills": n}."""
+    total: dict[str, int] = {}
+    for directory in sandbox_cgroup_dirs(spec):
+        for key, value in cgroups.hits(directory).items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def release_sandbox(spec: SandboxSpec) -> int:
+    """Kill anything left in this sandbox's cgroups and remove them (call at kernel shutdown).
+
+    Returns the number of processes killed."""
+    return cgroups.release(cgroups.CgroupSet(spec.sandbox_name, tuple(sandbox_cgroup_dirs(spec)), ()))
 
 
 def run_selftest(spec: SandboxSpec):  # type: ignore[no-untyped-def]
