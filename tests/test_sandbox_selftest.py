@@ -130,3 +130,19 @@ def test_bootstrap_rejects_malformed_config():
         timeout=30,
     )
     assert proc.returncode == bootstrap.EXIT_SETUP_FAILED
+
+
+def test_no_linux_no_isolation_unless_unsafe(spec_for, monkeypatch):
+    """macOS/Windows: nothing to apply, so cells only run with the loud unsafe opt-in."""
+    from ironcage_jupyter.sandbox import launcher
+
+    monkeypatch.setattr(launcher.sys, "platform", "darwin")
+    with pytest.raises(launcher.SandboxError, match="no isolation layer exists on darwin"):
+        launcher.build_sandboxed_command(["python", "-m", "ipykernel_launcher"], {"PATH": "/bin"}, spec_for())
+    argv, env = launcher.build_sandboxed_command(
+        ["python", "-m", "ipykernel_launcher"],
+        {"PATH": "/bin", "AWS_SECRET_ACCESS_KEY": "x"},
+        spec_for(isolation=IsolationSettings(unsafe=True)),
+    )
+    assert argv == ["python", "-m", "ipykernel_launcher"]
+    assert "AWS_SECRET_ACCESS_KEY" not in env

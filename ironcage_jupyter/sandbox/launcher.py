@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,6 +280,15 @@ def build_sandboxed_command(
             raise SandboxError(f"{label} {path} is not a directory")
     if socket_dir.stat().st_mode & 0o077:
         raise SandboxError(f"socket_dir {socket_dir} must be private (0700)")
+    if not sys.platform.startswith("linux"):
+        # No namespaces, Landlock or seccomp exist here (macOS, Windows): nothing to apply.
+        if not spec.isolation.unsafe:
+            raise SandboxError(
+                f"no isolation layer exists on {sys.platform}; only isolation.unsafe runs cells here"
+            )
+        return list(kernel_argv), _child_env(
+            env, spec, home=os.path.expanduser("~"), tmp=tempfile.gettempdir(), keep_parent_pid=True
+        )
     disabled = spec.disabled_mechanisms()
     use_bwrap, bwrap_reason = namespace_support(spec.refuse_namespaces)
     mounts = use_bwrap and "mounts" not in disabled
