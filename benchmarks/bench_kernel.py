@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import zmq
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
@@ -46,6 +47,8 @@ def start(name: str, workspace: Path) -> tuple[KernelManager, BlockingKernelClie
     km = KernelManager(kernel_name=name)
     km.start_kernel(cwd=str(workspace))
     kc = km.client()
+    # The client must not be the bottleneck that drops output (zmq's default queue is 1,000).
+    kc.context.setsockopt(zmq.RCVHWM, 0)
     kc.start_channels()
     kc.kernel_info(reply=True, timeout=120)
     elapsed = time.perf_counter() - t0

@@ -138,7 +138,7 @@ class ChildKernel(LoggingConfigurable):
         return [
             sys.executable,
             "-m",
-            "ipykernel_launcher",
+            "ironcage_jupyter.child_main",
             "-f",
             "{connection_file}",
             "--IPKernelApp.kernel_class=ipykernel.ipkernel.IPythonKernel",

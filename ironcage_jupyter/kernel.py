@@ -13,10 +13,11 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ipykernel.kernelbase import Kernel
 import zmq
+from ipykernel.kernelbase import Kernel
+from jupyter_client.session import Session
 from traitlets import Float, Int, Unicode, default
 from zmq.eventloop.zmqstream import ZMQStream
 
@@ -65,6 +66,9 @@ class ExecuteStage:
 
 
 class IronCageKernel(Kernel):
+    if TYPE_CHECKING:  # set by the kernel app before any handler runs
+        session: Session
+
     implementation = "ironcage"
     implementation_version = __version__
     banner = (
@@ -309,7 +313,7 @@ class IronCageKernel(Kernel):
                 raise ChildDied(f"the child kernel exited during start (status {self.child.exit_status})")
             route = Route(kind="kernel_info", parent=None, forward_outputs=False)
             self.relay.send("shell", "kernel_info_request", {}, route)
-            done, _ = await asyncio.wait({route.reply, route.idle}, timeout=1.0)
+            done, _ = await asyncio.wait(route.futures(), timeout=1.0)
             if route.reply.done() and route.idle.done():
                 route.reply.result()
                 return
@@ -474,7 +478,7 @@ class IronCageKernel(Kernel):
         route = Route(
             kind="execute",
             parent=self.get_parent("shell"),
-            ident=self._parent_ident["shell"],
+            ident=[self._parent_ident["shell"]],
             execution_count=cell.execution_count,
         )
         cell.notes["route"] = route
@@ -497,7 +501,7 @@ class IronCageKernel(Kernel):
         )
         timeout = self.cell_timeout_seconds()
         try:
-            await asyncio.wait({route.reply, route.idle}, timeout=timeout)
+            await asyncio.wait(route.futures(), timeout=timeout)
             if not (route.reply.done() and route.idle.done()):
                 await self._cell_timed_out(cell, route, timeout)
                 return
@@ -518,7 +522,7 @@ class IronCageKernel(Kernel):
     async def _cell_timed_out(self, cell: CellRequest, route: Route, timeout: float | None) -> None:
         """Watchdog: interrupt, then kill and restart if the cell does not stop."""
         await self._interrupt_child()
-        await asyncio.wait({route.reply, route.idle}, timeout=self.interrupt_grace)
+        await asyncio.wait(route.futures(), timeout=self.interrupt_grace)
         if route.reply.done() and route.idle.done() and not route.reply.exception():
             cell.block = Block(
                 ename="CellTimeout",
@@ -551,7 +555,7 @@ class IronCageKernel(Kernel):
     async def ask_frontend(self, prompt: str, *, password: bool = False, route: Route | None = None) -> str:
         """Send input_request to the frontend and wait for its input_reply."""
         parent = route.parent if route is not None else self.get_parent("shell")
-        ident = route.ident if route is not None else self._parent_ident["shell"]
+        ident = route.ident if route is not None else [self._parent_ident["shell"]]
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._stdin_waiter = waiter
@@ -814,11 +818,13 @@ class IronCageKernel(Kernel):
             "pipeline": self.pipeline.names,
             "cell_timeout_s": self.cell_timeout_seconds(),
             "request_timeout_s": self.request_timeout,
+            "child_messages": {"received": self.relay.received, "published": self.relay.published,
+                               "hwm": self.relay.sockets["iopub"].getsockopt(zmq.RCVHWM) if self.relay.sockets else None},
             **self.sandbox.status_fields(),
         }
 
 
-def make_app_class() -> type:
+def make_app_class() -> Any:
     """The kernel application: IPKernelApp that also reads ``jupyter_ironcage_config.{py,json}``."""
     from ipykernel.kernelapp import IPKernelApp
     from jupyter_core.paths import jupyter_config_path
@@ -826,6 +832,20 @@ def make_app_class() -> type:
 
     class IronCageKernelApp(IPKernelApp):
         name = "ironcage-kernel"
+
+        iopub_queue = Int(
+            200_000,
+            help="Messages the wrapper's iopub socket queues for a slow frontend before zmq drops "
+            "output. The relay forwards the child's output in bursts, so the default of 1,000 "
+            "dropped output a plain kernel would have delivered.",
+        ).tag(config=True)
+
+        def init_iopub(self, context: Any) -> None:
+            context.setsockopt(zmq.SNDHWM, self.iopub_queue)
+            try:
+                super().init_iopub(context)
+            finally:
+                context.setsockopt(zmq.SNDHWM, 1000)
 
         def load_config_file(self, *args: Any, **kwargs: Any) -> None:
             super().load_config_file(*args, **kwargs)

@@ -148,6 +148,7 @@ def _start(argv: list[str], config: dict) -> None:
     env_drop = config.get("env_drop", [])
     for key in env_drop:
         os.environ.pop(key, None)
+    os.environ.update(config.get("env_restore", {}))
     # `python -m module ...` with our own interpreter runs in this process: it saves an interpreter
     # start-up and keeps PR_SET_DUMPABLE=0, which execve would reset.
     if len(argv) >= 3 and argv[1] == "-m" and os.path.realpath(argv[0]) == os.path.realpath(sys.executable):

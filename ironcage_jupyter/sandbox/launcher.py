@@ -81,6 +81,7 @@ HOME_SECRETS = (
 ENV_ALLOWED = frozenset(
     {
         "PATH",
+        "PYTHONPATH",
         "LANG",
         "LANGUAGE",
         "TZ",
@@ -186,7 +187,9 @@ def _package_env(env: dict[str, str]) -> dict[str, str]:
     if any(Path(p).resolve() == Path(root) for p in sys.path if p and "site-packages" in p):
         return env
     env = dict(env)
-    env["PYTHONPATH"] = root
+    entries = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in entries:
+        env["PYTHONPATH"] = os.pathsep.join([root, *entries])
     return env
 
 
@@ -353,6 +356,7 @@ def build_sandboxed_command(
         # pid means nothing (ipykernel would see ppid 1 and exit): --die-with-parent does its job.
         "env_drop": (["PYTHONPATH"] if "PYTHONPATH" not in env else [])
         + (["JPY_PARENT_PID"] if use_bwrap and "pidns" not in disabled else []),
+        "env_restore": {"PYTHONPATH": env["PYTHONPATH"]} if "PYTHONPATH" in env else {},
     }
 
     child_env = _child_env(
@@ -436,7 +440,7 @@ def _child_env(
     out["TMPDIR"] = tmp
     out["PYTHONNOUSERSITE"] = "1"
     out["IRONCAGE_SANDBOX"] = spec.sandbox_name  # names this sandbox's processes (cleanup, tests)
-    return _package_env(out) if "PYTHONPATH" not in out else out
+    return _package_env(out)
 
 
 def _bwrap_args(
