@@ -20,7 +20,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m ironcage_jupyter.cli install --sys-prefix
 	touch $(STAMP)
 
-venv: system-deps $(STAMP)
+NODE_STAMP := $(VENV)/.node-installed
+
+# npm packages: the reference MCP filesystem server for the tool tests, and the JupyterLab extension
+# (built into ironcage_jupyter/labextension, which the wheel ships prebuilt).
+$(NODE_STAMP): $(STAMP) tests/mcp/package-lock.json labextension/package-lock.json
+	cd tests/mcp && npm ci --no-audit --no-fund --loglevel=error
+	cd labextension && npm ci --no-audit --no-fund --loglevel=error
+	cd labextension && PATH="$(abspath $(VENV))/bin:$$PATH" npm run build
+	touch $(NODE_STAMP)
+
+venv: system-deps $(STAMP) $(NODE_STAMP)
 
 test: venv
 	$(PY) -m pytest -q

@@ -23,10 +23,22 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
 from .child import ChildDied, ChildKernel
+from .credentials.session import CredentialSession
+from .credentials.wiring import (
+    CredentialStage,
+    OutputFinishStage,
+    make_session,
+    prepare_child_launch,
+    screen_child_buffers,
+    screen_child_output,
+)
 from .magics import MagicResult, is_ironcage_magic, run_magic
 from .pipeline import Block, CellRequest, Pipeline, Stage
 from .relay import Relay, Route
 from .sandbox.integration import SandboxController
+from .ui import UiBridge
+from .ui.integration import policy_ask, report_cell
+from .tools import kernel_glue
 
 #: Frontend comm targets that the wrapper answers itself; every other comm goes to the child.
 WRAPPER_COMM_TARGETS = ("ironcage.ui", "ironcage.tools")
@@ -172,6 +184,7 @@ class IronCageKernel(Kernel):
             on_input_request=self._forward_input_request,
         )
         self.relay.screen = self._screen_output
+        self.relay.screen_buffers = self._screen_buffers
         self._child_ready: asyncio.Future[None] | None = None
         self._child_error: str | None = None
         self._restarts = 0
@@ -181,9 +194,24 @@ class IronCageKernel(Kernel):
         self._wrapper_comms: dict[str, str] = {}
         self._shutting_down = False
         self._main_loop: asyncio.AbstractEventLoop | None = None
+        self.credentials = self._make_credential_session()
+        self._current_parent: dict[str, Any] | None = None
+        # The JupyterLab extension's comm (docs/ui-protocol.md). Isolation shows "unsafe" until the
+        # sandbox reports its layers (self.ui.isolation). Escalations: pass `self.ui_ask` as the
+        # policy stage's `ask` (dialog when the extension is attached, input_request otherwise).
+        self.ui = UiBridge(self.send_comm_msg, session_id=self._ui_session_id(), policy=Path(self.policy).stem)
+        self.ui_ask = policy_ask(self.ui, self.ask_frontend, self._ui_current_cell)
         self.pipeline = Pipeline(self._build_stages())
         atexit.register(self.child.kill_now_sync)
         atexit.register(self.sandbox.release_all)
+
+    def _ui_session_id(self) -> str:
+        session = getattr(self, "session", None)
+        return str(getattr(session, "session", "") or os.getpid())
+
+    def _ui_current_cell(self) -> tuple[str | None, dict[str, Any] | None]:
+        cell = self._current_cell
+        return (cell.cell_id if cell is not None else None), self._current_parent
 
     def _guarded(self, msg_type: str, handler: Any) -> Any:
         """Every request gets a reply: malformed content or an internal error yields an error reply."""
@@ -220,10 +248,20 @@ class IronCageKernel(Kernel):
 
         return guarded
 
+    def _make_credential_session(self) -> CredentialSession:
+        """Credential broker + output firewall of this session (see credentials/wiring.py)."""
+        return make_session(self)
+
     def _build_stages(self) -> list[Stage]:
         """The ordered per-cell stages. Later components (firewall, policy, credentials, audit)
         register here; no stage is shipped that pretends to check something."""
-        return [ExecuteStage(self)]
+        self.tools = kernel_glue.build_session(self)
+        return [
+            kernel_glue.CellBudgetStage(self.tools),
+            CredentialStage(self, self.credentials),
+            ExecuteStage(self),
+            OutputFinishStage(self, self.credentials),
+        ]
 
     def start(self) -> None:
         super().start()
@@ -277,6 +315,8 @@ class IronCageKernel(Kernel):
         try:
             if kill_first:
                 await self.child.kill()
+            prepare_child_launch(self.credentials, self.child, replacing=kill_first)
+            await kernel_glue.ensure_started(self)
             # The selftest (cached after the first run) proves each isolation layer while the child
             # starts; a missing required layer stops the launch and says why.
             isolation = asyncio.ensure_future(asyncio.to_thread(self.sandbox.check))
@@ -284,6 +324,9 @@ class IronCageKernel(Kernel):
                 await self.child.start()
             finally:
                 ok, reasons = await isolation
+                self.ui.isolation.layers = self.sandbox.ui_layers()
+                self.ui.isolation.sandbox_enabled = not self.sandbox.isolation.unsafe
+                self.ui.publish_status()
             if not ok:
                 raise RuntimeError("isolation unavailable: " + "; ".join(reasons))
             client = self.child.km.client() if self.child.km else None
@@ -380,7 +423,11 @@ class IronCageKernel(Kernel):
 
     def _screen_output(self, msg_type: str, content: dict[str, Any], route: Route) -> dict[str, Any] | None:
         """The output firewall's hook on every child message (see the outputs package)."""
-        return content
+        return screen_child_output(self, self.credentials, msg_type, content, route)
+
+    def _screen_buffers(self, msg_type: str, buffers: list[Any], route: Route) -> bool:
+        """The output firewall's hook on binary buffers (widgets): True forwards them."""
+        return screen_child_buffers(self, self.credentials, msg_type, buffers, route)
 
     def publish_error(self, block: Block, parent: dict[str, Any] | None = None) -> dict[str, Any]:
         """Show a refusal or fault as a proper error in the cell; returns the reply content."""
@@ -435,10 +482,16 @@ class IronCageKernel(Kernel):
                 execution_count=self.execution_count,
             )
             self._current_cell = cell
+            self._current_parent = parent = self.get_parent("shell")
             try:
                 await self.pipeline.run(cell)
             finally:
                 self._current_cell = None
+                self._current_parent = None
+            try:
+                report_cell(self.ui, cell, parent)
+            except Exception:  # the UI report never changes the cell's outcome
+                self.log.warning("could not report the cell to the lab extension", exc_info=True)
             if cell.block is not None:
                 return self.publish_error(cell.block)
             assert cell.reply is not None
@@ -478,7 +531,7 @@ class IronCageKernel(Kernel):
         route = Route(
             kind="execute",
             parent=self.get_parent("shell"),
-            ident=[self._parent_ident["shell"]],
+            ident=self._parent_ident["shell"],
             execution_count=cell.execution_count,
         )
         cell.notes["route"] = route
@@ -555,7 +608,7 @@ class IronCageKernel(Kernel):
     async def ask_frontend(self, prompt: str, *, password: bool = False, route: Route | None = None) -> str:
         """Send input_request to the frontend and wait for its input_reply."""
         parent = route.parent if route is not None else self.get_parent("shell")
-        ident = route.ident if route is not None else [self._parent_ident["shell"]]
+        ident = route.ident if route is not None else self._parent_ident["shell"]
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._stdin_waiter = waiter
@@ -575,7 +628,8 @@ class IronCageKernel(Kernel):
         return value if isinstance(value, str) else ""
 
     async def _forward_input_request(self, route: Route, msg: dict[str, Any]) -> None:
-        content = msg["content"]
+        # The prompt is child output too (input(secret) would show it): screened, "" if withheld.
+        content = self.credentials.screen("input_request", msg["content"]).content or {}
         try:
             value = await self.ask_frontend(
                 str(content.get("prompt", "")), password=bool(content.get("password")), route=route
@@ -596,9 +650,11 @@ class IronCageKernel(Kernel):
             done, _ = await asyncio.wait({route.reply}, timeout=self.request_timeout)
             if not done:
                 return None
-            return dict(route.reply.result()["content"])
+            reply = dict(route.reply.result()["content"])
         except ChildDied:
             return None
+        # Completions, inspection, history come from the child: screened like its outputs.
+        return self.credentials.screen_reply(msg_type.replace("_request", "_reply"), reply)
 
     async def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:  # type: ignore[override]
         reply = await self._ask_child("complete_request", {"code": code, "cursor_pos": cursor_pos})
@@ -695,6 +751,11 @@ class IronCageKernel(Kernel):
 
     async def on_wrapper_comm(self, event: str, content: dict[str, Any]) -> None:
         """Comms the wrapper itself answers (the lab extension, tool calls from agents)."""
+        if self._wrapper_comms.get(content.get("comm_id", "")) == kernel_glue.TOOLS_COMM_TARGET:
+            await kernel_glue.on_tools_comm(self, event, content)
+            return
+        # The bridge only takes ironcage.ui opens and the comm ids it opened.
+        await self.ui.handle(event, content)
 
     def send_comm_msg(self, comm_id: str, data: dict[str, Any], parent: dict[str, Any] | None = None) -> None:
         self.session.send(
@@ -727,6 +788,7 @@ class IronCageKernel(Kernel):
         waiter = self._stdin_waiter
         if waiter is not None and not waiter.done():
             waiter.cancel()
+        self.ui.cancel_escalations("interrupt")
         if self.child.alive and self.relay.sockets:
             route = Route(kind="interrupt", parent=None, forward_outputs=False)
             self.relay.send("control", "interrupt_request", {}, route, wait_idle=False)
@@ -747,6 +809,7 @@ class IronCageKernel(Kernel):
             await self.child.stop()
         finally:
             self.sandbox.release_all()  # whatever the child left behind (degraded mode, no pid ns)
+        await kernel_glue.shutdown(self)
 
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
         try:
@@ -791,6 +854,8 @@ class IronCageKernel(Kernel):
             return self.publish_error(
                 Block(ename=result.error_name or "UsageError", evalue=result.error, details=result.details)
             )
+        if result.reply is not None:
+            return result.reply
         if not silent and result.data:
             self.publish_display(result.data)
         return {"status": "ok", "execution_count": self.execution_count, "payload": [],
@@ -820,6 +885,8 @@ class IronCageKernel(Kernel):
             "request_timeout_s": self.request_timeout,
             "child_messages": {"received": self.relay.received, "published": self.relay.published,
                                "hwm": self.relay.sockets["iopub"].getsockopt(zmq.RCVHWM) if self.relay.sockets else None},
+            "credentials": self.credentials.status(),
+            "tools": kernel_glue.status(self),
             **self.sandbox.status_fields(),
         }
 

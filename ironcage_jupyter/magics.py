@@ -26,6 +26,8 @@ class MagicResult:
     error: str | None = None
     error_name: str | None = None
     details: list[str] = field(default_factory=list)
+    #: The execute_reply of a cell a subcommand ran through the pipeline (e.g. with-secret).
+    reply: dict[str, Any] | None = None
 
     @classmethod
     def text(cls, text: str, markdown: str | None = None, html_text: str | None = None) -> MagicResult:

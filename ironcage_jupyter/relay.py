@@ -31,7 +31,7 @@ class Route:
 
     kind: str
     parent: dict[str, Any] | None
-    ident: list[bytes] | None = None
+    ident: Any = None  # the frontend's zmq routing identities
     execution_count: int | None = None
     forward_outputs: bool = True
     reply: asyncio.Future[dict[str, Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -71,6 +71,8 @@ class Relay:
         self.publish = publish
         self.on_input_request = on_input_request
         self.screen: OutputScreen | None = None
+        #: With a screen: (msg_type, buffers, route) -> True to forward a message's binary buffers.
+        self.screen_buffers: Callable[[str, list[Any], Route], bool] | None = None
         self.routes: OrderedDict[str, Route] = OrderedDict()
         self.pending: set[Route] = set()
         self.last_route: Route | None = None
@@ -231,14 +233,18 @@ class Relay:
             return
         if msg_type == "execute_result" and route.execution_count is not None:
             content["execution_count"] = route.execution_count
+        buffers = msg.get("buffers") or []
         screen = self.screen
         if screen is not None:
             screened = screen(msg_type, content, route)
             if screened is None:
                 return
             content = screened
+            # Binary buffers (widgets) cannot be redacted in place: the screen passes or withholds them.
+            if buffers and (self.screen_buffers is None or not self.screen_buffers(msg_type, buffers, route)):
+                return
         self.published += 1
-        self.publish(msg_type, content, route.parent, msg.get("metadata") or {}, msg.get("buffers") or [])
+        self.publish(msg_type, content, route.parent, msg.get("metadata") or {}, buffers)
 
     async def _on_stdin(self, msg: dict[str, Any]) -> None:
         if msg["header"].get("msg_type") != "input_request":

@@ -10,6 +10,7 @@ a required layer is missing, ``status_info()`` merges ``status_fields()``, shutd
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import threading
@@ -69,6 +70,10 @@ class SandboxController:
         a child started before (a restart) has its leftovers killed first.
         """
         spec = self.spec_for(runtime_dir)
+        # The wrapper's ChildKernel already built this environment from its own allowlist plus the
+        # sentinels and tool endpoints other components add: keep every name it chose.
+        isolation = self.isolation.model_copy(update={"pass_env": sorted({*self.isolation.pass_env, *env})})
+        spec = dataclasses.replace(spec, isolation=isolation)
         self.release_all()
         with self._lock:
             self._specs[spec.socket_dir] = spec
@@ -122,6 +127,12 @@ class SandboxController:
                 found.append(f"the memory limit ({self.limits.memory_mb} MB) killed a process")
         self._last_hits = found or self._last_hits
         return found
+
+    def ui_layers(self) -> dict[str, tuple[str, str]]:
+        """layer -> (state, reason) for the JupyterLab status bar (ui.bridge.IsolationStatus)."""
+        if self._report is None:
+            return {}
+        return {name: (status.state, status.reason) for name, status in self._report.layers.items()}
 
     def status_fields(self) -> dict:
         """Flat fields for ``%ironcage status`` (text and --json)."""

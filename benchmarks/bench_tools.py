@@ -1,0 +1,195 @@
+"""Tools benchmarks, side by side in one run (no absolute thresholds; ratios against references).
+
+1. Broker overhead per tool call, excluding the tool's own time: the same executor awaited directly vs
+   through `ToolBroker.call` (schema, budgets, roles, policy, output limits, audit records), for a no-op
+   tool and for fs.read of a small file. Audit: in-memory sink (the audit store's own commit cost is
+   measured by the audit benchmark), or the real AuditStore with `--audit-store` when it is installed.
+2. Egress proxy throughput vs a direct connection: plain HTTP through the proxy, HTTPS through an opaque
+   CONNECT tunnel, and HTTPS through TLS interception (sentinel swap path), each against its direct
+   reference on 127.0.0.1.
+
+    python benchmarks/bench_tools.py [--calls 3000] [--mbytes 64] [--json out.json] [--audit-store]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+
+from tools_support import SentinelSwapper, make_test_ca, start_echo_server  # noqa: E402
+
+from ironcage_jupyter.tools.broker import ToolBroker  # noqa: E402
+from ironcage_jupyter.tools.budgets import BudgetTracker  # noqa: E402
+from ironcage_jupyter.tools.builtin import make_upstream_ssl_context, register_builtins  # noqa: E402
+from ironcage_jupyter.tools.egress import EgressProxy  # noqa: E402
+from ironcage_jupyter.tools.fs import ConfinedFs, FsRoot  # noqa: E402
+from ironcage_jupyter.tools.hooks import MemoryAudit, SettingsToolPolicy  # noqa: E402
+from ironcage_jupyter.tools.models import ArgumentSpec, ToolCall, ToolSchema  # noqa: E402
+from ironcage_jupyter.tools.netguard import HostAllowlist, NetworkGate  # noqa: E402
+from ironcage_jupyter.tools.settings import BudgetSettings, ToolSettings  # noqa: E402
+from ironcage_jupyter.tools.tls import SessionCA  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def bench_broker(calls: int, audit_store: bool) -> dict:
+    ws = tempfile.mkdtemp(prefix="bench-tools-")
+    with open(os.path.join(ws, "small.txt"), "w") as handle:
+        handle.write("x" * 512)
+    audit = MemoryAudit()
+    store = None
+    if audit_store:
+        from ironcage_jupyter.audit import AuditStore  # type: ignore[attr-defined]
+
+        store = AuditStore(tempfile.mkdtemp(prefix="bench-audit-"), "bench")
+        audit = store
+    budgets = BudgetTracker(BudgetSettings(tool_calls_per_minute=None, identical_call_limit=10**9))
+    broker = ToolBroker(policy=SettingsToolPolicy(ToolSettings(allow=["*"])), audit=audit, budgets=budgets)
+    fs = ConfinedFs([FsRoot(ws, True)])
+    register_builtins(broker, enabled=["fs.read"], fs=fs, http=None)
+
+    async def noop(arguments, context):
+        return {"ok": True}
+
+    broker.register(ToolSchema(name="bench.noop", arguments={"text": ArgumentSpec(name="text", required=True)}), noop)
+    fs_read = broker._tools["fs.read"].execute  # the executor itself: the reference
+    results = {}
+    for label, name, args, direct in (
+        ("no-op tool", "bench.noop", {"text": "hello"}, lambda a: noop(a, None)),
+        ("fs.read 512 B", "fs.read", {"path": "small.txt"}, lambda a: fs_read(a, None)),
+    ):
+        for _ in range(200):  # warm-up
+            await broker.call(ToolCall(name=name, arguments=args))
+            await direct(args)
+        via, ref = [], []
+        for i in range(calls):
+            # interleaved so machine noise hits both sides alike
+            t0 = time.perf_counter()
+            outcome = await broker.call(ToolCall(name=name, arguments=args, call_id=f"c{i}"))
+            t1 = time.perf_counter()
+            await direct(args)
+            t2 = time.perf_counter()
+            assert outcome.ok, outcome
+            via.append((t1 - t0) * 1e3)
+            ref.append((t2 - t1) * 1e3)
+        results[label] = {
+            "direct_p50_ms": statistics.median(ref), "broker_p50_ms": statistics.median(via),
+            "overhead_p50_ms": statistics.median(via) - statistics.median(ref),
+            "broker_p95_ms": pct(via, 0.95), "direct_p95_ms": pct(ref, 0.95),
+        }
+    if store is not None:
+        store.close()
+    return {"audit": "AuditStore (DuckDB)" if audit_store else "in-memory", "calls": calls, "results": results}
+
+
+def _http_get(sock: socket.socket, target: str, host: str) -> int:
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    total = 0
+    while chunk := sock.recv(1 << 20):
+        total += len(chunk)
+    return total
+
+
+def _download(kind: str, server_port: int, proxy_port: int, size: int, client_ssl: ssl.SSLContext) -> float:
+    path = f"/big/{size}"
+    start = time.perf_counter()
+    if kind == "http-direct":
+        with socket.create_connection(("127.0.0.1", server_port)) as s:
+            got = _http_get(s, path, f"127.0.0.1:{server_port}")
+    elif kind == "http-proxy":
+        with socket.create_connection(("127.0.0.1", proxy_port)) as s:
+            got = _http_get(s, f"http://127.0.0.1:{server_port}{path}", f"127.0.0.1:{server_port}")
+    else:
+        raw = socket.create_connection(("127.0.0.1", server_port if kind == "https-direct" else proxy_port))
+        host = "api.test" if kind == "https-intercept" else "other.test"
+        if kind != "https-direct":
+            raw.sendall(f"CONNECT {host}:{server_port} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += raw.recv(1)
+            assert head.startswith(b"HTTP/1.1 200"), head
+        with client_ssl.wrap_socket(raw, server_hostname=host) as s:
+            got = _http_get(s, path, f"{host}:{server_port}")
+    elapsed = time.perf_counter() - start
+    assert got >= size, (kind, got)
+    return size / elapsed / 1e6
+
+
+async def bench_egress(mbytes: int, rounds: int) -> dict:
+    ca = make_test_ca(["api.test", "other.test"])
+    plain, tls = start_echo_server("plain"), start_echo_server("tls", ca.cert_file)
+
+    async def resolver(host, port):
+        return ["127.0.0.1"]
+
+    swapper = SentinelSwapper()
+    swapper.add("API", "secret", hosts=["api.test"])
+    session_ca = SessionCA()
+    gate = NetworkGate(HostAllowlist.from_strings([f"127.0.0.1:{plain.port}", f"127.0.0.1:{tls.port}",
+                                                   f"api.test:{tls.port}", f"other.test:{tls.port}"]),
+                       resolver=resolver)
+    proxy = EgressProxy(gate, MemoryAudit(), ca=session_ca, credentials=swapper,
+                        upstream_ssl=make_upstream_ssl_context(ca.ca_file))
+    proxy_port = await proxy.start_tcp()
+    client_ssl = ssl.create_default_context(cafile=ca.ca_file)
+    client_ssl.load_verify_locations(session_ca.ca_file)
+    size = mbytes * 1_000_000
+    loop = asyncio.get_running_loop()
+    results: dict[str, list[float]] = {}
+    try:
+        for _ in range(rounds):
+            for kind, port in (("http-direct", plain.port), ("http-proxy", plain.port), ("https-direct", tls.port),
+                               ("https-tunnel", tls.port), ("https-intercept", tls.port)):
+                rate = await loop.run_in_executor(None, _download, kind, port, proxy_port, size, client_ssl)
+                results.setdefault(kind, []).append(rate)
+    finally:
+        await proxy.close()
+        plain.close()
+        tls.close()
+    return {"mbytes": mbytes, "rounds": rounds, "MBps_median": {k: statistics.median(v) for k, v in results.items()}}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--mbytes", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--audit-store", action="store_true", help="use the real DuckDB AuditStore")
+    parser.add_argument("--json", help="write the raw figures here")
+    args = parser.parse_args()
+    broker = asyncio.run(bench_broker(args.calls, args.audit_store))
+    egress = asyncio.run(bench_egress(args.mbytes, args.rounds))
+    print(f"## Broker overhead per call ({broker['calls']} calls, audit: {broker['audit']})\n")
+    print("| tool | direct p50 (ms) | via broker p50 (ms) | overhead p50 (ms) | via broker p95 (ms) |")
+    print("|---|---|---|---|---|")
+    for label, r in broker["results"].items():
+        print(f"| {label} | {r['direct_p50_ms']:.4f} | {r['broker_p50_ms']:.4f} | {r['overhead_p50_ms']:.4f} "
+              f"| {r['broker_p95_ms']:.4f} |")
+    rates = egress["MBps_median"]
+    print(f"\n## Egress throughput ({egress['mbytes']} MB download, median of {egress['rounds']})\n")
+    print("| path | MB/s | ratio to its direct reference |")
+    print("|---|---|---|")
+    for kind, ref in (("http-direct", "http-direct"), ("http-proxy", "http-direct"), ("https-direct", "https-direct"),
+                      ("https-tunnel", "https-direct"), ("https-intercept", "https-direct")):
+        print(f"| {kind} | {rates[kind]:.0f} | {rates[kind] / rates[ref]:.2f} |")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"broker": broker, "egress": egress}, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Adapters from the other subsystems' real APIs to the broker's small protocols.
+
+- `EnginePolicy(engine)`: `ironcage_jupyter.policy.PolicyEngine` as the broker's ToolPolicy; it also
+  tells the engine about every tool the broker offers (built-ins and MCP tools, with argument roles),
+  since the engine denies tools and arguments it does not know.
+- `engine_network_decider(engine)`: `PolicyEngine.decide_network` for the NetworkGate (egress proxy
+  and http.request), asked once for the name and once per resolved address.
+- `BrokeredCredentials(broker)`: `ironcage_jupyter.credentials.CredentialBroker` as the
+  CredentialSwapper of http.request, MCP tools and the egress proxy.
+Imports of the other packages are deferred so this module loads without them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from .hooks import ToolRequest
+from .models import ToolSchema
+
+SENTINEL_PREFIX = "ironcage-sentinel-"
+
+
+class EnginePolicy:
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def register_tools(self, schemas: Iterable[ToolSchema]) -> None:
+        """Make every broker tool known to the engine (call after MCP servers have started)."""
+        from ..policy import ToolSpec  # type: ignore[attr-defined]  # (policy package: issue 4)
+
+        specs = {
+            s.name: ToolSpec(s.name, {a.name: a.role for a in s.arguments.values()},
+                             frozenset(a.name for a in s.arguments.values() if a.required))
+            for s in schemas
+        }
+        context = self.engine.context
+        tools = context.tools
+        if isinstance(tools, dict):
+            tools.update(specs)
+        else:
+            self.engine.context = dataclasses.replace(context, tools={**dict(tools), **specs})
+
+    def decide_tool(self, request: ToolRequest) -> Any:
+        # Findings: the broker's screen hook, when wired, already screened the arguments; without one,
+        # None lets the engine screen them itself.
+        findings = request.findings if request.screened else None
+        return self.engine.decide_tool(request.name, request.call.arguments, findings=findings)
+
+
+def engine_network_decider(engine: Any, scheme: str | None = None) -> Callable[..., Any]:
+    def decide(host: str, port: int, resolved_ip: str | None = None) -> Any:
+        return engine.decide_network(host, port, scheme, resolved_ip=resolved_ip)
+
+    return decide
+
+
+class BrokeredCredentials:
+    """CredentialSwapper over the credentials broker.
+
+    The broker swaps a sentinel only where its grant allows (host, tool, TTL, rate) and leaves others
+    in place; here a sentinel left in place refuses the call or request instead (fail closed: it was
+    meant for somewhere else), and any sentinel in clear text (plain HTTP) is refused.
+    """
+
+    def __init__(self, broker: Any) -> None:
+        self.broker = broker
+
+    def hosts_needing_interception(self) -> Sequence[str]:
+        hosts: list[str] = []
+        for grant in self.broker.settings.grants.values():
+            if grant.mode == "brokered":
+                hosts.extend(grant.hosts)
+        return hosts
+
+    def swap(self, text: str, *, tool: str, host: str | None, secure: bool = True) -> tuple[str, list[str]]:
+        if SENTINEL_PREFIX not in text:
+            return text, []
+        if not secure:
+            raise PermissionError("a brokered credential may not be sent in clear text (use https)")
+        if host is None:
+            swapped, used = self._swap_for_tool(text, tool)
+        else:
+            swapped, used = self.broker.swap_sentinels(text, host, None if tool == "egress" else tool)
+        if SENTINEL_PREFIX in swapped:
+            raise PermissionError(f"a credential sentinel may not be sent to {host or tool} (no grant allows it)")
+        return swapped, list(used)
+
+    def _swap_for_tool(self, text: str, tool: str) -> tuple[str, list[str]]:
+        # MCP tools have no destination host: the grant must name the tool (value_for_tool checks it).
+        by_sentinel: dict[str, str] = getattr(self.broker, "_by_sentinel", {})
+        used = []
+        for sentinel, name in list(by_sentinel.items()):
+            if sentinel in text:
+                text = text.replace(sentinel, self.broker.value_for_tool(name, tool))
+                used.append(name)
+        return text, used
+
+
+def output_screen_from(credential_session: Any) -> Callable[[str, Any], tuple[Any, list[dict[str, Any]]]]:
+    """The output firewall of the credentials session (issue 6) as the broker's output screen: every
+    string of the result is screened like a shell reply (known secret values in all their encodings,
+    detectors); redactions come back as records (detector, name, count — never values)."""
+
+    def screen(tool_name: str, result: Any) -> tuple[Any, list[dict[str, Any]]]:
+        screened = credential_session.screen_reply("tool_reply", {"result": result})
+        if "result" not in screened:
+            raise RuntimeError(str(screened.get("evalue") or "the output firewall withheld the result"))
+        records = getattr(credential_session.firewall, "last_reply_redactions", []) or []
+        return screened["result"], [r.model_dump() if hasattr(r, "model_dump") else dict(r) for r in records]
+
+    return screen

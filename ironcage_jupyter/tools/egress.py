@@ -1,0 +1,398 @@
+"""Egress for cells: an HTTP/HTTPS forward proxy in the wrapper, reached from the sandbox over a Unix socket.
+
+Every connection is decided (NetworkGate: allowlist, then address checks) and audited before a byte
+goes upstream, and the proxy connects to the checked address itself (pinned). HTTPS:
+- by default `CONNECT` is tunnelled opaquely (the client verifies the real server end to end);
+- toward hosts that need brokered credentials (or are listed to be intercepted) the proxy terminates
+  TLS with the per-session CA, swaps sentinels for real values in the request (only toward the
+  secret's own hosts: the credentials hook decides), and opens its own verified TLS connection
+  upstream. One request per intercepted connection (`Connection: close`), which every client handles.
+Plain HTTP is forwarded, but a sentinel in a plain-HTTP request is refused (no real secret in clear).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from .audit_events import POLICY_DECISION, network_decision_detail
+from .hooks import AuditSink, CredentialSwapper
+from .netguard import AllowEntry, CheckedDestination, DestinationRefused, NetworkGate, normalize_host
+from .tls import SessionCA
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD_BYTES = 64 * 1024
+MAX_BODY_BYTES = 10 * 1024 * 1024
+COPY_CHUNK = 256 * 1024
+AUDIT_EVENT = POLICY_DECISION
+
+_HOP_BY_HOP = {"connection", "proxy-connection", "keep-alive", "proxy-authorization", "proxy-authenticate", "te",
+               "trailer", "transfer-encoding", "upgrade"}
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, rule: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.rule, self.reason = status, rule, reason
+
+
+@dataclass
+class _Head:
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+
+    def get(self, name: str) -> str | None:
+        lowered = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lowered:
+                return value
+        return None
+
+
+def _parse_head(data: bytes) -> _Head:
+    try:
+        text = data.decode("iso-8859-1")
+    except UnicodeDecodeError as exc:  # pragma: no cover - latin-1 decodes everything
+        raise _Refused(400, "egress.bad_request", "undecodable request head") from exc
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise _Refused(400, "egress.bad_request", "malformed request line")
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        if line[0] in " \t" or ":" not in line:
+            raise _Refused(400, "egress.bad_request", "malformed header line")
+        key, _, value = line.partition(":")
+        headers.append((key.strip(), value.strip()))
+    return _Head(parts[0].upper(), parts[1], parts[2], headers)
+
+
+def _parse_response_head(data: bytes) -> tuple[str, list[tuple[str, str]]]:
+    lines = data.decode("iso-8859-1").split("\r\n")
+    headers = []
+    for line in lines[1:]:
+        if line and ":" in line:
+            key, _, value = line.partition(":")
+            headers.append((key.strip(), value.strip()))
+    return lines[0], headers
+
+
+def _split_host_port(authority: str, default_port: int) -> tuple[str, int]:
+    if authority.startswith("["):
+        host, _, rest = authority[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif authority.count(":") == 1:
+        host, _, port_text = authority.partition(":")
+    else:
+        host, port_text = authority, ""
+    try:
+        port = int(port_text) if port_text else default_port
+    except ValueError as exc:
+        raise _Refused(400, "egress.bad_request", f"bad port in {authority!r}") from exc
+    return host, port
+
+
+async def _read_body(reader: asyncio.StreamReader, head: _Head) -> bytes:
+    encoding = (head.get("transfer-encoding") or "").lower()
+    if encoding:
+        if encoding != "chunked":
+            raise _Refused(501, "egress.bad_request", f"unsupported transfer-encoding {encoding!r}")
+        body = bytearray()
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            size = int(size_line.split(b";")[0].strip(), 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")  # (trailers are not supported; the blank line ends it)
+                return bytes(body)
+            if len(body) + size > MAX_BODY_BYTES:
+                raise _Refused(413, "egress.body_too_large", "request body too large for an inspected request")
+            body += await reader.readexactly(size)
+            await reader.readexactly(2)
+    length_text = head.get("content-length")
+    if length_text is None:
+        return b""
+    length = int(length_text)
+    if length < 0 or length > MAX_BODY_BYTES:
+        raise _Refused(413, "egress.body_too_large", "request body too large for an inspected request")
+    return await reader.readexactly(length)
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    total = 0
+    try:
+        while chunk := await reader.read(COPY_CHUNK):
+            writer.write(chunk)
+            total += len(chunk)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (ConnectionError, OSError, ssl.SSLError):
+        pass
+    return total
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        writer.close()
+        await asyncio.wait_for(writer.wait_closed(), 2)
+
+
+class EgressProxy:
+    def __init__(
+        self,
+        gate: NetworkGate,
+        audit: AuditSink,
+        *,
+        ca: SessionCA | None = None,
+        credentials: CredentialSwapper | None = None,
+        intercept_hosts: Sequence[str] = (),
+        upstream_ssl: ssl.SSLContext | None = None,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.gate = gate
+        self.audit = audit
+        self.ca = ca
+        self.credentials = credentials
+        self.intercept_entries = [AllowEntry.parse(h) for h in intercept_hosts]
+        self.upstream_ssl = upstream_ssl or ssl.create_default_context()
+        self.connect_timeout_s = connect_timeout_s
+        self._servers: list[asyncio.base_events.Server] = []
+        self._pending_servers: list[asyncio.Task[asyncio.base_events.Server]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.socket_path: str | None = None
+
+    # lifecycle ------------------------------------------------------------------------------------
+    async def start_unix(self, path: str) -> str:
+        """Listen on a Unix socket (0600) to be bind-mounted into the sandbox."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        server = await asyncio.start_unix_server(self._handle, path=path, limit=MAX_HEAD_BYTES)
+        os.chmod(path, 0o600)
+        self._servers.append(server)
+        self.socket_path = path
+        return path
+
+    def listen_sync(self, path: str) -> str:
+        """Also listen at `path` (a new child's runtime dir); bound before this returns (sync, loop thread)."""
+        from .channel import _listen_unix_sync
+
+        self._pending_servers.append(_listen_unix_sync(path, self._handle, MAX_HEAD_BYTES))
+        return path
+
+    async def start_tcp(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen on TCP (benchmarks and tests outside a sandbox)."""
+        server = await asyncio.start_server(self._handle, host, port, limit=MAX_HEAD_BYTES)
+        self._servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        for pending in self._pending_servers:
+            with contextlib.suppress(Exception):
+                self._servers.append(await pending)
+        self._pending_servers.clear()
+        for server in self._servers:
+            server.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        self._servers.clear()
+
+    def child_environment(self, proxy_port: int) -> dict[str, str]:
+        """Environment of the sandboxed child (and of `pip`, `requests`, `curl`, node) to use the proxy."""
+        url = f"http://127.0.0.1:{proxy_port}"
+        env = {"HTTP_PROXY": url, "HTTPS_PROXY": url, "http_proxy": url, "https_proxy": url,
+               "NO_PROXY": "", "no_proxy": "", "PIP_PROXY": url}
+        if self.ca is not None:
+            bundle = self.ca.bundle_file
+            env.update({"SSL_CERT_FILE": bundle, "REQUESTS_CA_BUNDLE": bundle, "PIP_CERT": bundle,
+                        "CURL_CA_BUNDLE": bundle, "NODE_EXTRA_CA_CERTS": self.ca.ca_file})
+        return env
+
+    # decisions ------------------------------------------------------------------------------------
+    def _needs_interception(self, host: str) -> bool:
+        if self.ca is None:
+            return False
+        entries = list(self.intercept_entries)
+        if self.credentials is not None:
+            entries += [AllowEntry.parse(h) for h in self.credentials.hosts_needing_interception()]
+        return any(e.matches_host(host, None) for e in entries)
+
+    async def _decide(self, host: str, port: int, mode: str, method: str) -> CheckedDestination:
+        try:
+            checked = await self.gate.check(host, port)
+        except DestinationRefused as exc:
+            with contextlib.suppress(Exception):  # the connection is refused either way
+                self.audit.record(AUDIT_EVENT, decision="deny", rule=exc.rule, reason=f"egress {method}: {exc.reason}",
+                                  detail=network_decision_detail(host=host, port=port, rules=[exc.rule]), durable=True)
+            raise _Refused(403, exc.rule, exc.reason) from None
+        # Audit before connecting; a failed write refuses the connection (fail closed).
+        try:
+            self.audit.record(AUDIT_EVENT, decision="allow", rule=checked.rule,
+                              reason=f"egress {method} ({mode}) to {checked.address}: {checked.reason}",
+                              detail=network_decision_detail(host=host, port=port, rules=[checked.rule]),
+                              durable=True)
+        except Exception as exc:  # noqa: BLE001
+            raise _Refused(503, "audit.write_failed", f"audit write failed ({type(exc).__name__})") from None
+        return checked
+
+    # connection handling --------------------------------------------------------------------------
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await self._serve_connection(reader, writer)
+        except asyncio.CancelledError:
+            # Closing the proxy cancels open connections; end quietly (Python 3.11's stream callback
+            # would otherwise report the cancelled task as an error).
+            writer.transport.abort()
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = _parse_head(await reader.readuntil(b"\r\n\r\n"))
+            if head.method == "CONNECT":
+                await self._connect(head, reader, writer)
+            else:
+                await self._plain_http(head, reader, writer)
+        except _Refused as exc:
+            await self._send_refusal(writer, exc)
+        except asyncio.LimitOverrunError:
+            await self._send_refusal(writer, _Refused(431, "egress.bad_request", "request head too large"))
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        except Exception as exc:  # noqa: BLE001 - never let one connection hurt the proxy
+            log.warning("egress proxy connection failed: %s: %s", type(exc).__name__, exc)
+            await self._send_refusal(writer, _Refused(502, "egress.error", f"{type(exc).__name__}"))
+        finally:
+            await _close(writer)
+
+    async def _send_refusal(self, writer: asyncio.StreamWriter, refusal: _Refused) -> None:
+        body = f"Iron Cage egress refused: {refusal.reason} (rule {refusal.rule})\n".encode()
+        reason_header = refusal.reason.encode("ascii", "replace").decode()[:200].replace("\r", " ").replace("\n", " ")
+        head = (f"HTTP/1.1 {refusal.status} Refused\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\nX-Ironcage-Rule: {refusal.rule}\r\n"
+                f"X-Ironcage-Reason: {reason_header}\r\n\r\n")
+        with contextlib.suppress(Exception):
+            writer.write(head.encode() + body)
+            await writer.drain()
+
+    async def _open_upstream(self, checked: CheckedDestination, tls: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            return await asyncio.wait_for(
+                asyncio.open_connection(
+                    checked.address, checked.port,
+                    ssl=self.upstream_ssl if tls else None,
+                    server_hostname=checked.host if tls else None,
+                ),
+                self.connect_timeout_s,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise _Refused(502, "egress.upstream_certificate", f"upstream certificate rejected: {exc.verify_message}") from None
+        except (OSError, TimeoutError) as exc:
+            raise _Refused(502, "egress.upstream_unreachable", f"cannot reach {checked.host}:{checked.port}: {exc}") from None
+
+    async def _connect(self, head: _Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raw_host, port = _split_host_port(head.target, 443)
+        try:
+            host = normalize_host(raw_host)
+        except DestinationRefused as exc:
+            raise _Refused(400, exc.rule, exc.reason) from None
+        intercept = self._needs_interception(host)
+        checked = await self._decide(host, port, "intercept" if intercept else "tunnel", "CONNECT")
+        if not intercept:
+            up_reader, up_writer = await self._open_upstream(checked, tls=False)
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await writer.drain()
+            try:
+                await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer))
+            finally:
+                await _close(up_writer)
+            return
+        assert self.ca is not None
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await writer.drain()
+        await writer.start_tls(self.ca.server_context(host))
+        inner = _parse_head(await reader.readuntil(b"\r\n\r\n"))
+        target = inner.target
+        if not target.startswith("/"):
+            raise _Refused(400, "egress.bad_request", "expected an origin-form request inside the tunnel")
+        await self._forward(inner, target, checked, reader, writer, secure=True)
+
+    async def _plain_http(self, head: _Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parts = urlsplit(head.target)
+        if parts.scheme != "http" or not parts.netloc:
+            raise _Refused(400, "egress.bad_request", "the proxy takes absolute http:// URLs or CONNECT")
+        raw_host, port = _split_host_port(parts.netloc.rpartition("@")[2], 80)
+        if "@" in parts.netloc:
+            raise _Refused(400, "egress.bad_request", "user info in proxy URLs is refused")
+        try:
+            host = normalize_host(raw_host)
+        except DestinationRefused as exc:
+            raise _Refused(400, exc.rule, exc.reason) from None
+        checked = await self._decide(host, port, "http", head.method)
+        origin_target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        await self._forward(head, origin_target, checked, reader, writer, secure=False)
+
+    def _swap(self, text: str, host: str, secure: bool, used: list[str]) -> str:
+        if self.credentials is None:
+            return text
+        try:
+            swapped, names = self.credentials.swap(text, tool="egress", host=host, secure=secure)
+        except Exception as exc:  # noqa: BLE001 - a sentinel that may not go here refuses the request
+            raise _Refused(403, "credentials.refused", str(exc)) from None
+        used.extend(names)
+        return swapped
+
+    async def _forward(self, head: _Head, target: str, checked: CheckedDestination, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter, *, secure: bool) -> None:
+        body = await _read_body(reader, head)
+        used: list[str] = []
+        target = self._swap(target, checked.host, secure, used)
+        headers = [(k, self._swap(v, checked.host, secure, used)) for k, v in head.headers
+                   if k.lower() not in _HOP_BY_HOP and k.lower() not in ("content-length", "host")]
+        if body:
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+            if text is not None:
+                body = self._swap(text, checked.host, secure, used).encode("utf-8")
+        shown = f"[{checked.host}]" if ":" in checked.host else checked.host
+        default_port = 443 if secure else 80
+        host_header = shown if checked.port == default_port else f"{shown}:{checked.port}"
+        lines = [f"{head.method} {target} HTTP/1.1", f"Host: {host_header}"]
+        lines += [f"{k}: {v}" for k, v in headers]
+        if body or head.method in ("POST", "PUT", "PATCH"):
+            lines.append(f"Content-Length: {len(body)}")
+        lines.append("Connection: close")
+        up_reader, up_writer = await self._open_upstream(checked, tls=secure)
+        try:
+            up_writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1") + body)
+            await up_writer.drain()
+            status_line, response_headers = _parse_response_head(await up_reader.readuntil(b"\r\n\r\n"))
+            kept = [(k, v) for k, v in response_headers if k.lower() not in ("connection", "keep-alive", "proxy-connection")]
+            out = [status_line] + [f"{k}: {v}" for k, v in kept] + ["Connection: close"]
+            writer.write(("\r\n".join(out) + "\r\n\r\n").encode("iso-8859-1"))
+            await writer.drain()
+            await _copy(up_reader, writer)
+        finally:
+            await _close(up_writer)
