@@ -8,6 +8,8 @@ import os
 import pytest
 from sandbox_support import ATTACKS, Bait, SandboxedKernel, leaks, run_battery
 
+from ironcage_jupyter.sandbox.settings import IsolationSettings
+
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -133,3 +135,36 @@ def _sandboxed_processes(name: str) -> list[int]:
         if marker in env.split(b"\0"):
             found.append(int(entry))
     return found
+
+
+def test_loopback_port_for_the_egress_bridge_stays_private(bait):
+    """An allowed loopback TCP port (the tool egress bridge) works on the sandbox's own loopback only:
+    the host's server on that very port stays unreachable, other ports and UDP stay refused."""
+    port = bait.targets()["http_port"]
+    kernel = SandboxedKernel(bait.spec(isolation=IsolationSettings(loopback_ports=[port])))
+    try:
+        result = kernel.run_json(
+            f"""
+import json, socket
+out = {{}}
+srv = socket.create_server(('127.0.0.1', {port}))
+c = socket.create_connection(('127.0.0.1', {port}), 2); c.sendall(b'ping')
+conn, _ = srv.accept(); out['own_loopback'] = conn.recv(4).decode()
+srv.close(); c.close(); conn.close()
+def attempt(key, fn):
+    try:
+        fn(); out[key] = 'ESCAPED'
+    except OSError as exc:
+        out[key] = type(exc).__name__
+attempt('host_server_same_port', lambda: socket.create_connection(('127.0.0.1', {port}), 2).sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'))
+attempt('other_port', lambda: socket.create_connection(('127.0.0.1', {port} + 1 if {port} < 65535 else 1024), 2))
+attempt('udp', lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+attempt('ipv6', lambda: socket.socket(socket.AF_INET6, socket.SOCK_STREAM))
+print(json.dumps(out))
+"""
+        )
+    finally:
+        kernel.shutdown()
+    assert result["own_loopback"] == "ping"
+    assert "ESCAPED" not in result.values(), result
+    assert bait.hits == []

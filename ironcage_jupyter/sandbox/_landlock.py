@@ -20,6 +20,7 @@ _SYS_RESTRICT_SELF = 446
 
 _CREATE_RULESET_VERSION = 1
 _RULE_PATH_BENEATH = 1
+_RULE_NET_PORT = 2
 
 ACCESS_FS_EXECUTE = 1 << 0
 ACCESS_FS_WRITE_FILE = 1 << 1
@@ -67,6 +68,10 @@ class _PathBeneathAttr(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
+class _NetPortAttr(ctypes.Structure):
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -109,6 +114,7 @@ def restrict_self(
     *,
     deny_tcp: bool = True,
     scope_signals: bool = True,
+    tcp_ports: Iterable[int] = (),
 ) -> dict[str, object]:
     """Confine this process (and every future child) to the given trees.
 
@@ -116,7 +122,8 @@ def restrict_self(
     ``read_write``. With ``deny_tcp`` (ABI >= 4) every TCP bind and connect is refused. With
     ``scope_signals`` (ABI >= 6) signals to processes outside this Landlock domain are refused and
     abstract unix sockets outside it cannot be reached. Paths that do not exist are skipped. The caller
-    must have set no_new_privs. Returns what was enforced.
+    must have set no_new_privs. ``tcp_ports`` stay allowed for bind and connect (only meaningful in a
+    private network namespace: Landlock cannot restrict the address). Returns what was enforced.
     """
     abi = abi_version()
     if abi <= 0:
@@ -139,6 +146,19 @@ def restrict_self(
         for paths, rights in ((read_only, READ_RIGHTS), (read_write, handled_fs)):
             for path in paths:
                 added += _add_path_rule(ruleset_fd, path, rights)
+        if net_enforced:
+            for port in tcp_ports:
+                rule = _NetPortAttr(
+                    allowed_access=ACCESS_NET_BIND_TCP | ACCESS_NET_CONNECT_TCP, port=int(port)
+                )
+                _syscall(
+                    _SYS_ADD_RULE,
+                    ctypes.c_int(ruleset_fd),
+                    ctypes.c_int(_RULE_NET_PORT),
+                    ctypes.byref(rule),
+                    ctypes.c_uint32(0),
+                )
+                added += 1
         _syscall(_SYS_RESTRICT_SELF, ctypes.c_int(ruleset_fd), ctypes.c_uint32(0))
     finally:
         os.close(ruleset_fd)

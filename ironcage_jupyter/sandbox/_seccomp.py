@@ -127,11 +127,14 @@ _TIOCSTI = 0x5412
 _AF_MAX = 46  # one past the highest address family Linux defines (AF_MCTP = 45)
 _NETLINK_ROUTE = 0
 _AF_UNIX = 1
+_AF_INET = 2
 _AF_NETLINK = 16
 _PERSONALITY_QUERY = 0xFFFFFFFF
 
 
-def sandbox_rules(*, deny_network_sockets: bool = True) -> list[Rule]:
+def sandbox_rules(*, deny_network_sockets: bool = True, allow_tcp: bool = False) -> list[Rule]:
+    """The deny list. ``allow_tcp`` keeps ``socket(AF_INET, SOCK_STREAM)`` (only for a private
+    network namespace whose loopback hosts the tool egress bridge; Landlock narrows it to ports)."""
     rules = [Rule(name) for name in DENIED_SYSCALLS]
     # clone(2) with any namespace flag; clone3 passes flags in memory BPF cannot read, so it reports
     # ENOSYS and glibc falls back to clone(2), which is checked.
@@ -148,13 +151,22 @@ def sandbox_rules(*, deny_network_sockets: bool = True) -> list[Rule]:
         # UDP, raw or packet sockets; this does, for every other family.
         for call in ("socket", "socketpair"):
             for family in range(_AF_MAX):
-                if family not in (_AF_UNIX, _AF_NETLINK):
-                    rules.append(Rule(call, ((0, _SCMP_CMP_EQ, family, 0),)))
+                if family in (_AF_UNIX, _AF_NETLINK) or (
+                    allow_tcp and call == "socket" and family == _AF_INET
+                ):
+                    continue
+                rules.append(Rule(call, ((0, _SCMP_CMP_EQ, family, 0),)))
             rules.append(Rule(call, ((0, _SCMP_CMP_GE, _AF_MAX, 0),)))
         rules.append(
             Rule("socket", ((0, _SCMP_CMP_EQ, _AF_NETLINK, 0), (2, _SCMP_CMP_NE, _NETLINK_ROUTE, 0)))
         )
         rules.append(Rule("socketpair", ((0, _SCMP_CMP_EQ, _AF_NETLINK, 0),)))
+        if allow_tcp:
+            # AF_INET, but no datagram, raw or packet types (the low 4 bits of the type argument).
+            for kind in (2, 3, 4, 5, 6, 10):
+                rules.append(
+                    Rule("socket", ((0, _SCMP_CMP_EQ, _AF_INET, 0), (1, _SCMP_CMP_MASKED_EQ, 0xF, kind)))
+                )
     return rules
 
 

@@ -134,11 +134,18 @@ def apply(config: dict) -> list[str]:
     if landlock:
         from ironcage_jupyter.sandbox import _landlock
 
-        attempt("landlock", _landlock.restrict_self, landlock["read_only"], landlock["read_write"])
+        tcp_ports = config.get("tcp_ports", [])
+        attempt(
+            "landlock",
+            lambda: _landlock.restrict_self(
+                landlock["read_only"], landlock["read_write"], tcp_ports=tcp_ports
+            ),
+        )
     if config.get("seccomp"):
         from ironcage_jupyter.sandbox import _seccomp
 
-        attempt("seccomp", _seccomp.install_filter, _seccomp.sandbox_rules())
+        rules = _seccomp.sandbox_rules(allow_tcp=bool(config.get("tcp_ports")))
+        attempt("seccomp", _seccomp.install_filter, rules)
     if failures:
         sys.stderr.write("ironcage sandbox: not applied: " + "; ".join(failures) + "\n")
     return applied

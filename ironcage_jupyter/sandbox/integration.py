@@ -72,7 +72,12 @@ class SandboxController:
         spec = self.spec_for(runtime_dir)
         # The wrapper's ChildKernel already built this environment from its own allowlist plus the
         # sentinels and tool endpoints other components add: keep every name it chose.
-        isolation = self.isolation.model_copy(update={"pass_env": sorted({*self.isolation.pass_env, *env})})
+        update: dict = {"pass_env": sorted({*self.isolation.pass_env, *env})}
+        egress_port = env.get("IRONCAGE_EGRESS_PORT", "")
+        if egress_port.isdigit():
+            # The tools' egress bridge listens on this port of the child's private loopback.
+            update["loopback_ports"] = sorted({*self.isolation.loopback_ports, int(egress_port)})
+        isolation = self.isolation.model_copy(update=update)
         spec = dataclasses.replace(spec, isolation=isolation)
         self.release_all()
         with self._lock:

@@ -349,6 +349,10 @@ def build_sandboxed_command(
             # already hides what lies inside the workspace.
             "read_write": (read_write if mounts else carve(read_write, landlock_hidden)) + devices_rw,
         },
+        # Loopback TCP ports (tool egress bridge) only where the loopback is the sandbox's own.
+        "tcp_ports": sorted(set(spec.isolation.loopback_ports))
+        if use_bwrap and "netns" not in disabled
+        else [],
         "rlimits": {} if "limits" in disabled else _rlimits(spec.limits),
         "cgroup_procs": cg.procs_files if cg else [],
         "pythonpath_entry": _package_root(),

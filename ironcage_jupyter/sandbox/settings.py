@@ -32,6 +32,13 @@ class IsolationSettings(BaseModel):
             " seccomp and rlimits only; the selftest reports process/network as degraded or missing."
         ),
     )
+    loopback_ports: list[int] = Field(
+        default_factory=list,
+        description=(
+            "TCP ports the child may bind and connect to on its private loopback (e.g. the tool egress"
+            " bridge). Only honoured inside a network namespace; every other TCP/UDP socket stays refused."
+        ),
+    )
     pass_env: list[str] = Field(
         default_factory=list,
         description="Environment variable names passed to the child besides the built-in allowlist.",
