@@ -79,9 +79,17 @@ class SandboxController:
             update["loopback_ports"] = sorted({*self.isolation.loopback_ports, int(egress_port)})
         isolation = self.isolation.model_copy(update=update)
         spec = dataclasses.replace(spec, isolation=isolation)
-        self.release_all()
+        # Leftovers of an earlier child are killed in the background: this runs on the wrapper's
+        # event loop, which must not wait for dying processes.
         with self._lock:
-            self._specs[spec.socket_dir] = spec
+            previous = list(self._specs.values())
+            self._specs = {spec.socket_dir: spec}
+        if previous:
+            threading.Thread(
+                target=lambda: [release_sandbox(old) for old in previous],
+                name="ironcage-sandbox-release",
+                daemon=True,
+            ).start()
         return build_sandboxed_command(argv, env, spec)
 
     def selftest(self, *, refresh: bool = False) -> SelfTestReport:
