@@ -84,8 +84,13 @@ class Wrapper:
         self.km.shutdown_kernel(now=False)
 
 
+def visible_text(ex: Execution) -> str:
+    """Everything the user sees, joined without separators (a stream may arrive in several pieces)."""
+    return ex.stdout + ex.stderr + ex.text.replace("\n", "")
+
+
 def assert_nothing_got_out(bait: Bait, ex: Execution, *, context: str = "") -> None:
-    text = ex.text
+    text = visible_text(ex)
     assert bait.secret not in text, f"secret leaked {context}: {text[:500]}"
     assert "reached the host" not in text, f"host server reached {context}"
     assert bait.hits == [], f"host server saw {bait.hits} {context}"
