@@ -34,11 +34,13 @@ from .credentials.wiring import (
 )
 from .magics import MagicResult, is_ironcage_magic, run_magic
 from .pipeline import Block, CellRequest, Pipeline, Stage
+from .policy.session import status as policy_status
 from .relay import Relay, Route
 from .sandbox.integration import SandboxController
-from .ui import UiBridge
-from .ui.integration import policy_ask, report_cell
 from .tools import kernel_glue
+from .ui import UiBridge
+from .ui.audit_feed import audit_panel_query
+from .ui.integration import policy_ask, report_cell
 
 #: Frontend comm targets that the wrapper answers itself; every other comm goes to the child.
 WRAPPER_COMM_TARGETS = ("ironcage.ui", "ironcage.tools")
@@ -202,8 +204,24 @@ class IronCageKernel(Kernel):
         self.ui = UiBridge(self.send_comm_msg, session_id=self._ui_session_id(), policy=Path(self.policy).stem)
         self.ui_ask = policy_ask(self.ui, self.ask_frontend, self._ui_current_cell)
         self.pipeline = Pipeline(self._build_stages())
+        if self.policy_session is not None:
+            # The policy's isolation and limits sections govern the sandbox (no child exists yet).
+            self.sandbox.configure(self.policy_session.policy.isolation, self.policy_session.policy.limits)
+        self._connect_ui()
         atexit.register(self.child.kill_now_sync)
         atexit.register(self.sandbox.release_all)
+
+    def _connect_ui(self) -> None:
+        """Feed the lab extension from the components present: the audit panel from the audit log,
+        the policy name from the policy session."""
+        audit = getattr(self, "audit", None)
+        if audit is not None and getattr(audit, "session_id", None):
+            self.ui.session_id = audit.session_id
+            self.ui.audit_query = audit_panel_query(self.audit_dir, audit.session_id,
+                                                    live_store=lambda: getattr(audit, "store", None))
+        policy_session = getattr(self, "policy_session", None)
+        if policy_session is not None:
+            self.ui.policy = policy_session.policy.name
 
     def _ui_session_id(self) -> str:
         session = getattr(self, "session", None)
@@ -255,8 +273,13 @@ class IronCageKernel(Kernel):
     def _build_stages(self) -> list[Stage]:
         """The ordered per-cell stages. Later components (firewall, policy, credentials, audit)
         register here; no stage is shipped that pretends to check something."""
+        from .policy.session import build_policy_stages
+
+        # firewall screen -> policy decide (an invalid policy: a stage refusing every cell)
+        self.policy_session, self.policy_error, policy_stages = build_policy_stages(self)
         self.tools = kernel_glue.build_session(self)
         return [
+            *policy_stages,
             kernel_glue.CellBudgetStage(self.tools),
             CredentialStage(self, self.credentials),
             ExecuteStage(self),
@@ -285,9 +308,8 @@ class IronCageKernel(Kernel):
         return ready
 
     def _make_sandbox(self) -> SandboxController:
-        """The sandbox for this session. Isolation and limits come from the policy's ``isolation`` and
-        ``limits`` sections once the policy is loaded here; until then their defaults (every layer
-        required, no unsafe mode) apply."""
+        """The sandbox for this session, with default isolation (every layer required, no unsafe mode)
+        and limits until ``__init__`` applies the loaded policy's sections (``sandbox.configure``)."""
         from .sandbox.settings import IsolationSettings, ResourceLimits
 
         return SandboxController(
@@ -470,6 +492,7 @@ class IronCageKernel(Kernel):
     ) -> dict[str, Any]:
         try:
             if is_ironcage_magic(code):
+                self._magic_allow_stdin = allow_stdin  # `%ironcage policy load` may ask the human
                 return await self._run_magic(code, silent)
             cell = CellRequest(
                 code=code,
@@ -508,7 +531,8 @@ class IronCageKernel(Kernel):
             )
 
     def cell_timeout_seconds(self) -> float | None:
-        return self.cell_timeout or self.sandbox.limits.cell_timeout_s or None
+        session = getattr(self, "policy_session", None)
+        return self.cell_timeout or (session.policy.limits.cell_timeout_s if session is not None else None)
 
     async def execute_in_child(self, cell: CellRequest) -> None:
         interrupted = self._cell_interrupted = asyncio.get_running_loop().create_future()
@@ -883,6 +907,7 @@ class IronCageKernel(Kernel):
             "pipeline": self.pipeline.names,
             "cell_timeout_s": self.cell_timeout_seconds(),
             "request_timeout_s": self.request_timeout,
+            **policy_status(getattr(self, "policy_session", None), getattr(self, "policy_error", None)),
             "child_messages": {"received": self.relay.received, "published": self.relay.published,
                                "hwm": self.relay.sockets["iopub"].getsockopt(zmq.RCVHWM) if self.relay.sockets else None},
             "credentials": self.credentials.status(),

@@ -155,3 +155,35 @@ async def _status(kernel: IronCageKernel, argstring: str, body: str | None) -> M
         "Iron Cage status\n" + "\n".join(text_lines),
         html_text=f"<b>Iron Cage status</b><table>{rows}</table>",
     )
+
+
+# -- policy (ironcage_jupyter.policy) ---------------------------------------------------------------
+async def _policy_magic(kernel: IronCageKernel, command: str, argstring: str, body: str | None) -> MagicResult:
+    session = getattr(kernel, "policy_session", None)
+    if session is None:
+        return MagicResult.fail(f"no policy is active, no cell runs:\n{getattr(kernel, 'policy_error', '')}",
+                                name="PolicyError")
+    from .policy.session import KernelAsk
+
+    # out.events (policy changes, failed loads) stay on the session for the audit log: session.drain_events()
+    out = await session.magic(command, argstring, body, ask=KernelAsk(kernel),
+                              allow_stdin=bool(getattr(kernel, "_magic_allow_stdin", False)))
+    if out.error is not None:
+        return MagicResult.fail(out.error, name="PolicyError")
+    return MagicResult.text(out.text, markdown=out.markdown)
+
+
+@subcommand("policy", "active policy; `show [--yaml]`, `load NAME|PATH`, `check NOTEBOOK|FILE`")
+async def _policy(kernel: IronCageKernel, argstring: str, body: str | None) -> MagicResult:
+    if argstring.strip() in ("-h", "--help"):
+        return MagicResult.text("%ironcage policy                 summary of the active policy\n"
+                                "%ironcage policy show [--yaml]   the effective policy (after extends)\n"
+                                "%ironcage policy load NAME|PATH  switch policy (loosening asks a human; refused "
+                                "when locked)\n"
+                                "%ironcage policy check PATH      decide every cell of a notebook or .py file")
+    return await _policy_magic(kernel, "policy", argstring, body)
+
+
+@subcommand("explain", "%%ironcage explain: screen and decide the cell body without running it")
+async def _explain(kernel: IronCageKernel, argstring: str, body: str | None) -> MagicResult:
+    return await _policy_magic(kernel, "explain", argstring, body)

@@ -69,6 +69,9 @@ def execute(
 ) -> Execution:
     """Run one cell and collect every iopub message of it until its idle status, plus the reply."""
     allow_stdin = stdin_answers is not None
+    # Tests send cells back to back; with stop_on_error ipykernel may abort the next request when
+    # it arrives before its internal "stop aborting" marker (plain ipykernel does the same).
+    kwargs.setdefault("stop_on_error", False)
     msg_id = kc.execute(code, allow_stdin=allow_stdin, **kwargs)
     messages: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout

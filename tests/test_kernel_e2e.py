@@ -196,7 +196,7 @@ def test_ironcage_help_and_bad_subcommand(kernel):
 def test_interrupt_through_a_real_kernel_manager(workspace):
     km, kc = start_kernel(workspace)
     try:
-        msg_id = kc.execute("while True: pass")
+        msg_id = kc.execute("while True: pass", stop_on_error=False)
         time.sleep(0.5)
         km.interrupt_kernel()
         reply = kc.get_shell_msg(timeout=15)
@@ -214,7 +214,7 @@ def test_child_killed_mid_cell_then_a_fresh_child_runs_the_next_cell(workspace):
     try:
         execute(kc, "state = 'kept'")
         child_pid = status(kc)["child_pid"]
-        msg_id = kc.execute("import time; time.sleep(60)")
+        msg_id = kc.execute("import time; time.sleep(60)", stop_on_error=False)
         time.sleep(0.5)
         os.kill(child_pid, signal.SIGKILL)
         reply = kc.get_shell_msg(timeout=20)

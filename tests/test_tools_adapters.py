@@ -160,3 +160,29 @@ async def test_output_firewall_of_the_credentials_session_screens_tool_results(t
     outcome = await broker.call(ToolCall(name="fs.read", arguments={"path": "leak.txt"}))
     assert outcome.ok and secret not in repr(outcome.result)
     assert outcome.redactions and outcome.redactions[0]["count"] >= 1
+
+
+def test_brokered_credentials_use_only_the_brokers_public_api():
+    """Host-less tool calls (MCP) swap through `swap_sentinels(text, None, tool)`, not broker internals."""
+    from ironcage_jupyter.credentials import CredentialBroker, CredentialSettings, EnvSource, SecretGrant
+
+    real = CredentialBroker(
+        CredentialSettings(grants={"TOKEN": SecretGrant(hosts=["api.test"], tools=["demo.echo"])}),
+        sources={"env": EnvSource({"TOKEN": "real-token-xyz-0123"})},
+    )
+
+    class PublicOnly:  # exactly the documented trusted-side API, nothing private
+        settings = real.settings
+        swap_sentinels = staticmethod(real.swap_sentinels)
+        restore_sentinels = staticmethod(real.restore_sentinels)
+        restore_hold_length = staticmethod(real.restore_hold_length)
+
+    sentinel = real.sentinel_for("TOKEN")
+    adapter = BrokeredCredentials(PublicOnly())
+    swapped, used = adapter.swap(f"key={sentinel}", tool="demo.echo", host=None)
+    assert swapped == "key=real-token-xyz-0123" and used == ["TOKEN"]
+    with pytest.raises(PermissionError):
+        adapter.swap(f"key={sentinel}", tool="other.tool", host=None)  # the tool has no grant
+    assert adapter.restore({"echo real-token-xyz-0123": ["real-token-xyz-0123"]}) == {
+        f"echo {sentinel}": [sentinel]}
+    assert adapter.restore_hold_length("Bearer real-tok") == len("real-tok")

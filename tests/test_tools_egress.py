@@ -199,7 +199,10 @@ async def test_cell_egress_from_a_networkless_sandbox(world):
         assert process.returncode == 0, stderr.decode()
         result = json.loads(stdout)
         assert result["secret"][0] == 200
-        assert result["secret"][1]["headers"]["Authorization"] == f"Bearer {SECRET}"
+        # The server got the real value; its echo reached the child with the sentinel again.
+        assert servers["tls"].seen[-1]["headers"]["Authorization"] == f"Bearer {SECRET}"
+        assert result["secret"][1]["headers"]["Authorization"] == f"Bearer {sentinel}"
+        assert SECRET not in stdout.decode()
         assert result["allowed"][0] == 200 and result["allowed"][1]["server"] == "allowed"
         assert result["denied"] == [403, "network.not_allowed"]
         assert result["direct"] != "connected"  # no route except through the proxy

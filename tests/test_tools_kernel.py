@@ -61,13 +61,16 @@ def kernel(ironcage_jupyter_path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def plain_kernel(ironcage_jupyter_path, tmp_path_factory):
-    """The product kernel itself (kernelspec `ironcage`), no test subclass: without a policy loaded,
-    every tool is denied by default."""
+    """The product kernel itself (kernelspec `ironcage`), no test subclass: under a policy without tool
+    rules, every tool is denied by default."""
     from kernel_helpers import start_kernel, stop_kernel
 
     ws = tmp_path_factory.mktemp("plain-ws")
     (ws / "data.txt").write_text("cell data")
-    km, kc = start_kernel(ws)
+    policy = ws.parent / "no-tool-rules.yaml"
+    policy.write_text("name: no-tool-rules\nrules:\n  - {id: cells, subject: cell, effect: allow}\n"
+                      "  - {id: findings, subject: cell, effect: allow, match: {severities: [low, medium, high]}}\n")
+    km, kc = start_kernel(ws, env={"IRONCAGE_POLICY": str(policy)})
     yield kc
     stop_kernel(km, kc)
 

@@ -29,7 +29,7 @@ def test_session_scope_filters_and_newest_first(tmp_path: Path) -> None:
                                          ("c3", "escalate", "shell-escapes")])
     other = _fill(tmp_path, "session-b", [("x1", "deny", "deny-exfiltration")])
     other.close()
-    query = audit_panel_query(tmp_path, "session-a", live_store=mine)
+    query = audit_panel_query(tmp_path, "session-a", live_store=lambda: mine)
     try:
         events, total = query(AuditQuery(limit=10))
         assert total == 3

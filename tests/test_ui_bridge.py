@@ -209,6 +209,11 @@ async def test_cell_finished_counts_and_reports() -> None:
     assert len(frontend.of_type("status")) == 5
     bridge.cell_finished(cell_id="e", msg_id="m5", decision="allow")
     assert len(frontend.of_type("status")) == 5
+    # the sandbox selftest finished meanwhile: the next cell carries the new isolation state
+    bridge.isolation.layers = {name: ("active", "") for name in ("process", "filesystem", "network", "syscall")}
+    bridge.cell_finished(cell_id="f", msg_id="m6", decision="allow")
+    assert frontend.of_type("status")[-1]["isolation"] == "all"
+    assert len(frontend.of_type("status")) == 6
 
 
 async def test_status_follows_counts_changed_during_escalation() -> None:

@@ -77,7 +77,7 @@ def test_hello_status_and_cell_events(kernel: tuple[KernelManager, BlockingKerne
 
     # comm_info lists the UI comm; a malformed message gets an error, not a dead kernel.
     _send(kc, "comm_msg", {"comm_id": comm_id, "data": {"type": "launch"}})
-    (error,) = [d for d in _comm_msgs(kc, comm_id, lambda d: d["type"] == "error")]
+    (error,) = [d for d in _comm_msgs(kc, comm_id, lambda d: d["type"] == "error") if d["type"] == "error"]
     assert error["code"] == "unknown_type"
     _send(kc, "comm_msg", {"comm_id": comm_id, "data": {"type": "escalation_answer", "id": "esc-x",
                                                         "answer": "once"}})

@@ -71,14 +71,36 @@ class _EchoHandler(BaseHTTPRequestHandler):
         payload = {"server": self.server.label, "method": self.command, "path": self.path,  # type: ignore[attr-defined]
                    "headers": dict(self.headers.items()), "body": body}
         self.server.seen.append(payload)  # type: ignore[attr-defined]
+        leak = getattr(self.server, "leak", None)  # what a server may know: sent back in the body
+        if leak is not None:
+            payload["leak"] = leak
         if self.path.startswith("/big/"):
             data = b"x" * int(self.path.rsplit("/", 1)[1])
             ctype = "application/octet-stream"
         else:
             data = json.dumps(payload).encode()
             ctype = "application/json"
+        if self.path.startswith("/gzip"):
+            import gzip
+
+            data = gzip.compress(data)
         self.send_response(200)
         self.send_header("Content-Type", ctype)
+        if self.headers.get("Authorization"):  # echoed as a response header too
+            self.send_header("X-Echo-Authorization", self.headers["Authorization"])
+        if self.path.startswith("/gzip"):
+            self.send_header("Content-Encoding", "gzip")
+        if self.path.startswith("/chunked/"):
+            # /chunked/N: the body in N-byte chunks, each written (and flushed) on its own.
+            size = int(self.path.rsplit("/", 1)[1])
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(data), size):
+                piece = data[i : i + size]
+                self.wfile.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            return
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
@@ -147,6 +169,29 @@ class SentinelSwapper:
             text = text.replace(sentinel, value)
             used.append(name)
         return text, used
+
+    def restore(self, data):
+        if isinstance(data, dict):
+            return {self.restore(k): self.restore(v) for k, v in data.items()}
+        if isinstance(data, list):
+            return [self.restore(v) for v in data]
+        if isinstance(data, str | bytes):
+            for sentinel, value, _hosts, _tools in self.secrets.values():
+                if isinstance(data, bytes):
+                    data = data.replace(value.encode(), sentinel.encode())
+                else:
+                    data = data.replace(value, sentinel)
+        return data
+
+    def restore_hold_length(self, data) -> int:
+        longest = 0
+        for _sentinel, value, _hosts, _tools in self.secrets.values():
+            needle = value.encode() if isinstance(data, bytes) else value
+            for k in range(min(len(needle) - 1, len(data)), longest, -1):
+                if data.endswith(needle[:k]):
+                    longest = k
+                    break
+        return longest
 
 
 def make_wheel(directory: str, name: str = "ironcage_demo_pkg", version: str = "1.0") -> str:

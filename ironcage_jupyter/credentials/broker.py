@@ -225,6 +225,31 @@ class CredentialBroker:
         ]
         return _replace_values(data, pairs)
 
+    @_locked
+    def restore_hold_length(self, data: str | bytes) -> int:
+        """For a stream passed through ``restore_sentinels`` piece by piece (a proxied response body):
+        how many trailing characters (bytes, for bytes) of ``data`` to hold back until more arrives,
+        because they could be the start of a real value cut by the piece boundary. It is the longest
+        suffix of ``data`` that is a proper prefix of a value ``restore_sentinels`` would replace; 0
+        when no such value can start there (so line- or event-oriented streams are not delayed)."""
+        longest = 0
+        for state in self._state.values():
+            if not state.value or not state.sentinel:
+                continue
+            value: str | bytes = state.value.encode() if isinstance(data, bytes) else state.value
+            window = min(len(value) - 1, len(data))
+            if window <= longest:
+                continue
+            tail = data[len(data) - window :]
+            first = value[:1]
+            start = tail.find(first)  # type: ignore[arg-type]
+            while 0 <= start < window - longest:
+                if value.startswith(tail[start:]):  # type: ignore[arg-type]
+                    longest = window - start
+                    break
+                start = tail.find(first, start + 1)  # type: ignore[arg-type]
+        return longest
+
     def _check_rate(self, name: str, grant: SecretGrant) -> None:
         if grant.rate_per_minute is None:
             return

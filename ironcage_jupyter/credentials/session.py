@@ -147,17 +147,14 @@ class CredentialSession:
     def restore_sentinels(self, data: Any) -> tuple[Any, list[str]]:
         return self.broker.restore_sentinels(data)
 
+    def restore_hold_length(self, data: str | bytes) -> int:
+        return self.broker.restore_hold_length(data)
+
     def value_for_tool(self, name: str, tool: str, host: str | None = None) -> str:
         return self.broker.value_for_tool(name, tool, host)
 
     def sentinel_for(self, name: str) -> str:
         return self.broker.sentinel_for(name)
-
-    @property
-    def _by_sentinel(self) -> dict[str, str]:
-        # Read by the tools adapter (tools/adapters.py) for host-less tool calls; prefer
-        # swap_sentinels(data, None, tool).
-        return self.broker._by_sentinel
 
     # -- status ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -50,6 +50,12 @@ class SandboxController:
         self._seen_hits: dict[Path, dict[str, int]] = {}
         self._last_hits: list[str] = []
 
+    def configure(self, isolation: IsolationSettings, limits: ResourceLimits) -> None:
+        """Apply the policy's sections (before the first child starts; the selftest re-runs)."""
+        self.isolation = isolation
+        self.limits = limits
+        self._report = None
+
     def spec_for(self, socket_dir: Path) -> SandboxSpec:
         return SandboxSpec(
             workspace=self.workspace,

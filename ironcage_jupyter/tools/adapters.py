@@ -13,7 +13,7 @@ Imports of the other packages are deferred so this module loads without them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .hooks import ToolRequest
@@ -61,7 +61,9 @@ class BrokeredCredentials:
 
     The broker swaps a sentinel only where its grant allows (host, tool, TTL, rate) and leaves others
     in place; here a sentinel left in place refuses the call or request instead (fail closed: it was
-    meant for somewhere else), and any sentinel in clear text (plain HTTP) is refused.
+    meant for somewhere else), and any sentinel in clear text (plain HTTP) is refused. Only the
+    broker's public trusted-side API is used (`swap_sentinels`, `restore_sentinels`,
+    `restore_hold_length`, `settings`): a `CredentialBroker` or the kernel's `CredentialSession`.
     """
 
     def __init__(self, broker: Any) -> None:
@@ -79,23 +81,25 @@ class BrokeredCredentials:
             return text, []
         if not secure:
             raise PermissionError("a brokered credential may not be sent in clear text (use https)")
-        if host is None:
-            swapped, used = self._swap_for_tool(text, tool)
-        else:
-            swapped, used = self.broker.swap_sentinels(text, host, None if tool == "egress" else tool)
+        # host=None: a tool with no destination (MCP): the broker checks the tool grant only. Toward a
+        # host, egress checks the host grant; a named tool must be granted too.
+        swapped, used = self.broker.swap_sentinels(text, host, None if tool == "egress" else tool)
         if SENTINEL_PREFIX in swapped:
             raise PermissionError(f"a credential sentinel may not be sent to {host or tool} (no grant allows it)")
         return swapped, list(used)
 
-    def _swap_for_tool(self, text: str, tool: str) -> tuple[str, list[str]]:
-        # MCP tools have no destination host: the grant must name the tool (value_for_tool checks it).
-        by_sentinel: dict[str, str] = getattr(self.broker, "_by_sentinel", {})
-        used = []
-        for sentinel, name in list(by_sentinel.items()):
-            if sentinel in text:
-                text = text.replace(sentinel, self.broker.value_for_tool(name, tool))
-                used.append(name)
-        return text, used
+    def restore(self, data: Any) -> Any:
+        """Real values -> sentinels in whatever goes back toward the child (keys of mappings too)."""
+        if isinstance(data, str | bytes):
+            return self.broker.restore_sentinels(data)[0]
+        if isinstance(data, Mapping):
+            return {self.restore(k) if isinstance(k, str) else k: self.restore(v) for k, v in data.items()}
+        if isinstance(data, list | tuple):
+            return [self.restore(item) for item in data]
+        return data
+
+    def restore_hold_length(self, data: str | bytes) -> int:
+        return int(self.broker.restore_hold_length(data))
 
 
 def output_screen_from(credential_session: Any) -> Callable[[str, Any], tuple[Any, list[dict[str, Any]]]]:

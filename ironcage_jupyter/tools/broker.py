@@ -240,6 +240,10 @@ class ToolBroker:
                 raise ToolRefusal("tools.timeout", f"{call.name} did not finish within {self.call_timeout_s:g} s") from None
 
             stage = "output_firewall"
+            if self.credentials is not None:
+                # A result echoing a brokered secret (a server returning the Authorization header, an
+                # error quoting the URL) goes back with the sentinel, never the real value.
+                result = self.credentials.restore(result)
             redactions: list[dict[str, Any]] = []
             if self.screen_output is not None:
                 result, redactions = self.screen_output(call.name, result)
@@ -314,6 +318,11 @@ class ToolBroker:
 
     def _refuse(self, call: ToolCall, request: ToolRequest | None, started: float, stage: str,
                 rule: str, reason: str, warnings: list[str]) -> ToolOutcome:
+        if self.credentials is not None:
+            try:
+                reason = self.credentials.restore(reason)
+            except Exception as exc:  # noqa: BLE001 - a reason that cannot be checked is not shown
+                reason = f"refused (reason withheld: restoring sentinels failed with {type(exc).__name__})"
         outcome = ToolOutcome(call_id=call.call_id, name=call.name, ok=False,
                               refusal=Refusal(rule=rule, reason=reason, stage=stage), warnings=warnings)
         self._audit_refusal_best_effort(call, outcome, started, request.schema if request else self._schema(call))

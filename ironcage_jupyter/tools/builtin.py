@@ -4,7 +4,8 @@ http.request decides the destination with the NetworkGate, then connects to the 
 checked (the URL's host is replaced by the pinned IP; `Host` and TLS SNI / certificate verification
 keep the name), so DNS rebinding between the check and the connection changes nothing. Redirects are
 returned, never followed (each hop would need its own decision). Brokered credentials: sentinels in
-the URL, headers and body are swapped by the credentials hook for this host only, and only over HTTPS.
+the URL, headers and body are swapped by the credentials hook for this host only, and only over HTTPS;
+real values in the response (headers and body) are turned back into sentinels before it is returned.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .errors import ToolExecutionError, ToolRefusal
 from .fs import FS_SCHEMAS, ConfinedFs
 from .models import ArgumentSpec, ToolSchema
 from .netguard import DestinationRefused, NetworkGate
+from .restore import restore_complete
 
 if TYPE_CHECKING:
     import httpx
@@ -137,13 +139,19 @@ class HttpTool:
         finally:
             await response.aclose()
         data = b"".join(chunks)[: self.max_response_bytes]
+        response_headers = dict(response.headers.items())
+        if context.credentials is not None:
+            # Real values -> sentinels before anything is decoded (a binary body is returned base64,
+            # where the broker's restore could no longer see them); a value cut by truncation is dropped.
+            data = restore_complete(context.credentials, data)
+            response_headers = context.credentials.restore(response_headers)
         try:
             text: str | None = data.decode(response.encoding or "utf-8")
         except (UnicodeDecodeError, LookupError):
             text = None
         return {
             "status": response.status_code,
-            "headers": dict(response.headers.items()),
+            "headers": response_headers,
             "body": text if text is not None else base64.b64encode(data).decode("ascii"),
             "body_encoding": "text" if text is not None else "base64",
             "truncated": truncated,

@@ -8,6 +8,10 @@ goes upstream, and the proxy connects to the checked address itself (pinned). HT
   secret's own hosts: the credentials hook decides), and opens its own verified TLS connection
   upstream. One request per intercepted connection (`Connection: close`), which every client handles.
 Plain HTTP is forwarded, but a sentinel in a plain-HTTP request is refused (no real secret in clear).
+With a credentials broker, every response that goes back toward the child (plain HTTP and intercepted
+HTTPS; status line, headers, body) has each real value turned back into its sentinel, streamed bodies
+through a sliding window (restore.py); upstream is asked for identity encoding and a compressed body
+is refused, since it cannot be searched.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import contextlib
 import logging
 import os
 import ssl
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +29,7 @@ from urllib.parse import urlsplit
 from .audit_events import POLICY_DECISION, network_decision_detail
 from .hooks import AuditSink, CredentialSwapper
 from .netguard import AllowEntry, CheckedDestination, DestinationRefused, NetworkGate, normalize_host
+from .restore import StreamRestorer, restore_complete
 from .tls import SessionCA
 
 log = logging.getLogger(__name__)
@@ -32,6 +37,8 @@ log = logging.getLogger(__name__)
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 10 * 1024 * 1024
 COPY_CHUNK = 256 * 1024
+# Responses up to this size are restored whole and keep a (recomputed) Content-Length; larger ones stream.
+RESTORE_BUFFER_BYTES = 1024 * 1024
 AUDIT_EVENT = POLICY_DECISION
 
 _HOP_BY_HOP = {"connection", "proxy-connection", "keep-alive", "proxy-authorization", "proxy-authenticate", "te",
@@ -383,16 +390,139 @@ class EgressProxy:
         lines += [f"{k}: {v}" for k, v in headers]
         if body or head.method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {len(body)}")
+        if self.credentials is not None:
+            # Bodies must be readable to restore sentinels in them: no compression from upstream.
+            lines = [line for line in lines if not line.lower().startswith("accept-encoding:")]
+            lines.append("Accept-Encoding: identity")
         lines.append("Connection: close")
         up_reader, up_writer = await self._open_upstream(checked, tls=secure)
         try:
             up_writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1") + body)
             await up_writer.drain()
-            status_line, response_headers = _parse_response_head(await up_reader.readuntil(b"\r\n\r\n"))
-            kept = [(k, v) for k, v in response_headers if k.lower() not in ("connection", "keep-alive", "proxy-connection")]
-            out = [status_line] + [f"{k}: {v}" for k, v in kept] + ["Connection: close"]
-            writer.write(("\r\n".join(out) + "\r\n\r\n").encode("iso-8859-1"))
-            await writer.drain()
-            await _copy(up_reader, writer)
+            if self.credentials is None:
+                await self._relay_response_raw(up_reader, writer)
+            else:
+                await self._relay_response_restored(up_reader, writer, head, self.credentials)
         finally:
             await _close(up_writer)
+
+    async def _relay_response_raw(self, up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # No credentials broker: no real value can be in the response; copy it as it comes.
+        status_line, response_headers = _parse_response_head(await up_reader.readuntil(b"\r\n\r\n"))
+        kept = [(k, v) for k, v in response_headers if k.lower() not in ("connection", "keep-alive", "proxy-connection")]
+        out = [status_line] + [f"{k}: {v}" for k, v in kept] + ["Connection: close"]
+        writer.write(("\r\n".join(out) + "\r\n\r\n").encode("iso-8859-1"))
+        await writer.drain()
+        await _copy(up_reader, writer)
+
+    async def _relay_response_restored(self, up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                       request: _Head, credentials: CredentialSwapper) -> None:
+        """The response with every real value of a brokered secret turned back into its sentinel: status
+        line, headers and body. The body is de-framed (chunked / Content-Length / until close) so a value
+        split by the framing or across reads is still found, and re-framed for the child: a recomputed
+        Content-Length when it fits in memory, else chunked (close-delimited for an HTTP/1.0 client)."""
+        while True:
+            status_line, response_headers = _parse_response_head(await up_reader.readuntil(b"\r\n\r\n"))
+            status = _status_code(status_line)
+            if not 100 <= status < 200 or status == 101:
+                break  # interim responses (100 Continue) are dropped: the request body is already sent
+        length_text, chunked, encoding = None, False, ""
+        kept: list[tuple[str, str]] = []
+        for key, value in response_headers:
+            lowered = key.lower()
+            if lowered == "content-length":
+                length_text = value
+            elif lowered == "transfer-encoding":
+                chunked = value.lower() == "chunked"
+                if not chunked:
+                    raise _Refused(502, "egress.response_framing", f"unsupported response transfer-encoding {value!r}")
+            elif lowered not in _HOP_BY_HOP:
+                if lowered == "content-encoding":
+                    encoding = value.strip().lower()
+                kept.append((credentials.restore(key), credentials.restore(value)))
+        status_line = credentials.restore(status_line)
+        has_body = request.method != "HEAD" and status not in (204, 304)
+        if has_body and encoding not in ("", "identity"):
+            # Compressed bytes cannot be searched for a secret: fail closed (identity was asked for).
+            raise _Refused(502, "egress.response_encoding",
+                           f"the response is {encoding}-encoded and cannot be checked for credentials")
+        length: int | None = None
+        if length_text is not None and not chunked:
+            try:
+                length = int(length_text)
+            except ValueError:
+                raise _Refused(502, "egress.response_framing", "malformed response Content-Length") from None
+            if length < 0:
+                raise _Refused(502, "egress.response_framing", "malformed response Content-Length")
+        head_lines = [status_line] + [f"{k}: {v}" for k, v in kept]
+        if not has_body:
+            if length_text is not None:
+                head_lines.append(f"Content-Length: {length_text}")
+            writer.write(("\r\n".join([*head_lines, "Connection: close"]) + "\r\n\r\n").encode("iso-8859-1"))
+            await writer.drain()
+            return
+        pieces = _body_pieces(up_reader, length, chunked)
+        if length is not None and length <= RESTORE_BUFFER_BYTES:
+            data = b"".join([piece async for piece in pieces])
+            data = restore_complete(credentials, data)
+            head_lines.append(f"Content-Length: {len(data)}")
+            writer.write(("\r\n".join([*head_lines, "Connection: close"]) + "\r\n\r\n").encode("iso-8859-1") + data)
+            await writer.drain()
+            return
+        rechunk = request.version != "HTTP/1.0"
+        if rechunk:
+            head_lines.append("Transfer-Encoding: chunked")
+        writer.write(("\r\n".join([*head_lines, "Connection: close"]) + "\r\n\r\n").encode("iso-8859-1"))
+        await writer.drain()
+        restorer = StreamRestorer(credentials)
+
+        async def send(data: bytes) -> None:
+            if data:
+                writer.write(b"%x\r\n%b\r\n" % (len(data), data) if rechunk else data)
+                await writer.drain()
+
+        async for piece in pieces:
+            await send(restorer.feed(piece))
+        await send(restorer.finish())
+        if rechunk:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+
+def _status_code(status_line: str) -> int:
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise _Refused(502, "egress.response_framing", "malformed upstream status line")
+    return int(parts[1])
+
+
+async def _body_pieces(reader: asyncio.StreamReader, length: int | None, chunked: bool) -> AsyncIterator[bytes]:
+    """The response body without its framing, piece by piece as it arrives."""
+    if chunked:
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            try:
+                size = int(size_line.split(b";")[0].strip(), 16)
+            except ValueError:
+                raise _Refused(502, "egress.response_framing", "malformed chunk size from upstream") from None
+            if size == 0:
+                while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers are dropped
+                    pass
+                return
+            while size > 0:
+                piece = await reader.read(min(size, COPY_CHUNK))
+                if not piece:
+                    raise asyncio.IncompleteReadError(b"", size)
+                size -= len(piece)
+                yield piece
+            await reader.readexactly(2)
+    elif length is not None:
+        while length > 0:
+            piece = await reader.read(min(length, COPY_CHUNK))
+            if not piece:
+                raise asyncio.IncompleteReadError(b"", length)
+            length -= len(piece)
+            yield piece
+    else:
+        while piece := await reader.read(COPY_CHUNK):
+            yield piece

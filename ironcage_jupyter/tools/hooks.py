@@ -80,11 +80,19 @@ class CredentialSwapper(Protocol):
     is False (real values never travel in clear text). `tool` is the tool name, or "egress" for cells'
     HTTPS traffic through the proxy; `host` is None for tools without a destination (MCP).
     `hosts_needing_interception` lists the hosts whose HTTPS egress must be TLS-terminated to swap.
+    `restore` is the reverse for everything going back toward the child (tool results, proxied
+    responses): every real value becomes its sentinel again (str, bytes, or nested dicts / lists,
+    keys included). `restore_hold_length` is how many trailing characters of a restored stream piece
+    could begin a real value cut by the piece boundary (held back until the next piece).
     """
 
     def swap(self, text: str, *, tool: str, host: str | None, secure: bool = True) -> tuple[str, list[str]]: ...
 
     def hosts_needing_interception(self) -> Sequence[str]: ...
+
+    def restore(self, data: Any) -> Any: ...
+
+    def restore_hold_length(self, data: str | bytes) -> int: ...
 
 
 class OutputScreen(Protocol):

@@ -39,14 +39,19 @@ def _where(query: AuditQuery, session_id: str) -> tuple[str, list[Any]]:
 def audit_panel_query(
     audit_dir: str | Path, session_id: str, *, live_store: Any = None
 ) -> Callable[[AuditQuery], tuple[list[dict[str, Any]], int]]:
-    """A ``UiBridge.audit_query`` callable over the audit directory of this kernel."""
+    """A ``UiBridge.audit_query`` callable over the audit directory of this kernel.
+
+    ``live_store``: this session's ``AuditStore`` (its buffered events are flushed before the query),
+    or a zero-argument callable returning it (or None) when the store opens in the background.
+    """
 
     def run(query: AuditQuery) -> tuple[list[dict[str, Any]], int]:
         from ..audit import AuditQuery as StoreQuery  # type: ignore[attr-defined,unused-ignore]
 
         where, params = _where(query, session_id)
         sessions = [session_id] if query.scope == "session" else None
-        with StoreQuery(audit_dir, live_store=live_store, sessions=sessions) as store:
+        live = live_store() if callable(live_store) else live_store
+        with StoreQuery(audit_dir, live_store=live, sessions=sessions) as store:
             total_rows = store.run_trusted(f"SELECT count(*) FROM events {where}", params).rows  # noqa: S608
             total = int(total_rows[0][0]) if total_rows else 0
             result = store.run_trusted(

@@ -192,8 +192,8 @@ class UiBridge:
         self.counts = SessionCounts()
         self.comm_ids: list[str] = []
         self._pending: dict[str, tuple[asyncio.Future[str], EscalationRequest, dict[str, Any]]] = {}
-        #: counts in the last status broadcast; a cell only triggers a new one when they differ
-        self._published_counts = self.counts.as_dict()
+        #: the last status broadcast; a cell only triggers a new one when something in it changed
+        self._published_status: dict[str, Any] = {}
         #: escalation id -> who settled it when it was not a frontend (interrupt, shutdown)
         self._settled_by: dict[str, str] = {}
 
@@ -309,7 +309,7 @@ class UiBridge:
 
     def publish_status(self, parent: dict[str, Any] | None = None) -> None:
         message = self.status_message()
-        self._published_counts = dict(message["counts"])
+        self._published_status = message
         self.broadcast(message, parent)
 
     def cell_finished(
@@ -325,7 +325,7 @@ class UiBridge:
         findings: Iterable[Mapping[str, Any]] = (),
         parent: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Count the cell's outcome, then send its ``cell_event`` (and ``status`` if the counts changed).
+        """Count the cell's outcome, then send its ``cell_event`` (and ``status`` if it changed).
 
         Call once per execute request, after output filtering (so ``redacted`` is complete) and
         before the execute_reply. ``decision`` is the strictest one taken for the cell.
@@ -355,7 +355,9 @@ class UiBridge:
             ],
         }
         self.broadcast(event, parent)
-        if self.counts.as_dict() != self._published_counts:
+        # A new status when anything on the status bar changed: counts, or the policy / isolation
+        # layers the kernel updated meanwhile (e.g. after the sandbox selftest).
+        if self.status_message() != self._published_status:
             self.publish_status(parent)
         return event
 

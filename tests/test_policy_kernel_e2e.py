@@ -1,0 +1,85 @@
+"""The firewall and the policy inside the real wrapper kernel (the `ironcage` kernelspec), driven through
+jupyter_client: denied cells never reach the child, escalation asks the human (default no, no stdin ->
+deny), `%ironcage policy` and `%%ironcage explain`, reload with the loosening check, an invalid policy
+fails closed."""
+
+import pytest
+
+from kernel_helpers import execute, start_kernel, status, stop_kernel
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("ws")
+    km, kc = start_kernel(workspace, env={"IRONCAGE_POLICY": "default"})
+    yield kc, workspace
+    stop_kernel(km, kc)
+
+
+def test_allowed_cell_runs(kernel):
+    kc, _ = kernel
+    ex = execute(kc, "%matplotlib inline\nx = 6 * 7\nx")
+    assert ex.status == "ok" and ex.result == "42"
+
+
+def test_denied_cell_never_reaches_the_child(kernel):
+    kc, workspace = kernel
+    ex = execute(kc, "open('ran.txt', 'w').write('1')\nimport ctypes\nctypes.CDLL(None)")
+    assert ex.status == "error" and ex.reply["content"]["ename"] == "PolicyDenied"
+    assert "deny-dangerous" in ex.text and "IC-MOD-001" in ex.text
+    assert not (workspace / "ran.txt").exists()
+    protected = execute(kc, "open('~/.ssh/id_rsa'.replace('~', '/root')).read()")
+    assert protected.status == "error" and "invariant.protected-path" in protected.text
+
+
+def test_escalation_asks_and_defaults_to_no(kernel):
+    kc, workspace = kernel
+    no_stdin = execute(kc, "!touch shell_ran")
+    assert no_stdin.status == "error" and "allow_stdin is false" in no_stdin.text
+    refused = execute(kc, "!touch shell_ran", stdin_answers=[""])
+    assert refused.status == "error" and "answered no" in refused.text
+    assert not (workspace / "shell_ran").exists()
+    approved = execute(kc, "!touch shell_ran", stdin_answers=["y"])
+    assert approved.status == "ok" and (workspace / "shell_ran").exists()
+
+
+def test_policy_magics_and_status(kernel):
+    kc, _ = kernel
+    summary = execute(kc, "%ironcage policy")
+    assert summary.status == "ok" and "default" in summary.text and "Mode" in summary.text
+    explained = execute(kc, "%%ironcage explain\nimport ctypes\n")
+    assert explained.status == "ok" and "DENY" in explained.text and "IC-MOD-001" in explained.text
+    info = status(kc)
+    assert info["policy"] == "default" and info["policy_mode"] == "enforce"
+    assert info["pipeline"][:2] == ["screen", "decide"]
+
+
+def test_policy_reload_tightens_freely_and_loosening_needs_a_human(tmp_path):
+    km, kc = start_kernel(tmp_path, env={"IRONCAGE_POLICY": "default"})
+    try:
+        assert execute(kc, "%ironcage policy load strict").status == "ok"
+        assert status(kc)["policy"] == "strict"
+        refused = execute(kc, "%ironcage policy load observe")
+        assert refused.status == "error" and "policy not loaded" in refused.text
+        assert status(kc)["policy"] == "strict"
+        (tmp_path / "bad.yaml").write_text("rules:\n  - id: x\n    subject: cell\n    effect: sometimes\n")
+        bad = execute(kc, "%ironcage policy load bad.yaml")
+        assert bad.status == "error" and "bad.yaml:4" in bad.text and status(kc)["policy"] == "strict"
+        approved = execute(kc, "%ironcage policy load default", stdin_answers=["y"])
+        assert approved.status == "ok" and status(kc)["policy"] == "default"
+    finally:
+        stop_kernel(km, kc)
+
+
+def test_invalid_policy_fails_closed(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("name: broken\nrules: {not: a list}\n")
+    km, kc = start_kernel(tmp_path, env={"IRONCAGE_POLICY": str(bad)})
+    try:
+        ex = execute(kc, "x = 1")
+        assert ex.status == "error" and ex.reply["content"]["ename"] == "PolicyError"
+        assert "broken.yaml:2" in ex.text and "rules" in ex.text
+        info = status(kc)
+        assert info["policy"] is None and "broken.yaml" in info["policy_error"]
+    finally:
+        stop_kernel(km, kc)
