@@ -20,6 +20,17 @@ class SandboxedIronCageKernel(IronCageKernel):
     """The production wiring, with the test-only knobs of the sandbox (disabled layers, refused
     namespaces, isolation/limits without a policy file)."""
 
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        # The test's isolation/limits win over the policy's (which __init__ applied).
+        cfg = json.loads(os.environ.get("IRONCAGE_TEST_SANDBOX", "{}"))
+        self.sandbox.configure(
+            IsolationSettings(**cfg.get("isolation", {})), ResourceLimits(**cfg.get("limits", {}))
+        )
+
+    def cell_timeout_seconds(self) -> float | None:
+        return self.cell_timeout or self.sandbox.limits.cell_timeout_s
+
     def _make_sandbox(self) -> SandboxController:
         cfg = json.loads(os.environ.get("IRONCAGE_TEST_SANDBOX", "{}"))
         return SandboxController(

@@ -45,6 +45,8 @@ class Wrapper:
             {
                 "HOME": str(bait.home),
                 "IRONCAGE_WORKSPACE": str(bait.workspace),
+                # observe: the firewall and policy only record, so the sandbox is what must stop attacks.
+                "IRONCAGE_POLICY": "observe",
                 "IRONCAGE_AUDIT_DIR": str(bait.root / "ironcage-audit"),
                 "IRONCAGE_TEST_SANDBOX": json.dumps(cfg),
                 "WRAPPER_SECRET": bait.secret,  # must never be readable from a cell

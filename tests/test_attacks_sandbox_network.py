@@ -68,7 +68,9 @@ CELLS = {
 @pytest.mark.parametrize("name", sorted(CELLS))
 def test_egress_reaches_nothing(wrapper, bait, name):
     t = bait.targets()
-    ex = wrapper.run(CELLS[name].format(port=t["http_port"], udp=t["udp_port"]))
+    # An attacker drops the tool egress proxy from the environment first: the sandbox must hold alone.
+    no_proxy = "import os\nfor _k in list(os.environ):\n    if _k.lower().endswith('_proxy'):\n        del os.environ[_k]\n"
+    ex = wrapper.run(no_proxy + CELLS[name].format(port=t["http_port"], udp=t["udp_port"]))
     assert_nothing_got_out(bait, ex, context=name)
     assert (
         "connected" not in ex.stdout and "raw" not in ex.stdout.split() and "packet" not in ex.stdout.split()

@@ -57,11 +57,11 @@ SHELL_READS = {
     "env_dump": "!env; !cat /proc/self/environ",
 }
 SHELL_NETWORK = {
-    "curl_host": "!curl -s -m 2 http://127.0.0.1:{port}/curl",
-    "wget_host": "!wget -q -t 1 -T 2 -O - http://127.0.0.1:{port}/wget",
+    "curl_host": "!curl -s --noproxy '*' -m 2 http://127.0.0.1:{port}/curl",
+    "wget_host": "!wget --no-proxy -q -t 1 -T 2 -O - http://127.0.0.1:{port}/wget",
     "bash_dev_tcp": "%%bash\nexec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET /devtcp HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3",
     "bash_dev_udp": "%%bash\necho x > /dev/udp/127.0.0.1/{udp}",
-    "curl_dns": "!curl -s -m 2 https://pypi.org/simple/ | head -c 100",
+    "curl_dns": "!curl -s --noproxy '*' -m 2 https://pypi.org/simple/ | head -c 100",
     "python_child_socket": "!python3 -c \"import socket; s=socket.create_connection(('127.0.0.1', {port}), 2); s.send(b'GET /child HTTP/1.0\\r\\n\\r\\n'); print(s.recv(100))\"",
 }
 SHELL_WRITES = {
