@@ -21,8 +21,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "examples" / "agent_session.ipynb"
@@ -37,9 +40,10 @@ REFUSAL_HINTS = ("Denied", "Refused", "Escalation", "Policy", "NotAllowed", "Blo
 class CellOutcome:
     index: int
     first_line: str
-    verdict: str = "allowed"  # allowed | blocked | escalated->denied | redacted | error
+    verdict: str = "allowed"  # allowed | blocked | escalated->denied | escalated->approved | redacted | error
     detail: str = ""
     rules: list[str] = field(default_factory=list)
+    escalations: list[str] = field(default_factory=list)
 
 
 def _output_text(output: dict) -> str:
@@ -67,7 +71,7 @@ def classify(index: int, cell: dict) -> CellOutcome:
         ename, evalue = str(error.get("ename", "")), str(error.get("evalue", ""))
         outcome.detail = f"{ename}: {evalue}".splitlines()[0][:160]
         text = "\n".join(texts).lower()
-        if "escalat" in text or "approv" in text:
+        if any(hint in text for hint in ("escalat", "approv", "human answered", "no frontend", "no answer within")):
             outcome.verdict = "escalated->denied"
         elif outcome.rules or any(hint.lower() in ename.lower() for hint in REFUSAL_HINTS):
             outcome.verdict = "blocked"
@@ -77,6 +81,47 @@ def classify(index: int, cell: dict) -> CellOutcome:
         outcome.verdict = "redacted"
         outcome.detail = next(line for text in texts for line in text.splitlines() if "[REDACTED" in line)[:160]
     return outcome
+
+
+def make_client(nb: Any, approve: Callable[[dict], bool], **kwargs: Any) -> Any:
+    """An nbclient that also acts as the human at the JupyterLab approval dialog: it opens the
+    ``ironcage.ui`` comm like the lab extension does and answers each escalation with ``approve``."""
+    import nbclient
+
+    class ApprovingClient(nbclient.NotebookClient):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            self.ui_comm_id = uuid.uuid4().hex
+            self.answers: dict[int, list[tuple[str, str]]] = {}
+
+        async def async_start_new_kernel_client(self) -> Any:
+            kc = await super().async_start_new_kernel_client()
+            kc.shell_channel.send(kc.session.msg("comm_open", {
+                "comm_id": self.ui_comm_id, "target_name": "ironcage.ui",
+                "data": {"type": "hello", "protocol": 1, "client": "examples/run_demo.py"}}))
+            return kc
+
+        def process_message(self, msg: dict, cell: Any, cell_index: int) -> Any:
+            content = msg.get("content") or {}
+            if msg.get("msg_type") == "comm_msg" and content.get("comm_id") == self.ui_comm_id:
+                data = content.get("data") or {}
+                if data.get("type") == "escalation":
+                    answer = "once" if approve(data) else "deny"
+                    self.answers.setdefault(cell_index, []).append((data.get("summary", ""), answer))
+                    self.kc.shell_channel.send(self.kc.session.msg("comm_msg", {
+                        "comm_id": self.ui_comm_id,
+                        "data": {"type": "escalation_answer", "id": data["id"], "answer": answer}}))
+                return None
+            return super().process_message(msg, cell, cell_index)
+
+    return ApprovingClient(nb, **kwargs)
+
+
+def demo_approver(escalation: dict) -> bool:
+    """The demo's human: approves handing DEMO_API_KEY to the cell that asked for it (to show that the
+    output firewall still catches the leak), refuses everything else."""
+    text = " ".join(str(escalation.get(k, "")) for k in ("summary", "canonical", "reason"))
+    return "DEMO_API_KEY" in text and "curl" not in text
 
 
 def ensure_kernelspec(tmp: Path, env: dict[str, str]) -> None:
@@ -120,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None, help="write the executed notebook here")
     parser.add_argument("--keep", action="store_true", help="keep the demo directory (printed at the end)")
     parser.add_argument("--timeout", type=int, default=180, help="seconds per cell")
+    parser.add_argument("--no-approve", dest="approve", action="store_false",
+                        help="answer every escalation 'deny' (default: approve only the DEMO_API_KEY request)")
     args = parser.parse_args(argv)
 
-    import nbclient
     import nbformat
 
     tmp = Path(tempfile.mkdtemp(prefix="ironcage-demo-"))
@@ -158,12 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(env)
         try:
             nb = nbformat.read(notebook_path, as_version=4)
-            client = nbclient.NotebookClient(
-                nb, kernel_name="ironcage", allow_errors=True, timeout=args.timeout,
+            client = make_client(
+                nb, demo_approver if args.approve else (lambda escalation: False),
+                kernel_name="ironcage", allow_errors=True, timeout=args.timeout,
                 resources={"metadata": {"path": str(workspace)}},
             )
             try:
-                client.execute()
+                with (tmp / "kernel.log").open("w") as kernel_log:
+                    client.execute(stdout=kernel_log, stderr=kernel_log)
             except Exception as exc:  # the kernel refused to start (bad policy, no sandbox, ...)
                 print(f"The ironcage kernel could not run the notebook: {exc}", file=sys.stderr)
                 return 2
@@ -174,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
             nbformat.write(nb, args.output)
 
         outcomes = [classify(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+        for outcome in outcomes:
+            for summary, answer in client.answers.get(outcome.index, []):
+                approved = answer != "deny"
+                outcome.escalations.append(f"escalated: {summary} -> {'approved' if approved else 'denied'}")
+                if outcome.verdict in ("blocked", "error") and not approved:
+                    outcome.verdict = "escalated->denied"
+                elif approved and outcome.verdict == "allowed":
+                    outcome.verdict = "escalated->approved"
         executed = json.dumps(nbformat.from_dict(nb), default=str)
         leaks = []
         for label, value in (("DEMO_API_KEY", api_key), ("fake SSH key", f"ironcage-demo-not-a-real-key-{marker}"),
@@ -188,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         for outcome in outcomes:
             rules = f"  [{', '.join(outcome.rules)}]" if outcome.rules else ""
             print(f"  cell {outcome.index:>2}  {outcome.verdict:<18} {outcome.first_line:<{width}}{rules}")
+            for note in outcome.escalations:
+                print(f"           {'':<18} {note[:150]}")
             if outcome.detail and outcome.verdict != "allowed":
                 print(f"           {'':<18} {outcome.detail}")
         totals: dict[str, int] = {}
@@ -206,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             for row in counts:
                 print(f"  {row.get('event_type', '?'):<28} {row.get('decision', '-'):<10} {row.get('n', 0):>5}")
         if args.keep:
-            print(f"\nDemo directory kept: {tmp}")
+            print(f"\nDemo directory kept: {tmp} (kernel log: {tmp / 'kernel.log'})")
         return 1 if leaks else 0
     finally:
         if not args.keep:

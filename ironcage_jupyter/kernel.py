@@ -22,6 +22,13 @@ from traitlets import Float, Int, Unicode, default
 from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
+from .audit.integration import (
+    AuditDecisionStage,
+    AuditRecordStage,
+    AuditSubmitStage,
+    KernelAudit,
+    register_magics,
+)
 from .child import ChildDied, ChildKernel
 from .credentials.session import CredentialSession
 from .credentials.wiring import (
@@ -41,6 +48,8 @@ from .tools import kernel_glue
 from .ui import UiBridge
 from .ui.audit_feed import audit_panel_query
 from .ui.integration import policy_ask, report_cell
+
+register_magics()
 
 #: Frontend comm targets that the wrapper answers itself; every other comm goes to the child.
 WRAPPER_COMM_TARGETS = ("ironcage.ui", "ironcage.tools")
@@ -196,13 +205,20 @@ class IronCageKernel(Kernel):
         self._wrapper_comms: dict[str, str] = {}
         self._shutting_down = False
         self._main_loop: asyncio.AbstractEventLoop | None = None
-        self.credentials = self._make_credential_session()
+        # The audit log opens in the background; no cell runs before it has (and none if it cannot
+        # be written: fail closed).
+        self.audit = KernelAudit(
+            self.audit_dir,
+            session_start={"policy_name": self.policy, "workspace": str(self.workspace),
+                           "kernel_version": __version__},
+        )
         self._current_parent: dict[str, Any] | None = None
         # The JupyterLab extension's comm (docs/ui-protocol.md). Isolation shows "unsafe" until the
         # sandbox reports its layers (self.ui.isolation). Escalations: pass `self.ui_ask` as the
         # policy stage's `ask` (dialog when the extension is attached, input_request otherwise).
         self.ui = UiBridge(self.send_comm_msg, session_id=self._ui_session_id(), policy=Path(self.policy).stem)
         self.ui_ask = policy_ask(self.ui, self.ask_frontend, self._ui_current_cell)
+        self.ui.audit_query = audit_panel_query(self.audit_dir, self.audit.session_id, live_store=self.audit)
         self.pipeline = Pipeline(self._build_stages())
         if self.policy_session is not None:
             # The policy's isolation and limits sections govern the sandbox (no child exists yet).
@@ -268,7 +284,9 @@ class IronCageKernel(Kernel):
 
     def _make_credential_session(self) -> CredentialSession:
         """Credential broker + output firewall of this session (see credentials/wiring.py)."""
-        return make_session(self)
+        policy_session = getattr(self, "policy_session", None)
+        policy = policy_session.policy if policy_session is not None else None
+        return make_session(self, policy=policy, audit_callback=self.audit.credentials_callback)
 
     def _build_stages(self) -> list[Stage]:
         """The ordered per-cell stages. Later components (firewall, policy, credentials, audit)
@@ -277,13 +295,19 @@ class IronCageKernel(Kernel):
 
         # firewall screen -> policy decide (an invalid policy: a stage refusing every cell)
         self.policy_session, self.policy_error, policy_stages = build_policy_stages(self)
+        # The broker needs the policy's grants, so it is built after the policy is loaded.
+        self.credentials = self._make_credential_session()
         self.tools = kernel_glue.build_session(self)
         return [
+            AuditSubmitStage(self.audit, self),
             *policy_stages,
             kernel_glue.CellBudgetStage(self.tools),
             CredentialStage(self, self.credentials),
+            # the decision (or refusal) is durable before anything runs
+            AuditDecisionStage(self.audit),
             ExecuteStage(self),
             OutputFinishStage(self, self.credentials),
+            AuditRecordStage(self.audit),
         ]
 
     def start(self) -> None:
@@ -405,6 +429,14 @@ class IronCageKernel(Kernel):
             self.relay.detach(ChildDied(f"the child kernel exited during start (status {status})"))
             return
         self.log.warning("the child kernel exited with status %s", status)
+        try:
+            self.audit.record(
+                "violation",
+                detail={"kind": "child_crash", "message": f"the child kernel exited (status {status})",
+                        "exit_code": status if isinstance(status, int) else None},
+            )
+        except Exception:
+            self.log.error("the audit log could not record the child's exit", exc_info=True)
         self.relay.detach(ChildDied(f"the child kernel died (exit status {status})"))
         # A fresh child, so the next cell runs.
         self._restarts += 1
@@ -759,6 +791,7 @@ class IronCageKernel(Kernel):
             await self.ensure_child()
         except Exception:
             return
+        self.relay.note_comm(parent["header"]["msg_type"], parent["content"])
         route = Route(kind="comm", parent=parent)
         self.relay.last_route = route if self._current_cell is None else self.relay.last_route
         self.relay.send(
@@ -791,12 +824,15 @@ class IronCageKernel(Kernel):
         )
 
     async def comm_info_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        """Answered from the comms the wrapper has seen open and close (child comms on iopub, frontend
+        comms on shell): no round trip to the child, which may still be starting."""
         target_name = parent["content"].get("target_name")
-        reply = await self._ask_child("comm_info_request", dict(parent["content"]))
-        comms = dict((reply or {}).get("comms", {}))
-        for comm_id, target in self._wrapper_comms.items():
-            if target_name is None or target == target_name:
-                comms[comm_id] = {"target_name": target}
+        comms = {
+            comm_id: {"target_name": target}
+            for registry in (self.relay.comms, self._wrapper_comms)
+            for comm_id, target in registry.items()
+            if target_name is None or target == target_name
+        }
         self.session.send(stream, "comm_info_reply", {"status": "ok", "comms": comms}, parent, ident)
 
     # -- control: interrupt, shutdown, unsupported ----------------------------------------------------
@@ -831,9 +867,13 @@ class IronCageKernel(Kernel):
         self.relay.detach(ChildDied("the kernel is shutting down"))
         try:
             await self.child.stop()
+            await kernel_glue.shutdown(self)
         finally:
             self.sandbox.release_all()  # whatever the child left behind (degraded mode, no pid ns)
-        await kernel_glue.shutdown(self)
+            try:
+                self.audit.close(status="normal", reason="shutdown requested")
+            except Exception:
+                self.log.error("the audit log could not be closed cleanly", exc_info=True)
 
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:  # type: ignore[override]
         try:
@@ -874,6 +914,10 @@ class IronCageKernel(Kernel):
     # -- %ironcage magics ------------------------------------------------------------------------
     async def _run_magic(self, code: str, silent: bool) -> dict[str, Any]:
         result: MagicResult = await run_magic(self, code)
+        try:  # a policy load/change made by the magic is recorded at once (a failure refuses later cells)
+            self.audit.drain_policy_events(self)
+        except Exception:
+            self.log.error("the audit log could not record the policy change", exc_info=True)
         if result.error is not None:
             return self.publish_error(
                 Block(ename=result.error_name or "UsageError", evalue=result.error, details=result.details)
@@ -907,6 +951,7 @@ class IronCageKernel(Kernel):
             "pipeline": self.pipeline.names,
             "cell_timeout_s": self.cell_timeout_seconds(),
             "request_timeout_s": self.request_timeout,
+            "audit": self.audit.status(),
             **policy_status(getattr(self, "policy_session", None), getattr(self, "policy_error", None)),
             "child_messages": {"received": self.relay.received, "published": self.relay.published,
                                "hwm": self.relay.sockets["iopub"].getsockopt(zmq.RCVHWM) if self.relay.sockets else None},

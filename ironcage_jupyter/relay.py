@@ -78,6 +78,8 @@ class Relay:
         self.last_route: Route | None = None
         self.sockets: dict[str, zmq.asyncio.Socket] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        #: Open comms (id -> target name) between the frontend and the child, for comm_info_request.
+        self.comms: dict[str, str] = {}
         #: Messages received from the child and published to the frontend, for %ironcage status.
         self.received = 0
         self.published = 0
@@ -104,8 +106,18 @@ class Relay:
             )
         ]
 
+    def note_comm(self, msg_type: str, content: dict[str, Any]) -> None:
+        comm_id = content.get("comm_id")
+        if not isinstance(comm_id, str):
+            return
+        if msg_type == "comm_open":
+            self.comms[comm_id] = str(content.get("target_name", ""))
+        elif msg_type == "comm_close":
+            self.comms.pop(comm_id, None)
+
     def detach(self, reason: BaseException) -> None:
         """Stop reading and fail every request still waiting on the child."""
+        self.comms.clear()  # the child's comms die with it
         for task in self._tasks:
             task.cancel()
         self._tasks = []
@@ -231,6 +243,8 @@ class Relay:
         content = msg["content"]
         if not isinstance(content, dict):
             return
+        if msg_type in ("comm_open", "comm_close"):
+            self.note_comm(msg_type, content)
         if msg_type == "execute_result" and route.execution_count is not None:
             content["execution_count"] = route.execution_count
         buffers = msg.get("buffers") or []

@@ -26,6 +26,9 @@ def ironcage_jupyter_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), saved["PYTHONPATH"]) if p)
     runtime = tmp_path_factory.mktemp("runtime")
     os.environ["JUPYTER_RUNTIME_DIR"] = str(runtime)
+    # Kernels started by tests record into a private audit dir, never the user's real one.
+    saved["IRONCAGE_AUDIT_DIR"] = os.environ.get("IRONCAGE_AUDIT_DIR")
+    os.environ["IRONCAGE_AUDIT_DIR"] = str(tmp_path_factory.mktemp("audit"))
     # Kernels in tests run under the `observe` policy unless a test sets IRONCAGE_POLICY itself: tests
     # about other subsystems need their cells to reach the child; the policy's own tests pick policies.
     saved["IRONCAGE_POLICY"] = os.environ.get("IRONCAGE_POLICY")

@@ -26,7 +26,7 @@ def test_post_build_builds_extension_installs_and_registers_kernel() -> None:
     assert os.access(post_build, os.X_OK)
     subprocess.run(["bash", "-n", str(post_build)], check=True)
     script = post_build.read_text()
-    for step in ("npm install", "npm run build", "pip install", "ironcage-jupyter install --sys-prefix",
+    for step in ("npm ci", "npm run build", "pip install", "ironcage-jupyter install --sys-prefix",
                  "jupyter labextension list"):
         assert step in script, step
     assert "bubblewrap" in (BINDER / "apt.txt").read_text().split()

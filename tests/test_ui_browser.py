@@ -1,7 +1,7 @@
 """Browser UI tests of the lab extension: Debian's chromium driven by Playwright against a real
 JupyterLab server on 127.0.0.1 running the Iron Cage kernel.
 
-Builds nothing: it needs ``labextension/node_modules`` (``npm install`` in labextension/) and the built
+Builds nothing: it needs ``labextension/node_modules`` (``npm ci`` in labextension/) and the built
 extension in ``ironcage_jupyter/labextension`` (``npm run build`` there). The Playwright suite is
 ``labextension/ui-tests/``; screenshots land in ``test-artifacts/ui/``.
 """
@@ -82,9 +82,9 @@ def _notebook() -> dict:
 @pytest.fixture
 def lab_server(tmp_path: Path) -> Iterator[dict[str, str]]:
     if not (LABEXT_BUILT / "package.json").exists():
-        pytest.fail(f"the lab extension is not built: run `npm install && npm run build` in {LABEXT_SRC}")
+        pytest.fail(f"the lab extension is not built: run `npm ci && npm run build` in {LABEXT_SRC}")
     if not (LABEXT_SRC / "node_modules" / "@playwright" / "test").exists():
-        pytest.fail(f"Playwright is not installed: run `npm install` in {LABEXT_SRC}")
+        pytest.fail(f"Playwright is not installed: run `npm ci` in {LABEXT_SRC}")
 
     jupyter_path = tmp_path / "jupyter"
     (jupyter_path / "labextensions").mkdir(parents=True)
@@ -124,6 +124,8 @@ def lab_server(tmp_path: Path) -> Iterator[dict[str, str]]:
         "JUPYTER_PLATFORM_DIRS": "1",
         "IPYTHONDIR": str(tmp_path / "ipython"),
         "IRONCAGE_AUDIT_DIR": str(tmp_path / "audit"),
+        # The shipped default policy decides (tests/conftest.py sets `observe` for other areas).
+        "IRONCAGE_POLICY": "default",
         "HOME": str(home),
         "PYTHONPATH": str(REPO),
     })

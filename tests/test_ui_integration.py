@@ -95,7 +95,7 @@ async def test_ask_falls_back_to_stdin_or_no() -> None:
         ({"decision": SimpleNamespace(effect="deny", rules=["deny-dangerous"], reason="ssh key", findings=[]),
           "block": Block("PolicyDenied", "denied", rule="deny-dangerous", reason="ssh key")},
          "deny", None, ["deny-dangerous"]),
-        ({"decision": SimpleNamespace(effect="allow", rules=["shell-escapes", "human-approval"],
+        ({"decision": SimpleNamespace(effect="allow", rules=["shell-escapes", "human.approval"],
                                       reason="approved by a human", findings=[]),
           "notes": {"escalation": {"outcome": "allow-once"}}},
          "escalate", "approved_once", ["shell-escapes"]),

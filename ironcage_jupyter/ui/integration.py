@@ -28,6 +28,9 @@ ESCALATION_OUTCOMES = {
     "deny-no-stdin": "denied",
 }
 
+#: Pseudo-rules the policy appends to an approved decision; the marker shows the outcome instead.
+APPROVAL_MARKERS = {"human-approval", "human.approval"}
+
 #: Dialog answer -> a word the policy's parse_answer() understands (anything else is "no").
 _ANSWER_WORDS = {"once": "once", "session": "session", "deny": "no"}
 
@@ -125,7 +128,7 @@ def report_cell(bridge: UiBridge, cell: Any, parent: dict[str, Any] | None) -> d
         decision=verdict,
         outcome=outcome,
         redacted=int(getattr(cell, "redactions", 0) or 0),
-        rules=[r for r in rules if r != "human-approval"],
+        rules=[r for r in rules if r not in APPROVAL_MARKERS],
         reason=reason,
         findings=_findings(cell),
         parent=parent,

@@ -275,7 +275,7 @@ export class AuditPanel extends Widget {
     const table = el('table', 'ironcage-audit-table');
     const head = el('thead');
     const tr = el('tr');
-    for (const column of ['Time', 'Event', 'Decision']) {
+    for (const column of ['Time / decision', 'Event']) {
       tr.appendChild(el('th', undefined, column));
     }
     head.appendChild(tr);
@@ -323,7 +323,9 @@ export class AuditPanel extends Widget {
       if (event.decision) {
         tr.classList.add(`ironcage-decision-${event.decision}`);
       }
-      tr.appendChild(el('td', 'ironcage-audit-time', shortTime(event.ts)));
+      const when = el('td', 'ironcage-audit-time', shortTime(event.ts));
+      when.appendChild(el('div', 'ironcage-audit-decision-cell', event.decision ?? ''));
+      tr.appendChild(when);
       // Type, rule and reason stacked in one column: the sidebar is narrow.
       const what = el('td', 'ironcage-audit-what');
       what.appendChild(el('div', 'ironcage-audit-type-cell', event.event_type));
@@ -335,7 +337,6 @@ export class AuditPanel extends Widget {
         what.appendChild(el('div', 'ironcage-audit-reason', text));
       }
       tr.appendChild(what);
-      tr.appendChild(el('td', 'ironcage-audit-decision-cell', event.decision ?? ''));
       tr.title = [
         `#${event.seq} at ${event.ts}`,
         event.summary,

@@ -1,0 +1,326 @@
+"""Audit event model: one envelope shared by every event, one detail model per event type.
+
+The envelope mirrors the `events` table columns. The bytes that are hashed and stored are the canonical
+JSON of the envelope (sorted keys, compact separators, UTF-8), so verification hashes exactly what was
+stored and never a re-derivation. Detail field names follow OCSF 1.x attributes where one fits and the
+OpenTelemetry GenAI semantic conventions for tool calls (``gen_ai.*`` keys, kept dotted in the JSON).
+
+Values of secrets never appear in any event: credential events carry names and scopes, redaction events
+carry detector names and counts, and code/arguments are stored only after the caller redacted them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION = 1
+
+Decision = Literal["allow", "deny", "escalate"]
+
+
+class EventType(StrEnum):
+    SESSION_START = "session_start"
+    SESSION_END = "session_end"
+    CELL_SUBMITTED = "cell_submitted"
+    FIREWALL_FINDINGS = "firewall_findings"
+    POLICY_DECISION = "policy_decision"
+    ESCALATION = "escalation"
+    EXECUTION = "execution"
+    OUTPUT_REDACTION = "output_redaction"
+    CREDENTIAL_ACCESS = "credential_access"
+    TOOL_CALL = "tool_call"
+    VIOLATION = "violation"
+    POLICY_CHANGE = "policy_change"
+
+
+# Events that gate an action or report a breach are committed before `record` returns, whatever the
+# caller asked: the action they allow must never proceed on an unrecorded decision.
+ALWAYS_DURABLE: frozenset[str] = frozenset(
+    {
+        EventType.SESSION_START,
+        EventType.SESSION_END,
+        EventType.POLICY_DECISION,
+        EventType.ESCALATION,
+        EventType.CREDENTIAL_ACCESS,
+        EventType.VIOLATION,
+        EventType.POLICY_CHANGE,
+    }
+)
+
+
+class _Detail(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class SessionStartDetail(_Detail):
+    """OCSF: Application Lifecycle (6002) activity "start"."""
+
+    kernel_name: str = "ironcage"
+    kernel_version: str | None = None
+    policy_name: str | None = None
+    policy_sha256: str | None = None
+    isolation: dict[str, str] = Field(
+        default_factory=dict, description="Layer -> active/degraded/missing (sandbox self-test result)."
+    )
+    isolation_reasons: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, Any] = Field(default_factory=dict, description="Resource limits in force.")
+    workspace: str | None = None
+    user_name: str | None = Field(default=None, description="OCSF actor.user.name")
+    hostname: str | None = Field(default=None, description="OCSF device.hostname")
+    pid: int | None = Field(default=None, description="OCSF process.pid of the wrapper")
+    child_pid: int | None = None
+
+
+class SessionEndDetail(_Detail):
+    status: str = Field(default="normal", description="normal, restart, crash, audit_failure, ...")
+    reason: str | None = None
+    cells_run: int | None = None
+    duration_ms: float | None = None
+
+
+class CellSubmittedDetail(_Detail):
+    cell_id: str | None = None
+    execution_count: int | None = None
+    code_sha256: str = Field(description="SHA-256 of the code exactly as submitted (before redaction).")
+    code_redacted: str = Field(description="The code after secret redaction.")
+    code_length: int | None = None
+    origin: str | None = Field(
+        default=None, description="Claimed origin from execute_request metadata (agent, user, ...)."
+    )
+    origin_metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class FindingRecord(_Detail):
+    finding_id: str
+    category: str | None = None
+    severity: str | None = None
+    line: int | None = None
+    message: str | None = None
+
+
+class FirewallFindingsDetail(_Detail):
+    """OCSF: Detection Finding (2004); one event per screened cell or tool call."""
+
+    cell_id: str | None = None
+    tool_call_id: str | None = Field(default=None, alias="gen_ai.tool.call.id")
+    target: Literal["cell", "tool_arguments", "output"] = "cell"
+    findings: list[FindingRecord] = Field(default_factory=list)
+    finding_count: int | None = None
+    duration_ms: float | None = None
+
+
+class PolicyDecisionDetail(_Detail):
+    """The envelope's decision/rule/reason columns carry the outcome; this carries the context."""
+
+    subject: Literal["cell", "tool", "network", "credential", "output", "other"] = "cell"
+    cell_id: str | None = None
+    tool_call_id: str | None = Field(default=None, alias="gen_ai.tool.call.id")
+    tool_name: str | None = Field(default=None, alias="gen_ai.tool.name")
+    target: str | None = Field(default=None, description="Host:port, path or credential name decided on.")
+    rules: list[str] = Field(default_factory=list, description="Every rule that matched.")
+    policy_name: str | None = None
+    duration_ms: float | None = None
+    enforced: bool | None = Field(default=None, description="False under an observe-only policy.")
+    would_have: Decision | None = Field(default=None, description="The enforced outcome when not enforced.")
+    invariant: bool | None = Field(default=None, description="Decided by a hardcoded invariant.")
+
+
+class EscalationDetail(_Detail):
+    state: Literal["asked", "answered", "timeout", "cancelled"]
+    escalation_id: str
+    question: str | None = None
+    answer: Literal["approve", "deny"] | None = None
+    answered_by: str | None = Field(default=None, description="OCSF actor.user.name of the approver.")
+    approval_scope: Literal["once", "session"] | None = None
+    timeout_s: float | None = None
+    waited_ms: float | None = None
+    cell_id: str | None = None
+    tool_call_id: str | None = Field(default=None, alias="gen_ai.tool.call.id")
+
+
+class ExecutionDetail(_Detail):
+    cell_id: str | None = None
+    execution_count: int | None = None
+    status: Literal["ok", "error", "aborted", "interrupted", "timeout", "blocked"]
+    duration_ms: float | None = None
+    cpu_time_s: float | None = None
+    max_rss_kb: int | None = None
+    output_bytes: int | None = None
+    error_type: str | None = Field(default=None, description="OTel error.type (exception name).")
+
+
+class OutputRedactionDetail(_Detail):
+    cell_id: str | None = None
+    tool_call_id: str | None = Field(default=None, alias="gen_ai.tool.call.id")
+    detector: str
+    matched_name: str | None = Field(default=None, description="Secret or pattern name; never the value.")
+    count: int = Field(ge=0)
+    action: Literal["redacted", "withheld", "truncated", "flagged"] = "redacted"
+    msg_type: str | None = None
+    stream_name: str | None = None
+
+
+class CredentialAccessDetail(_Detail):
+    credential_name: str
+    scope: str | None = Field(
+        default=None, description="cell, tool, egress, sentinel, injected, source:<kind>"
+    )
+    granted: bool | None = Field(default=None, description="None for a request whose outcome follows.")
+    target: str | None = Field(default=None, description="Host or tool the credential is used toward.")
+    ttl_s: float | None = None
+    used_by: Literal["trusted", "sandbox"] | None = None
+    cell_id: str | None = None
+    tool_call_id: str | None = Field(default=None, alias="gen_ai.tool.call.id")
+
+
+class ToolCallDetail(_Detail):
+    """OpenTelemetry GenAI execute_tool span attributes."""
+
+    operation_name: Literal["execute_tool"] = Field(default="execute_tool", alias="gen_ai.operation.name")
+    tool_name: str = Field(alias="gen_ai.tool.name")
+    tool_call_id: str | None = Field(default=None, alias="gen_ai.tool.call.id")
+    tool_type: str | None = Field(default=None, alias="gen_ai.tool.type")
+    arguments_redacted: dict[str, Any] = Field(default_factory=dict)
+    status: Literal["ok", "error", "denied", "timeout"] | None = None
+    duration_ms: float | None = None
+    result_size_bytes: int | None = None
+    error_type: str | None = Field(default=None, alias="error.type")
+    server: str | None = Field(default=None, description="MCP server or tool provider name.")
+
+
+class ViolationDetail(_Detail):
+    kind: Literal[
+        "sandbox_denial", "limit_hit", "child_crash", "selftest_failure", "audit_failure", "protocol", "other"
+    ]
+    layer: str | None = Field(default=None, description="process, filesystem, network, syscall")
+    limit: str | None = Field(default=None, description="Which resource limit was hit.")
+    message: str | None = None
+    cell_id: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+
+
+class PolicyChangeDetail(_Detail):
+    old_policy: str | None = None
+    new_policy: str | None = None
+    old_sha256: str | None = None
+    new_sha256: str | None = None
+    changed_by: str | None = None
+    source: str | None = Field(default=None, description="File path or UI that made the change.")
+
+
+DETAIL_MODELS: dict[str, type[_Detail]] = {
+    EventType.SESSION_START: SessionStartDetail,
+    EventType.SESSION_END: SessionEndDetail,
+    EventType.CELL_SUBMITTED: CellSubmittedDetail,
+    EventType.FIREWALL_FINDINGS: FirewallFindingsDetail,
+    EventType.POLICY_DECISION: PolicyDecisionDetail,
+    EventType.ESCALATION: EscalationDetail,
+    EventType.EXECUTION: ExecutionDetail,
+    EventType.OUTPUT_REDACTION: OutputRedactionDetail,
+    EventType.CREDENTIAL_ACCESS: CredentialAccessDetail,
+    EventType.TOOL_CALL: ToolCallDetail,
+    EventType.VIOLATION: ViolationDetail,
+    EventType.POLICY_CHANGE: PolicyChangeDetail,
+}
+
+
+class AuditEventError(ValueError):
+    """An event that does not match its schema (a programming error on the recording side)."""
+
+
+# Which detail field becomes the envelope's `name` column (what the event is about), per event type.
+NAME_FIELDS: dict[str, str] = {
+    EventType.SESSION_START: "policy_name",
+    EventType.SESSION_END: "status",
+    EventType.CELL_SUBMITTED: "origin",
+    EventType.FIREWALL_FINDINGS: "target",
+    EventType.POLICY_DECISION: "subject",
+    EventType.ESCALATION: "state",
+    EventType.EXECUTION: "status",
+    EventType.OUTPUT_REDACTION: "detector",
+    EventType.CREDENTIAL_ACCESS: "credential_name",
+    EventType.TOOL_CALL: "gen_ai.tool.name",
+    EventType.VIOLATION: "kind",
+    EventType.POLICY_CHANGE: "new_policy",
+}
+
+
+class AuditEvent(BaseModel):
+    """The envelope; its canonical JSON is what is hashed and stored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: str
+    ts: str = Field(description="UTC, ISO 8601 with microseconds and a Z suffix.")
+    session_id: str
+    seq: int = Field(ge=1)
+    event_type: EventType
+    decision: Decision | None = None
+    rule: str | None = None
+    reason: str | None = None
+    cell_id: str | None = Field(default=None, description="Copied from detail.cell_id for fast queries.")
+    name: str | None = Field(default=None, description="What the event is about (see NAME_FIELDS).")
+    detail: dict[str, Any] = Field(default_factory=dict)
+    prev_hash: str
+    hash: str | None = Field(default=None, description="SHA-256 of the canonical bytes (not part of them).")
+
+    def canonical(self) -> str:
+        return canonical_json(self.model_dump(exclude={"hash"}, mode="json"))
+
+
+def canonical_json(envelope: dict[str, Any]) -> str:
+    """Sorted-key compact JSON; its UTF-8 bytes are hashed and stored."""
+    return json.dumps(envelope, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+# Control characters other than \b \t \n \f \r: JSON escapes them as \u00XX, and DuckDB's to_json
+# writes the hex digits in upper case where Python writes lower case. Envelope strings are
+# rebuilt in SQL by `verify`, so they must not contain them (they are replaced, visibly).
+_CONTROL = {c: "\ufffd" for c in range(0x20) if chr(c) not in "\b\t\n\f\r"}
+
+
+def envelope_text(value: Any) -> str | None:
+    """An envelope string field (rule, reason, cell_id, name): str or None, no odd control chars."""
+    if value is None:
+        return None
+    return str(value).translate(_CONTROL)
+
+
+def event_hash(canonical: str) -> str:
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def genesis_hash(session_id: str) -> str:
+    """prev_hash of a session's first event: binds the chain to its session id."""
+    return hashlib.sha256(f"ironcage-audit/v{SCHEMA_VERSION}/genesis/{session_id}".encode()).hexdigest()
+
+
+def format_ts(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def validate_detail(event_type: str, detail: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
+    """Validate against the event type's model; return the JSON-ready dict (aliases, no None noise)."""
+    try:
+        model = DETAIL_MODELS[EventType(event_type)]
+    except ValueError:
+        raise AuditEventError(f"unknown audit event type {event_type!r}") from None
+    try:
+        parsed = (
+            detail
+            if isinstance(detail, model)
+            else model.model_validate(
+                detail.model_dump(by_alias=True) if isinstance(detail, BaseModel) else detail
+            )
+        )
+    except ValidationError as exc:
+        raise AuditEventError(f"invalid detail for {event_type}: {exc}") from exc
+    return parsed.model_dump(mode="json", by_alias=True, exclude_none=True)

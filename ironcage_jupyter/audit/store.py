@@ -1,0 +1,375 @@
+"""The per-session audit writer.
+
+One DuckDB file per session (`<audit_dir>/sessions/<session_id>.duckdb`) with exactly one writer: the
+trusted wrapper of that session. DuckDB allows one read-write process per file, so giving each kernel its
+own file lets any number of kernels record at once without coordinating; `AuditQuery` reads them all.
+
+Durability: durable events (decisions, violations, credential access, ...) are committed - one WAL
+fdatasync - before `record` returns, together with every buffered event before them. Other events are
+buffered in memory, in chain order, and written with the DuckDB Appender at `flush()` (cell end), when the
+buffer is full, or at `close()`. Any write failure raises `AuditWriteError` and the store stays failed:
+every later call raises too, so the kernel cannot drift back into running cells unaudited.
+
+Automatic checkpoints are disabled while the session is live: the main file then never changes under a
+reader and the WAL only grows by appends, which is what lets `AuditQuery` take a consistent snapshot of a
+live session (copy main file, then WAL; a torn WAL tail replays as an uncommitted transaction).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from pydantic import BaseModel
+
+from .errors import AuditWriteError
+from .events import (
+    ALWAYS_DURABLE,
+    NAME_FIELDS,
+    AuditEvent,
+    AuditEventError,
+    EventType,
+    canonical_json,
+    envelope_text,
+    event_hash,
+    format_ts,
+    genesis_hash,
+    validate_detail,
+)
+from .paths import ANCHORS_FILE, SESSIONS_SUBDIR, check_session_id, ensure_private_dir, session_path
+from .schema import SESSION_DDL, STORE_FORMAT
+
+_DECISIONS = {"allow", "deny", "escalate"}
+
+# Large enough that DuckDB never checkpoints on its own while the session is live (see module doc).
+_LIVE_CHECKPOINT_THRESHOLD = "16GB"
+
+
+# Session files this process is writing: DuckDB would hand another in-process connect() the same
+# instance, so purge/repair code must consult this rather than rely on the file lock.
+_OPEN_IN_PROCESS: set[Path] = set()
+
+
+def is_open_in_process(path: Path) -> bool:
+    return Path(path).resolve() in _OPEN_IN_PROCESS
+
+
+def _one(result: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:
+    """The first row, reading the result to its end (DuckDB 2 keeps a half-read result open and
+    refuses further statements on the connection)."""
+    rows = result.fetchall()
+    return rows[0] if rows else None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def append_anchor(audit_dir: Path, record: Mapping[str, Any]) -> None:
+    """Append one line to the anchor log (O_APPEND: small lines from several processes never interleave)."""
+    line = (json.dumps(dict(record), sort_keys=True, separators=(",", ":")) + "\n").encode()
+    fd = os.open(Path(audit_dir) / ANCHORS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AuditStore:
+    """Writer of one session's audit events; thread-safe.
+
+    ``record(event_type, decision=..., rule=..., reason=..., detail={...}, durable=...)`` validates the
+    detail against the event type's model, chains the event (``seq``, ``prev_hash``, ``hash`` =
+    SHA-256 of the canonical JSON) and either commits it at once (durable) or buffers it.
+    """
+
+    def __init__(
+        self,
+        audit_dir: str | os.PathLike[str],
+        session_id: str,
+        *,
+        batch_size: int = 10_000,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.session_id = check_session_id(session_id)
+        try:
+            self.audit_dir = ensure_private_dir(Path(audit_dir))
+            ensure_private_dir(self.audit_dir / SESSIONS_SUBDIR)
+        except OSError as exc:
+            raise AuditWriteError(f"cannot create the audit directory {audit_dir}: {exc}") from exc
+        self.path = session_path(self.audit_dir, session_id)
+        self.batch_size = batch_size
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._pending: list[tuple[Any, ...]] = []
+        self._failure: BaseException | None = None
+        self._closed = False
+        self._wal_private = False
+        self._flush_wanted = threading.Condition()
+        self._flush_requested = False
+        self._stopping = False
+        self._flusher: threading.Thread | None = None
+        try:
+            self._con = duckdb.connect(
+                str(self.path),
+                config={"checkpoint_threshold": _LIVE_CHECKPOINT_THRESHOLD, "threads": 1},
+            )
+            self._con.execute(SESSION_DDL)
+            if not self._con.execute("SELECT count(*) FROM store_meta").fetchall()[0][0]:
+                self._con.execute("INSERT INTO store_meta VALUES ('format', ?)", [STORE_FORMAT])
+            # The schema goes into the main file now, so a live snapshot never depends on it in the WAL.
+            self._con.execute("CHECKPOINT")
+            os.chmod(self.path, 0o600)
+            self._seq, self._prev_hash = self._chain_head()
+            self._appender = self._con.appender("events")
+            stat = os.stat(self.path)
+            self._identity = (stat.st_dev, stat.st_ino)
+            _OPEN_IN_PROCESS.add(self.path.resolve())
+        except (duckdb.Error, OSError) as exc:
+            raise AuditWriteError(f"cannot open audit log {self.path}: {exc}") from exc
+
+    # -- chain state -------------------------------------------------------------------------------------
+    def _chain_head(self) -> tuple[int, str]:
+        """(last seq, its hash) when reopening an existing session file, else (0, genesis)."""
+        row = _one(self._con.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1"))
+        checkpoint = _one(
+            self._con.execute(
+                "SELECT compacted_through_seq, compacted_through_hash FROM purge_log "
+                "ORDER BY compacted_through_seq DESC LIMIT 1"
+            )
+        )
+        candidates = [r for r in (row, checkpoint) if r is not None]
+        if not candidates:
+            return 0, genesis_hash(self.session_id)
+        seq, digest = max(candidates, key=lambda r: r[0])
+        return int(seq), str(digest)
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    @property
+    def last_hash(self) -> str:
+        return self._prev_hash
+
+    @property
+    def failed(self) -> BaseException | None:
+        """The first write failure, if any (the store refuses everything after it)."""
+        return self._failure
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    # -- writing -----------------------------------------------------------------------------------------
+    def record(
+        self,
+        event_type: str,
+        *,
+        decision: str | None = None,
+        rule: str | None = None,
+        reason: str | None = None,
+        detail: Mapping[str, Any] | BaseModel | None = None,
+        durable: bool = False,
+    ) -> AuditEvent:
+        """Record one event; durable ones (and every decision) are committed before this returns.
+
+        Raises `AuditWriteError` if the log cannot be written (fail closed), `AuditEventError` (a
+        ValueError) if the event does not match its schema; the latter also marks the store failed,
+        because the action it was meant to record must not proceed unrecorded.
+        """
+        with self._lock:
+            self._check_usable()
+            try:
+                clean_detail = validate_detail(event_type, detail if detail is not None else {})
+                if decision is not None and decision not in _DECISIONS:
+                    raise AuditEventError(f"decision must be one of {sorted(_DECISIONS)}, not {decision!r}")
+            except AuditEventError as exc:
+                self._failure = exc
+                raise
+            moment = self._clock()
+            seq = self._seq + 1
+            rule, reason = envelope_text(rule), envelope_text(reason)
+            cell_id = envelope_text(clean_detail.get("cell_id"))
+            name = envelope_text(clean_detail.get(NAME_FIELDS[event_type]))
+            envelope = {
+                "event_id": str(uuid.uuid4()),
+                "ts": format_ts(moment),
+                "session_id": self.session_id,
+                "seq": seq,
+                "event_type": str(event_type),
+                "decision": decision,
+                "rule": rule,
+                "reason": reason,
+                "cell_id": cell_id,
+                "name": name,
+                "detail": clean_detail,
+                "prev_hash": self._prev_hash,
+            }
+            try:
+                canonical = canonical_json(envelope)
+            except (TypeError, ValueError) as exc:
+                self._failure = exc
+                raise AuditEventError(f"event is not JSON-serialisable: {exc}") from exc
+            digest = event_hash(canonical)
+            self._pending.append(
+                (
+                    envelope["event_id"],
+                    moment,
+                    self.session_id,
+                    seq,
+                    envelope["event_type"],
+                    decision,
+                    rule,
+                    reason,
+                    cell_id,
+                    name,
+                    self._prev_hash,
+                    digest,
+                    canonical,
+                    None,
+                )
+            )
+            self._seq, self._prev_hash = seq, digest
+            if durable or decision is not None or event_type in ALWAYS_DURABLE:
+                self._flush_locked()
+            elif len(self._pending) >= self.batch_size:
+                self._flush_locked()
+            fields: dict[str, Any] = {**envelope, "event_type": EventType(event_type), "hash": digest}
+            return AuditEvent.model_construct(None, **fields)
+
+    def flush(self, *, wait: bool = True) -> int:
+        """Commit every buffered event (call at cell end). Returns how many were written.
+
+        `wait=False` hands the commit to a background thread and returns at once, so the cell's reply
+        need not wait for an fsync. The next `record`/`flush` is serialised behind it, and if it fails,
+        that next call raises `AuditWriteError` (the store is failed), so nothing proceeds unrecorded.
+        """
+        with self._lock:
+            self._check_usable()
+            if wait:
+                return self._flush_locked()
+            count = len(self._pending)
+            if count:
+                self._request_background_flush()
+            return count
+
+    def _request_background_flush(self) -> None:
+        with self._flush_wanted:
+            if self._flusher is None:
+                self._flusher = threading.Thread(
+                    target=self._background_flusher, name=f"audit-flush-{self.session_id}", daemon=True
+                )
+                self._flusher.start()
+            self._flush_requested = True
+            self._flush_wanted.notify()
+
+    def _background_flusher(self) -> None:
+        while True:
+            with self._flush_wanted:
+                while not self._flush_requested and not self._stopping:
+                    self._flush_wanted.wait()  # blocks until notified: no polling
+                if self._stopping:
+                    return
+                self._flush_requested = False
+            with self._lock:
+                if self._failure is None and not self._closed:
+                    with contextlib.suppress(AuditWriteError):  # recorded in _failure; next call raises
+                        self._flush_locked()
+
+    def _stop_flusher(self) -> None:
+        with self._flush_wanted:
+            self._stopping = True
+            self._flush_wanted.notify()
+        if self._flusher is not None and self._flusher is not threading.current_thread():
+            self._flusher.join()
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise AuditWriteError(f"audit log unusable after an earlier failure: {self._failure}")
+        if self._closed:
+            raise AuditWriteError("audit store is closed")
+
+    def _flush_locked(self) -> int:
+        if not self._pending:
+            return 0
+        count = len(self._pending)
+        try:
+            self._check_identity()
+            # The Appender applies its rows as one statement: in autocommit mode that is one atomic,
+            # durable transaction (one WAL fdatasync), without BEGIN/COMMIT round trips.
+            try:
+                self._appender.append_rows(self._pending)
+                self._appender.flush()
+            except BaseException:
+                self._appender.clear()
+                raise
+            if not self._wal_private:
+                wal = Path(f"{self.path}.wal")
+                if wal.exists():
+                    os.chmod(wal, 0o600)
+                    self._wal_private = True
+        except (duckdb.Error, OSError) as exc:
+            self._failure = exc
+            raise AuditWriteError(f"audit write to {self.path} failed: {exc}") from exc
+        except BaseException as exc:
+            self._failure = exc
+            raise AuditWriteError(f"audit write to {self.path} failed: {exc!r}") from exc
+        self._pending.clear()
+        return count
+
+    def _check_identity(self) -> None:
+        """Writes to an unlinked or replaced file would 'succeed' into nowhere: refuse them."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError as exc:
+            raise OSError(f"audit file {self.path} was removed") from exc
+        if (stat.st_dev, stat.st_ino) != self._identity:
+            raise OSError(f"audit file {self.path} was replaced")
+
+    def close(self) -> None:
+        """Flush, checkpoint, release the file and append the chain head to the anchor log."""
+        self._stop_flusher()
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if self._failure is None:
+                    self._flush_locked()
+                    self._con.execute("CHECKPOINT")
+            except (duckdb.Error, OSError) as exc:
+                self._failure = self._failure or exc
+                raise AuditWriteError(f"closing audit log {self.path} failed: {exc}") from exc
+            finally:
+                self._closed = True
+                self._con.close()
+                _OPEN_IN_PROCESS.discard(self.path.resolve())
+            if self._failure is None and self._seq:
+                try:
+                    append_anchor(
+                        self.audit_dir,
+                        {
+                            "kind": "close",
+                            "session_id": self.session_id,
+                            "seq": self._seq,
+                            "hash": self._prev_hash,
+                            "ts": format_ts(self._clock()),
+                        },
+                    )
+                except OSError as exc:
+                    raise AuditWriteError(f"cannot write audit anchor: {exc}") from exc
+
+    def __enter__(self) -> AuditStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
