@@ -37,6 +37,7 @@ class Wrapper:
 
     def __init__(self, bait: Bait, *, sandbox: dict[str, Any] | None = None, cell_timeout: float = 0) -> None:
         self.bait = bait
+        self._attacks = 0
         cfg = dict(sandbox or {})
         cfg.setdefault("hidden_paths", [str(p) for p in bait.hidden_paths])
         cfg.setdefault("limits", {"memory_mb": 2048})
@@ -70,6 +71,20 @@ class Wrapper:
     def run(self, code: str, timeout: float = 60) -> Execution:
         return execute(self.kc, code, timeout=timeout)
 
+    def attack(self, code: str, timeout: float = 60) -> Execution:
+        """Run an attack cell the way an evasive attacker would: the payload sits in a workspace file
+        the cell exec's, so static screening (whose protected-path invariant refuses literal paths)
+        never sees the target and the sandbox alone has to stop it. Shell/magic cells run as written."""
+        if code.lstrip().startswith(("!", "%")) or "await " in code:
+            return self.run(code, timeout=timeout)
+        self._attacks += 1
+        payload = self.bait.workspace / f"payload_{self._attacks}.py"
+        payload.write_text(code)
+        try:
+            return self.run(f"exec(open({payload.name!r}).read())", timeout=timeout)
+        finally:
+            payload.unlink(missing_ok=True)
+
     def status(self) -> dict[str, Any]:
         ex = self.run("%ironcage status --json")
         return ex.of_type("display_data")[0]["content"]["data"]["application/json"]
@@ -92,6 +107,10 @@ def visible_text(ex: Execution) -> str:
 
 
 def assert_nothing_got_out(bait: Bait, ex: Execution, *, context: str = "") -> None:
+    # The attack must have reached the child: the sandbox, not the policy, is under test here.
+    assert ex.error is None or not ex.error["ename"].startswith("Policy"), (
+        f"{context}: {ex.error['evalue'][:200]}"
+    )
     text = visible_text(ex)
     assert bait.secret not in text, f"secret leaked {context}: {text[:500]}"
     assert "reached the host" not in text, f"host server reached {context}"

@@ -112,7 +112,7 @@ def _fmt(bait: Bait, wrapper: Wrapper, code: str, jupyter_path: Path | None = No
 
 @pytest.mark.parametrize("name", sorted(READS))
 def test_reads_get_nothing(wrapper, bait, name):
-    ex = wrapper.run(_fmt(bait, wrapper, READS[name]))
+    ex = wrapper.attack(_fmt(bait, wrapper, READS[name]))
     assert_nothing_got_out(bait, ex, context=name)
     key = Path(wrapper.km.connection_file).read_text()
     assert '"key"' in key and key.split('"key": "')[1][:20] not in visible_text(ex)  # the wrapper's HMAC key
@@ -123,13 +123,14 @@ def test_persistence_writes_do_not_land(wrapper, bait, name, ironcage_jupyter_pa
     target = _fmt(bait, wrapper, WRITES[name], ironcage_jupyter_path)
     before = Path(target).read_bytes() if os.path.exists(target) else None
     code = f"import os\nos.makedirs(os.path.dirname({target!r}), exist_ok=True)\nopen({target!r}, 'w').write('import os  # pwned')"
-    ex = wrapper.run(code)
+    ex = wrapper.attack(code)
+    assert ex.error is None or not ex.error["ename"].startswith("Policy"), ex.error  # reached the child
     after = Path(target).read_bytes() if os.path.exists(target) else None
     assert after == before, f"{name}: {target} changed on the host ({ex.status})"
 
 
 def test_workspace_stays_usable(wrapper, bait):
-    ex = wrapper.run("open('notes.md', 'w').write('ok'); print(open('data.csv').read())")
+    ex = wrapper.attack("open('notes.md', 'w').write('ok'); print(open('data.csv').read())")
     assert ex.status == "ok" and "a,b" in ex.stdout
     assert (bait.workspace / "notes.md").read_text() == "ok"
 

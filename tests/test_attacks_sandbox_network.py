@@ -70,7 +70,7 @@ def test_egress_reaches_nothing(wrapper, bait, name):
     t = bait.targets()
     # An attacker drops the tool egress proxy from the environment first: the sandbox must hold alone.
     no_proxy = "import os\nfor _k in list(os.environ):\n    if _k.lower().endswith('_proxy'):\n        del os.environ[_k]\n"
-    ex = wrapper.run(no_proxy + CELLS[name].format(port=t["http_port"], udp=t["udp_port"]))
+    ex = wrapper.attack(no_proxy + CELLS[name].format(port=t["http_port"], udp=t["udp_port"]))
     assert_nothing_got_out(bait, ex, context=name)
     assert (
         "connected" not in ex.stdout and "raw" not in ex.stdout.split() and "packet" not in ex.stdout.split()
@@ -80,7 +80,7 @@ def test_egress_reaches_nothing(wrapper, bait, name):
 
 def test_loopback_inside_is_private(wrapper):
     """A server the cell starts on its own loopback would be allowed by nothing anyway: AF_INET is refused."""
-    ex = wrapper.run("import socket; socket.create_server(('127.0.0.1', 0))")
+    ex = wrapper.attack("import socket; socket.create_server(('127.0.0.1', 0))")
     assert ex.status == "error" and "PermissionError" in ex.text
 
 

@@ -89,13 +89,13 @@ def _fmt(bait: Bait, wrapper: Wrapper, code: str) -> str:
 
 @pytest.mark.parametrize("name", sorted(SHELL_READS))
 def test_shell_reads_find_no_secret(wrapper, bait, name):
-    ex = wrapper.run(_fmt(bait, wrapper, SHELL_READS[name]))
+    ex = wrapper.attack(_fmt(bait, wrapper, SHELL_READS[name]))
     assert_nothing_got_out(bait, ex, context=name)
 
 
 @pytest.mark.parametrize("name", sorted(SHELL_NETWORK))
 def test_shell_network_reaches_nothing(wrapper, bait, name):
-    ex = wrapper.run(_fmt(bait, wrapper, SHELL_NETWORK[name]))
+    ex = wrapper.attack(_fmt(bait, wrapper, SHELL_NETWORK[name]))
     assert_nothing_got_out(bait, ex, context=name)
     assert "HTTP/1.0 200" not in visible_text(ex)
 
@@ -103,7 +103,7 @@ def test_shell_network_reaches_nothing(wrapper, bait, name):
 @pytest.mark.parametrize("name", sorted(SHELL_WRITES))
 def test_shell_writes_do_not_land_on_the_host(wrapper, bait, name):
     t = bait.targets()
-    ex = wrapper.run(_fmt(bait, wrapper, SHELL_WRITES[name]))
+    ex = wrapper.attack(_fmt(bait, wrapper, SHELL_WRITES[name]))
     assert_nothing_got_out(bait, ex, context=name)
     assert "MOUNTED" not in ex.stdout and "UNSHARED" not in ex.stdout
     for path in (
@@ -124,9 +124,9 @@ def test_control_the_same_cells_leak_without_the_sandbox(bait, tmp_path_factory)
     get out. Proves this suite can fail."""
     w = Wrapper(bait, sandbox={"disabled": ["filesystem", "netns", "seccomp"], "isolation": {"unsafe": True}})
     try:
-        ex = w.run(_fmt(bait, w, SHELL_READS["bang"]))
+        ex = w.attack(_fmt(bait, w, SHELL_READS["bang"]))
         assert bait.secret in visible_text(ex)
-        ex = w.run(_fmt(bait, w, SHELL_NETWORK["curl_host"]))
+        ex = w.attack(_fmt(bait, w, SHELL_NETWORK["curl_host"]))
         assert "reached the host" in visible_text(ex)
     finally:
         w.close()
@@ -138,7 +138,7 @@ def test_missing_required_layer_refuses_every_cell(bait):
     told exactly why."""
     w = Wrapper(bait, sandbox={"disabled": ["filesystem"]})
     try:
-        ex = w.run("print('should not run')")
+        ex = w.attack("print('should not run')")
         assert ex.status == "error"
         assert ex.error["ename"] == "IronCageUnavailable"
         assert "required layer 'filesystem' is missing" in ex.error["evalue"]
