@@ -27,6 +27,7 @@ from .child import ChildDied, ChildKernel
 from .magics import MagicResult, is_ironcage_magic, run_magic
 from .pipeline import Block, CellRequest, Pipeline, Stage
 from .relay import Relay, Route
+from .sandbox.integration import SandboxController
 
 if TYPE_CHECKING:
     from .credentials.session import CredentialSession
@@ -175,6 +176,9 @@ class IronCageKernel(Kernel):
         self.session_started = time.time()
         self.child = ChildKernel(workspace=Path(self.workspace), parent=self)
         self.child.on_exit = self._on_child_exit
+        # The child always runs in the sandbox; the selftest gates the first cell (fail closed).
+        self.sandbox = self._make_sandbox()
+        self.child.command_wrapper = self.sandbox.command_wrapper
         self.relay = Relay(
             publish=self._publish_from_child,
             on_input_request=self._forward_input_request,
@@ -194,6 +198,7 @@ class IronCageKernel(Kernel):
         self._components_ready: asyncio.Future[None] | None = None
         self._components_error: str | None = None
         atexit.register(self.child.kill_now_sync)
+        atexit.register(self.sandbox.release_all)
 
     # -- components ------------------------------------------------------------------------------
     def _start_components(self) -> asyncio.Future[None]:
@@ -239,6 +244,9 @@ class IronCageKernel(Kernel):
                                       policy=Path(self.policy).stem)
         self.ui_ask = components.policy_ask(self.ui, self.ask_frontend, self._ui_current_cell)
         self.pipeline = Pipeline(self._build_stages())
+        if self.policy_session is not None:
+            # The policy's isolation and limits sections govern the sandbox (no child exists yet).
+            self.sandbox.configure(self.policy_session.policy.isolation, self.policy_session.policy.limits)
         self._connect_ui()
 
     def _connect_ui(self) -> None:
@@ -345,6 +353,32 @@ class IronCageKernel(Kernel):
         loop.create_task(self._launch_child(ready, kill_first=kill_first))
         return ready
 
+    def _make_sandbox(self) -> SandboxController:
+        """The sandbox for this session, with default isolation (every layer required, no unsafe mode)
+        and limits until ``__init__`` applies the loaded policy's sections (``sandbox.configure``)."""
+        from .sandbox.settings import IsolationSettings, ResourceLimits
+
+        return SandboxController(
+            workspace=Path(self.workspace),
+            isolation=IsolationSettings(),
+            limits=ResourceLimits(),
+            hidden_paths=self._protected_paths(),
+        )
+
+    def _protected_paths(self) -> list[Path]:
+        """Iron Cage's own config, policy, secrets and audit locations: hidden from the child."""
+        from jupyter_core.paths import jupyter_config_path
+
+        paths = [Path(self.audit_dir)]
+        if self.secrets_file:
+            paths.append(Path(self.secrets_file))
+        if self.policy and os.sep in self.policy:
+            paths.append(Path(self.policy))
+        for directory in jupyter_config_path():
+            for name in ("jupyter_ironcage_config.py", "jupyter_ironcage_config.json"):
+                paths.append(Path(directory) / name)
+        return paths
+
     async def _launch_child(self, ready: asyncio.Future[None], *, kill_first: bool = False) -> None:
         try:
             await self.ensure_components()
@@ -352,7 +386,18 @@ class IronCageKernel(Kernel):
                 await self.child.kill()
             components.prepare_child_launch(self.credentials, self.child, replacing=kill_first)
             await components.kernel_glue.ensure_started(self)
-            await self.child.start()
+            # The selftest (cached after the first run) proves each isolation layer while the child
+            # starts; a missing required layer stops the launch and says why.
+            isolation = asyncio.ensure_future(asyncio.to_thread(self.sandbox.check))
+            try:
+                await self.child.start()
+            finally:
+                ok, reasons = await isolation
+                self.ui.isolation.layers = self.sandbox.ui_layers()
+                self.ui.isolation.sandbox_enabled = not self.sandbox.isolation.unsafe
+                self.ui.publish_status()
+            if not ok:
+                raise RuntimeError("isolation unavailable: " + "; ".join(reasons))
             client = self.child.km.client() if self.child.km else None
             if client is None:
                 raise RuntimeError("the child kernel manager has no client")
@@ -860,6 +905,7 @@ class IronCageKernel(Kernel):
             if self.components_ready:
                 await components.kernel_glue.shutdown(self)
         finally:
+            self.sandbox.release_all()  # whatever the child left behind (degraded mode, no pid ns)
             try:
                 if self.components_ready:
                     self.audit.close(status="normal", reason="shutdown requested")
@@ -942,6 +988,7 @@ class IronCageKernel(Kernel):
             "cell_timeout_s": self.cell_timeout_seconds(),
             "request_timeout_s": self.request_timeout,
             "child_messages": {"received": self.relay.received, "published": self.relay.published},
+            **self.sandbox.status_fields(),
         }
         if not self.components_ready:
             info["components"] = self._components_error or "starting"

@@ -122,11 +122,14 @@ def test_the_sandbox_cannot_write_the_audit_log(kernel, audit_dir) -> None:
     layers = status(kc).get("isolation") or {}
     if not isinstance(layers, dict) or str(layers.get("filesystem", "")).split(":")[0] != "active":
         pytest.skip("the filesystem isolation layer is not wired into the kernel on this branch yet")
-    attempt = execute(
-        kc,
+    # The payload sits in a workspace file, so the policy's protected-path invariant (static) cannot
+    # refuse it first: the sandbox alone must stop the write.
+    payload = Path(status(kc)["workspace"]) / "forge_audit.py"
+    payload.write_text(
         f"import pathlib\ntry:\n    (pathlib.Path({str(audit_dir)!r}) / 'sessions' / 'x').write_text('forged')\n"
-        "    print('WROTE')\nexcept OSError as e:\n    print('refused', type(e).__name__)",
+        "    print('WROTE')\nexcept OSError as e:\n    print('refused', type(e).__name__)\n"
     )
+    attempt = execute(kc, "exec(open('forge_audit.py').read())")
     assert "WROTE" not in attempt.stdout and "refused" in attempt.stdout
 
 

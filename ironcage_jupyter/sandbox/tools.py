@@ -66,7 +66,9 @@ def call(name: str, /, *, timeout: float | None = DEFAULT_TIMEOUT_S, **arguments
     reply = _request({"op": "call", "name": name, "arguments": arguments, "call_id": call_id}, timeout)
     if not reply.get("ok"):
         refusal = reply.get("refusal") or {}
-        raise ToolRefused(refusal.get("rule", "unknown"), refusal.get("reason", "refused"), refusal.get("stage", ""))
+        raise ToolRefused(
+            refusal.get("rule", "unknown"), refusal.get("reason", "refused"), refusal.get("stage", "")
+        )
     for warning in reply.get("warnings") or ():
         import warnings
 

@@ -1,0 +1,195 @@
+"""Faults survived, through the real ironcage kernel with the sandbox: each leaves the wrapper
+responsive, gets an error reply naming the fault, leaves the kernel usable, and leaves no process."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from sandbox_support import Bait
+from sandbox_wrapper import Wrapper, write_kernelspec
+
+pytestmark = pytest.mark.timeout(240)
+LIMITS = {"memory_mb": 1024, "max_processes": 48, "cell_timeout_s": 3}
+
+
+@pytest.fixture(scope="module")
+def bait(tmp_path_factory, ironcage_jupyter_path):
+    write_kernelspec(ironcage_jupyter_path)
+    bait = Bait.create(tmp_path_factory.mktemp("faults"))
+    yield bait
+    bait.close()
+
+
+@pytest.fixture(scope="module")
+def wrapper(bait):
+    w = Wrapper(bait, sandbox={"limits": LIMITS})
+    yield w
+    w.close()
+
+
+def _usable(wrapper: Wrapper) -> None:
+    assert wrapper.alive()
+    ex = wrapper.run("print(21 * 2)", timeout=60)
+    assert ex.status == "ok" and ex.stdout.strip() == "42", ex.text
+
+
+def test_infinite_loop_is_interrupted_by_the_watchdog(wrapper):
+    ex = wrapper.run("while True:\n    pass", timeout=60)
+    assert ex.status == "error" and ex.error["ename"] == "CellTimeout"
+    assert "3s" in ex.error["evalue"]
+    _usable(wrapper)
+
+
+def test_sleep_forever_is_interrupted(wrapper):
+    ex = wrapper.run("import time\ntime.sleep(10**6)", timeout=60)
+    assert ex.status == "error" and ex.error["ename"] == "CellTimeout"
+    _usable(wrapper)
+
+
+def test_memory_bomb(wrapper):
+    ex = wrapper.run("x = bytearray(8 * 1024**3)", timeout=60)
+    assert ex.status == "error" and ex.error["ename"] == "MemoryError"
+    ex = wrapper.run("chunks = []\nwhile True:\n    chunks.append(bytearray(64 * 1024**2))", timeout=60)
+    assert ex.status == "error" and ex.error["ename"] in ("MemoryError", "KernelStateLost", "CellTimeout")
+    wrapper.run("chunks = None")
+    _usable(wrapper)
+
+
+FORK_BOMB = (
+    "import os, signal\nwhile True:\n    if os.fork() == 0:\n        signal.pause()\n        os._exit(0)\n"
+)
+
+
+def test_fork_bomb_is_capped(bait):
+    baseline = set(_processes_in(bait.workspace))
+    w = Wrapper(bait, sandbox={"limits": LIMITS})
+    try:
+        ex = w.run(FORK_BOMB, timeout=60)
+        assert ex.status == "error" and ex.error["ename"] == "BlockingIOError", ex.error
+        assert "Resource temporarily unavailable" in ex.error["evalue"]
+        assert w.alive()
+        assert any("process limit (48)" in hit for hit in w.status()["limits_hit"])
+        assert (
+            len(set(_processes_in(bait.workspace)) - baseline) <= LIMITS["max_processes"] + 2
+        )  # + bwrap, init
+    finally:
+        w.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the wrapper does not yet restart the child when sandbox.limits_hit() reports the process "
+    "limit: the bomb's children keep every slot and the kernel cannot start threads",
+)
+def test_kernel_is_usable_after_a_fork_bomb(bait):
+    w = Wrapper(bait, sandbox={"limits": LIMITS})
+    try:
+        w.run(FORK_BOMB, timeout=60)
+        for _ in range(3):
+            ex = w.run(
+                "import threading\nt = threading.Thread(target=print, args=('thread ok',)); t.start(); t.join()"
+            )
+            assert ex.status == "ok" and "thread ok" in ex.stdout, ex.text[-300:]
+    finally:
+        w.close()
+
+
+def test_segfault_through_ctypes(wrapper):
+    ex = wrapper.run("kept = 1\nimport ctypes\nctypes.string_at(0)", timeout=60)
+    assert ex.status == "error" and ex.error["ename"] == "KernelStateLost"
+    assert "state was lost" in ex.error["evalue"]
+    _usable(wrapper)
+    assert wrapper.run("print('kept' in globals())").stdout.strip() == "False"
+
+
+def test_deep_recursion(wrapper):
+    # A short limit keeps IPython's traceback formatting (thousands of frames) within the cell timeout.
+    ex = wrapper.run(
+        "import sys\nsys.setrecursionlimit(500)\ndef f(n):\n    return f(n + 1)\nf(0)", timeout=60
+    )
+    assert ex.status == "error" and ex.error["ename"] == "RecursionError"
+    # A C-level recursion (the repr of a deeply nested list) overflows the C stack: a segfault the
+    # wrapper survives.
+    ex = wrapper.run(
+        "import sys\nsys.setrecursionlimit(10**6)\nx = []\nfor _ in range(10**6):\n    x = [x]\nrepr(x)",
+        timeout=60,
+    )
+    assert ex.status == "error"
+    assert ex.error["ename"] in ("RecursionError", "KernelStateLost", "MemoryError"), ex.error
+    _usable(wrapper)
+
+
+def test_child_killed_with_sigkill(wrapper):
+    ex = wrapper.run("import os\nos.kill(os.getpid(), 9)", timeout=60)
+    assert ex.status == "error" and ex.error["ename"] == "KernelStateLost"
+    _usable(wrapper)
+
+
+def test_child_that_stops_answering_is_killed_and_replaced(wrapper):
+    before = wrapper.status()["child_pid"]
+    ex = wrapper.run("import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)", timeout=60)
+    assert ex.status == "error" and ex.error["ename"] == "CellTimeout"
+    assert "restarted" in ex.error["evalue"]
+    _usable(wrapper)
+    assert wrapper.status()["child_pid"] != before
+
+
+def test_cell_waiting_on_stdin_forever(wrapper):
+    msg_id = wrapper.kc.execute("input('never answered: ')", allow_stdin=True)
+    request = wrapper.kc.get_stdin_msg(timeout=30)
+    assert request["content"]["prompt"] == "never answered: "
+    reply = wrapper.kc.get_shell_msg(timeout=60)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = wrapper.kc.get_shell_msg(timeout=60)
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "CellTimeout"
+    _usable(wrapper)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs an output size limit in the wrapper/output firewall (limits.output_max_bytes); "
+    "the relay forwards every byte today",
+)
+def test_output_flood_is_truncated_with_a_notice(bait):
+    w = Wrapper(bait, sandbox={"limits": {**LIMITS, "output_max_bytes": 1_000_000, "cell_timeout_s": 20}})
+    try:
+        ex = w.run(
+            "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(64):\n    sys.stdout.write(chunk)",
+            timeout=120,
+        )
+        assert len(ex.stdout) <= 1_100_000
+        assert "truncated" in ex.text
+        _usable(w)
+    finally:
+        w.close()
+
+
+def test_no_process_left_behind_after_faults_and_shutdown(bait):
+    baseline = set(_processes_in(bait.workspace))  # the module's wrapper is still running
+    w = Wrapper(bait, sandbox={"limits": LIMITS})
+    w.run(
+        "import subprocess\nsubprocess.Popen(['sleep', '600'])\nimport os\nif os.fork() == 0:\n    import time; time.sleep(600)"
+    )
+    inside = set(_processes_in(bait.workspace)) - baseline
+    assert len(inside) >= 3  # kernel, sleep, forked child
+    w.run("import os\nos.kill(os.getpid(), 9)", timeout=60)  # a crash mid-session, then a restart
+    w.close()
+    deadline = time.monotonic() + 10
+    while set(_processes_in(bait.workspace)) - baseline and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert set(_processes_in(bait.workspace)) - baseline == set()
+
+
+def _processes_in(workspace) -> list[int]:
+    """Host pids whose working directory is the workspace (every sandboxed process starts there)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/cwd") == str(workspace):
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found

@@ -1,0 +1,148 @@
+"""The selftest proves each layer from inside a sandbox and fails closed when one is missing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ironcage_jupyter.sandbox import bootstrap, cli
+from ironcage_jupyter.sandbox.launcher import SandboxSpec, run_selftest
+from ironcage_jupyter.sandbox.selftest import status_lines
+from ironcage_jupyter.sandbox.settings import IsolationSettings, ResourceLimits
+
+pytestmark = pytest.mark.timeout(120)
+ALL = ["process", "filesystem", "network", "syscall"]
+
+
+@pytest.fixture
+def spec_for(tmp_path):
+    def make(**kw) -> SandboxSpec:
+        workspace = tmp_path / "ws"
+        workspace.mkdir(exist_ok=True)
+        socket_dir = tmp_path / "run"
+        socket_dir.mkdir(mode=0o700, exist_ok=True)
+        isolation = kw.pop("isolation", IsolationSettings())
+        return SandboxSpec(workspace, socket_dir, isolation, ResourceLimits(), **kw)
+
+    return make
+
+
+def test_every_layer_active_on_this_machine(spec_for):
+    report = run_selftest(spec_for())
+    assert report.error == ""
+    assert report.mode == "bubblewrap"
+    assert {name: s.state for name, s in report.layers.items()} == dict.fromkeys(ALL, "active")
+    assert report.ok_for(ALL) == (True, [])
+    lines = status_lines(report)
+    assert lines[0].startswith("sandbox: bubblewrap")
+    assert all(any(line.strip().startswith(name) for line in lines) for name in ALL)
+
+
+def test_missing_syscall_layer_refuses_cells(spec_for):
+    report = run_selftest(spec_for(disabled_layers=frozenset({"seccomp"})))
+    assert report.layers["syscall"].state == "missing"
+    assert "unshare(0): succeeded" in report.layers["syscall"].reason
+    ok, reasons = report.ok_for(ALL)
+    assert not ok
+    assert any("required layer 'syscall' is missing" in r for r in reasons)
+    # Not required by this policy: cells may run, the gap is still listed.
+    assert report.ok_for(["process", "filesystem"])[0]
+
+
+def test_missing_filesystem_layer_names_the_canary(spec_for):
+    report = run_selftest(spec_for(disabled_layers=frozenset({"filesystem"})))
+    fs = report.layers["filesystem"]
+    assert fs.state == "missing" and "canary" in fs.reason and "outside the workspace" in fs.reason
+    assert not report.ok_for(["filesystem"])[0]
+
+
+def test_unsafe_opt_in_runs_loudly(spec_for):
+    report = run_selftest(
+        spec_for(disabled_layers=frozenset({"seccomp"}), isolation=IsolationSettings(unsafe=True))
+    )
+    ok, reasons = report.ok_for(ALL)
+    assert ok
+    assert reasons[0].startswith("UNSAFE MODE")
+    assert any("UNSAFE" in line for line in status_lines(report))
+
+
+def test_degraded_environment_without_user_namespaces(spec_for):
+    report = run_selftest(spec_for(refuse_namespaces=True))
+    assert report.mode.startswith("degraded")
+    states = {name: s.state for name, s in report.layers.items()}
+    assert states == {
+        "process": "degraded",
+        "filesystem": "degraded",
+        "network": "degraded",
+        "syscall": "active",
+    }
+    assert "pidns" in report.layers["process"].reason and "netns" in report.layers["network"].reason
+    ok, reasons = report.ok_for(ALL)
+    assert ok and len(reasons) == 3
+
+
+def test_degraded_mode_refused_when_policy_forbids_it(spec_for):
+    report = run_selftest(spec_for(refuse_namespaces=True, isolation=IsolationSettings(allow_degraded=False)))
+    assert report.mode == "failed" and "degraded mode not allowed" in report.error
+    ok, reasons = report.ok_for(ALL)
+    assert not ok and "selftest failed" in reasons[0]
+
+
+def test_cli_selftest_json(capsys):
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["selftest", "--json"])
+    assert args.func(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is True
+    assert {k: v["state"] for k, v in data["layers"].items()} == dict.fromkeys(ALL, "active")
+
+
+def test_bootstrap_fails_closed_when_a_required_mechanism_cannot_apply(tmp_path):
+    config = {"require": ["cgroups"], "cgroup_procs": [str(tmp_path / "missing" / "cgroup.procs")]}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ironcage_jupyter.sandbox.bootstrap",
+            "--config",
+            json.dumps(config),
+            "--",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == bootstrap.EXIT_SETUP_FAILED
+    assert "refusing to start the kernel" in proc.stderr and "cgroups" in proc.stderr
+
+
+def test_bootstrap_rejects_malformed_config():
+    proc = subprocess.run(
+        [sys.executable, "-m", "ironcage_jupyter.sandbox.bootstrap", "--config", "{not json", "--", "true"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == bootstrap.EXIT_SETUP_FAILED
+
+
+def test_no_linux_no_isolation_unless_unsafe(spec_for, monkeypatch):
+    """macOS/Windows: nothing to apply, so cells only run with the loud unsafe opt-in."""
+    from ironcage_jupyter.sandbox import launcher
+
+    monkeypatch.setattr(launcher.sys, "platform", "darwin")
+    with pytest.raises(launcher.SandboxError, match="no isolation layer exists on darwin"):
+        launcher.build_sandboxed_command(["python", "-m", "ipykernel_launcher"], {"PATH": "/bin"}, spec_for())
+    argv, env = launcher.build_sandboxed_command(
+        ["python", "-m", "ipykernel_launcher"],
+        {"PATH": "/bin", "AWS_SECRET_ACCESS_KEY": "x"},
+        spec_for(isolation=IsolationSettings(unsafe=True)),
+    )
+    assert argv == ["python", "-m", "ipykernel_launcher"]
+    assert "AWS_SECRET_ACCESS_KEY" not in env
