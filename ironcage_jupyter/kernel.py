@@ -656,6 +656,26 @@ class IronCageKernel(Kernel):
         content = dict(reply["content"])
         content["execution_count"] = cell.execution_count
         cell.reply = content
+        await self._after_limits(cell)
+
+    async def _after_limits(self, cell: CellRequest) -> None:
+        """A cell that ran into the process or memory cap leaves the child crippled (a fork bomb's
+        children keep every process slot): replace the child and say so."""
+        hits = self.sandbox.limits_hit()
+        if not hits:
+            return
+        try:
+            self.audit.record("violation", detail={"kind": "limit_hit", "message": "; ".join(hits),
+                                                   "cell_id": cell.cell_id})
+        except Exception:
+            self.log.error("the audit log could not record a limit hit", exc_info=True)
+        await self.restart_child()
+        cell.block = Block(
+            ename="ResourceLimitReached",
+            evalue="; ".join(hits) + ": the kernel was restarted and its state lost",
+            rule="limits",
+            reason="the sandbox's resource limits stopped the cell",
+        )
 
     async def _cell_timed_out(self, cell: CellRequest, route: Route, timeout: float | None) -> None:
         """Watchdog: interrupt, then kill and restart if the cell does not stop."""

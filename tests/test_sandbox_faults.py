@@ -78,11 +78,6 @@ def test_fork_bomb_is_capped(bait):
         w.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the wrapper does not yet restart the child when sandbox.limits_hit() reports the process "
-    "limit: the bomb's children keep every slot and the kernel cannot start threads",
-)
 def test_kernel_is_usable_after_a_fork_bomb(bait):
     w = Wrapper(bait, sandbox={"limits": LIMITS})
     try:
