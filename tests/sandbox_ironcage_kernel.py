@@ -22,7 +22,16 @@ class SandboxedIronCageKernel(IronCageKernel):
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
-        # The test's isolation/limits win over the policy's (which __init__ applied).
+        self._apply_test_config()
+
+    def _build_components(self) -> None:
+        super()._build_components()
+        # The test's isolation/limits win over the policy's (applied while the components load),
+        # for the output firewall's size limit too.
+        self._apply_test_config()
+        self.credentials.firewall.limits = self.sandbox.limits
+
+    def _apply_test_config(self) -> None:
         cfg = json.loads(os.environ.get("IRONCAGE_TEST_SANDBOX", "{}"))
         self.sandbox.configure(
             IsolationSettings(**cfg.get("isolation", {})), ResourceLimits(**cfg.get("limits", {}))

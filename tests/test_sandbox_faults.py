@@ -67,8 +67,10 @@ def test_fork_bomb_is_capped(bait):
     w = Wrapper(bait, sandbox={"limits": LIMITS})
     try:
         ex = w.run(FORK_BOMB, timeout=60)
-        assert ex.status == "error" and ex.error["ename"] == "BlockingIOError", ex.error
-        assert "Resource temporarily unavailable" in ex.error["evalue"]
+        # The child's own error shows the cap biting; the wrapper then replaces the crippled child.
+        assert "Resource temporarily unavailable" in ex.text
+        assert ex.status == "error" and ex.error["ename"] == "ResourceLimitReached", ex.error
+        assert "process limit (48)" in ex.error["evalue"] and "restarted" in ex.error["evalue"]
         assert w.alive()
         assert any("process limit (48)" in hit for hit in w.status()["limits_hit"])
         assert (
@@ -144,8 +146,9 @@ def test_cell_waiting_on_stdin_forever(wrapper):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="needs an output size limit in the wrapper/output firewall (limits.output_max_bytes); "
-    "the relay forwards every byte today",
+    reason="under this test's address-space limit the child itself segfaults (exit 139) while writing "
+    "64 MB of output; the wrapper survives and starts a fresh child, but the truncation notice is "
+    "not reached. Truncation itself is covered by the output firewall's leak tests.",
 )
 def test_output_flood_is_truncated_with_a_notice(bait):
     w = Wrapper(bait, sandbox={"limits": {**LIMITS, "output_max_bytes": 1_000_000, "cell_timeout_s": 20}})
