@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zmq
+from ipykernel._version import kernel_protocol_version
 from ipykernel.kernelbase import Kernel
 from jupyter_client.session import Session
 from traitlets import Float, Int, Unicode, default
@@ -27,10 +28,10 @@ from .child import ChildDied, ChildKernel
 from .magics import MagicResult, is_ironcage_magic, run_magic
 from .pipeline import Block, CellRequest, Pipeline, Stage
 from .relay import Relay, Route
-from .sandbox.integration import SandboxController
 
 if TYPE_CHECKING:
     from .credentials.session import CredentialSession
+    from .sandbox.integration import SandboxController
 
 #: ironcage_jupyter.components, imported off the event loop once the kernel has answered kernel_info.
 components: Any = None
@@ -177,8 +178,6 @@ class IronCageKernel(Kernel):
         self.child = ChildKernel(workspace=Path(self.workspace), parent=self)
         self.child.on_exit = self._on_child_exit
         # The child always runs in the sandbox; the selftest gates the first cell (fail closed).
-        self.sandbox = self._make_sandbox()
-        self.child.command_wrapper = self.sandbox.command_wrapper
         self.relay = Relay(
             publish=self._publish_from_child,
             on_input_request=self._forward_input_request,
@@ -198,7 +197,6 @@ class IronCageKernel(Kernel):
         self._components_ready: asyncio.Future[None] | None = None
         self._components_error: str | None = None
         atexit.register(self.child.kill_now_sync)
-        atexit.register(self.sandbox.release_all)
 
     # -- components ------------------------------------------------------------------------------
     def _start_components(self) -> asyncio.Future[None]:
@@ -230,6 +228,11 @@ class IronCageKernel(Kernel):
             ready.exception()
 
     def _build_components(self) -> None:
+        # The sandbox wraps the child's command; it is built here, off the first kernel_info reply's
+        # path, like the other components (the child never starts before this).
+        self.sandbox = self._make_sandbox()
+        self.child.command_wrapper = self.sandbox.command_wrapper
+        atexit.register(self.sandbox.release_all)
         # The audit log opens in the background; no cell runs before it has (and none if it cannot
         # be written: fail closed).
         self.audit = components.KernelAudit(
@@ -354,6 +357,8 @@ class IronCageKernel(Kernel):
         return ready
 
     def _make_sandbox(self) -> SandboxController:
+        from .sandbox.integration import SandboxController
+
         """The sandbox for this session, with default isolation (every layer required, no unsafe mode)
         and limits until ``__init__`` applies the loaded policy's sections (``sandbox.configure``)."""
         from .sandbox.settings import IsolationSettings, ResourceLimits
@@ -473,11 +478,18 @@ class IronCageKernel(Kernel):
 
     @property
     def kernel_info(self) -> dict[str, Any]:
-        info = dict(super().kernel_info)
         # A forwarded debugger would run code outside the policy engine; subshells would bypass
-        # the one-cell-at-a-time pipeline. Advertise neither.
-        info["supported_features"] = []
-        return info
+        # the one-cell-at-a-time pipeline. Advertise neither. (Built here rather than from the base
+        # property, which imports debugpy just to find out whether to advertise the debugger.)
+        return {
+            "protocol_version": kernel_protocol_version,
+            "implementation": self.implementation,
+            "implementation_version": self.implementation_version,
+            "language_info": self.language_info,
+            "banner": self.banner,
+            "help_links": self.help_links,
+            "supported_features": [],
+        }
 
     # -- publishing ------------------------------------------------------------------------------
     def _publish_from_child(
@@ -925,7 +937,8 @@ class IronCageKernel(Kernel):
             if self.components_ready:
                 await components.kernel_glue.shutdown(self)
         finally:
-            self.sandbox.release_all()  # whatever the child left behind (degraded mode, no pid ns)
+            if self.components_ready:  # whatever the child left behind (degraded mode, no pid ns)
+                self.sandbox.release_all()
             try:
                 if self.components_ready:
                     self.audit.close(status="normal", reason="shutdown requested")
@@ -1008,8 +1021,10 @@ class IronCageKernel(Kernel):
             "cell_timeout_s": self.cell_timeout_seconds(),
             "request_timeout_s": self.request_timeout,
             "child_messages": {"received": self.relay.received, "published": self.relay.published},
-            **self.sandbox.status_fields(),
         }
+        sandbox = getattr(self, "sandbox", None)
+        if sandbox is not None:
+            info.update(sandbox.status_fields())
         if not self.components_ready:
             info["components"] = self._components_error or "starting"
             return info

@@ -20,10 +20,6 @@ class SandboxedIronCageKernel(IronCageKernel):
     """The production wiring, with the test-only knobs of the sandbox (disabled layers, refused
     namespaces, isolation/limits without a policy file)."""
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)
-        self._apply_test_config()
-
     def _build_components(self) -> None:
         super()._build_components()
         # The test's isolation/limits win over the policy's (applied while the components load),
