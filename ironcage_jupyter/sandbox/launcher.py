@@ -481,9 +481,10 @@ def _bwrap_args(
         args += ["--ro-bind", "/sys", "/sys", "--dev", "/dev"]
         args += ["--proc", "/proc"] if "pidns" not in disabled else ["--ro-bind", "/proc", "/proc"]
         args += ["--tmpfs", "/tmp", "--perms", "0700", "--tmpfs", home]
-        # Re-bind what lives under home after the tmpfs, then the writable trees.
+        # Re-bind what lives under home or /tmp after their tmpfs (a venv or a checkout in either),
+        # then the writable trees.
         for root in read_only:
-            if _is_within(root, home):
+            if _is_within(root, home) or _is_within(root, "/tmp"):
                 args += ["--ro-bind", root, root]
         args += ["--bind", str(workspace), str(workspace), "--bind", str(socket_dir), str(socket_dir)]
         binds += [str(workspace), str(socket_dir), "/sys"]
