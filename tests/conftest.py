@@ -33,6 +33,11 @@ def ironcage_jupyter_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     # about other subsystems need their cells to reach the child; the policy's own tests pick policies.
     saved["IRONCAGE_POLICY"] = os.environ.get("IRONCAGE_POLICY")
     os.environ.setdefault("IRONCAGE_POLICY", "observe")
+    # Clients that start a kernel without a cwd (jupyter_kernel_test) would make the checkout its
+    # workspace; where the venv lives inside the checkout the sandbox's self-test rightly refuses a
+    # writable site-packages. Tests get a workspace of their own.
+    saved["IRONCAGE_WORKSPACE"] = os.environ.get("IRONCAGE_WORKSPACE")
+    os.environ["IRONCAGE_WORKSPACE"] = str(tmp_path_factory.mktemp("workspace"))
     yield root
     for key, value in saved.items():
         if value is None:
