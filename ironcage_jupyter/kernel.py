@@ -609,9 +609,20 @@ class IronCageKernel(Kernel):
 
     async def execute_in_child(self, cell: CellRequest) -> None:
         interrupted = self._cell_interrupted = asyncio.get_running_loop().create_future()
+        child_ready = self._child_ready
+        if child_ready is not None and child_ready.done() and child_ready.exception() is None:
+            pass  # the usual case: the child is up, no task and no extra trip through the loop
+        else:
+            await self._wait_for_child_or_interrupt(cell, interrupted)
+            if cell.block is not None:
+                return
+        await self._send_and_wait(cell)
+
+    async def _wait_for_child_or_interrupt(self, cell: CellRequest, interrupted: asyncio.Future[bool]) -> None:
         try:
-            ready = asyncio.ensure_future(self.ensure_child())
-            await asyncio.wait({ready, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+            ready: asyncio.Future[Any] = asyncio.ensure_future(self.ensure_child())
+            waiting: set[asyncio.Future[Any]] = {ready, interrupted}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if not ready.done():
                 # Interrupted while the child was still starting: the cell is never sent.
                 ready.add_done_callback(lambda f: f.exception())
@@ -624,7 +635,8 @@ class IronCageKernel(Kernel):
                 evalue=str(exc) or self._child_error or "the child kernel is not available",
                 reason="no cell runs without a working isolated child kernel",
             )
-            return
+
+    async def _send_and_wait(self, cell: CellRequest) -> None:
         route = Route(
             kind="execute",
             parent=self.get_parent("shell"),

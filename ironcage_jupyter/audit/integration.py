@@ -110,6 +110,8 @@ class KernelAudit:
 
     async def ready(self) -> None:
         """Wait (without blocking the event loop) until the store is open or has failed to open."""
+        if self._opening.done():  # the per-cell case: no trip through the loop's self-pipe
+            return
         await asyncio.wrap_future(self._opening)
 
     # -- state -------------------------------------------------------------------------------------
