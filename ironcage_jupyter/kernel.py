@@ -800,12 +800,8 @@ class IronCageKernel(Kernel):
         )
         if reply is None:
             return {"status": "ok", "found": False, "data": {}, "metadata": {}}
-        content = reply
-        if content.get("data"):
-            screened = self._screen_output("display_data", {"data": content["data"], "metadata": {}},
-                                           Route(kind="inspect", parent=None, forward_outputs=False))
-            content["data"] = (screened or {}).get("data", {})
-        return content
+        # _ask_child already passed the whole reply (its data included) through the output firewall.
+        return reply
 
     async def do_is_complete(self, code: str) -> dict[str, Any]:  # type: ignore[override]
         reply = await self._ask_child("is_complete_request", {"code": code})
@@ -883,7 +879,17 @@ class IronCageKernel(Kernel):
         """Comms the wrapper itself answers (the lab extension, tool calls from agents)."""
         try:
             await self.ensure_components()
-        except Exception:
+        except Exception as exc:
+            # Nothing runs without the checks; a tool caller gets a refusal saying why instead of
+            # waiting forever for an answer.
+            comm_id = content.get("comm_id", "")
+            data = content.get("data")
+            if event == "msg" and self._wrapper_comms.get(comm_id) == "ironcage.tools":
+                refusal: dict[str, Any] = {"ok": False, "refusal": {
+                    "rule": "invariant.fail-closed", "reason": str(exc), "stage": "channel"}}
+                if isinstance(data, dict) and "id" in data:
+                    refusal["id"] = data["id"]
+                self.send_comm_msg(comm_id, refusal)
             return
         if self._wrapper_comms.get(content.get("comm_id", "")) == components.kernel_glue.TOOLS_COMM_TARGET:
             await components.kernel_glue.on_tools_comm(self, event, content)
