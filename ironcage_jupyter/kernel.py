@@ -566,7 +566,7 @@ class IronCageKernel(Kernel):
                                                     reason="no cell runs without Iron Cage's checks"))
             if is_ironcage_magic(code):
                 self._magic_allow_stdin = allow_stdin  # `%ironcage policy load` may ask the human
-                return await self._run_magic(code, silent)
+                return await self._run_magic(code, silent, cell_id=cell_id)
             cell = CellRequest(
                 code=code,
                 silent=silent,
@@ -1000,12 +1000,16 @@ class IronCageKernel(Kernel):
         )
 
     # -- %ironcage magics ------------------------------------------------------------------------
-    async def _run_magic(self, code: str, silent: bool) -> dict[str, Any]:
+    async def _run_magic(self, code: str, silent: bool, *, cell_id: str | None = None) -> dict[str, Any]:
         result: MagicResult = await run_magic(self, code)
         try:  # a policy load/change made by the magic is recorded at once (a failure refuses later cells)
             self.audit.drain_policy_events(self)
         except Exception:
             self.log.error("the audit log could not record the policy change", exc_info=True)
+        try:  # the lab extension marks refused magic cells too, not only refused code cells
+            self._report_magic(code, result, cell_id)
+        except Exception:
+            self.log.warning("could not report the magic cell to the lab extension", exc_info=True)
         if result.error is not None:
             return self.publish_error(
                 Block(ename=result.error_name or "UsageError", evalue=result.error, details=result.details)
@@ -1016,6 +1020,31 @@ class IronCageKernel(Kernel):
             self.publish_display(result.data)
         return {"status": "ok", "execution_count": self.execution_count, "payload": [],
                 "user_expressions": {}}
+
+    #: Magic errors that are refusals by a check (shown as a denied cell), not usage mistakes.
+    MAGIC_REFUSALS = frozenset({"PolicyError", "AuditQueryError", "CredentialRefused", "ToolRefused",
+                                "IronCageUnavailable"})
+
+    def _report_magic(self, code: str, result: MagicResult, cell_id: str | None) -> None:
+        ui = getattr(self, "ui", None)
+        if ui is None or not self.components_ready:
+            return
+        parent = self.get_parent("shell")
+        if result.cell is not None:  # a cell the magic ran through the pipeline (with-secret)
+            components.report_cell(ui, result.cell, parent)
+            return
+        if result.error is None or result.error_name not in self.MAGIC_REFUSALS:
+            return
+        words = code.lstrip("%").split()
+        subcommand = words[1] if len(words) > 1 else "ironcage"
+        ui.cell_finished(
+            cell_id=cell_id,
+            msg_id=(parent or {}).get("header", {}).get("msg_id"),
+            decision="deny",
+            rules=[f"%ironcage {subcommand}"],
+            reason=result.error.splitlines()[0] if result.error else "",
+            parent=parent,
+        )
 
     # -- status ----------------------------------------------------------------------------------
     def status_info(self) -> dict[str, Any]:

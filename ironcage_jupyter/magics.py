@@ -28,6 +28,8 @@ class MagicResult:
     details: list[str] = field(default_factory=list)
     #: The execute_reply of a cell a subcommand ran through the pipeline (e.g. with-secret).
     reply: dict[str, Any] | None = None
+    #: The pipeline's CellRequest when a subcommand ran a cell (its outcome is reported to the UI).
+    cell: Any = None
 
     @classmethod
     def text(cls, text: str, markdown: str | None = None, html_text: str | None = None) -> MagicResult:

@@ -108,3 +108,42 @@ def test_audit_request_answers_even_without_store(kernel: tuple[KernelManager, B
     else:
         assert isinstance(reply["events"], list)
 
+
+
+def test_refused_magic_cell_gets_a_denied_marker(kernel: tuple[KernelManager, BlockingKernelClient]) -> None:
+    """A read-only violation in %%ironcage sql is a refusal by a check: the cell is marked like a
+    denied code cell, with the rule and reason; a plain usage mistake is not marked as denied."""
+    _, kc = kernel
+    comm_id, _ = _open(kc)
+    cell_id = "cell-" + uuid.uuid4().hex[:8]
+    msg_id = _send(kc, "execute_request", {"code": "%%ironcage sql\nDELETE FROM events", "silent": False,
+                                           "store_history": True, "user_expressions": {},
+                                           "allow_stdin": False, "stop_on_error": True},
+                   metadata={"cellId": cell_id})
+    received = _comm_msgs(kc, comm_id, lambda d: d["type"] == "cell_event")
+    (event,) = [d for d in received if d["type"] == "cell_event"]
+    assert event["cell_id"] == cell_id and event["msg_id"] == msg_id
+    assert event["decision"] == "deny" and event["rules"] == ["%ironcage sql"]
+    assert event["reason"]
+    reply = kc.get_shell_msg(timeout=30)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = kc.get_shell_msg(timeout=30)
+    assert reply["content"]["status"] == "error"
+
+    usage_id = _send(kc, "execute_request", {"code": "%ironcage no-such-subcommand", "silent": False,
+                                             "store_history": True, "user_expressions": {},
+                                             "allow_stdin": False, "stop_on_error": True})
+    reply = kc.get_shell_msg(timeout=30)
+    while reply["parent_header"].get("msg_id") != usage_id:
+        reply = kc.get_shell_msg(timeout=30)
+    assert reply["content"]["ename"] == "UsageError"
+    events = []
+    while True:
+        try:
+            msg = kc.get_iopub_msg(timeout=1)
+        except queue.Empty:
+            break
+        if msg["msg_type"] == "comm_msg" and msg["content"]["data"].get("type") == "cell_event":
+            events.append(msg["content"]["data"])
+    assert not events
+    _send(kc, "comm_close", {"comm_id": comm_id, "data": {}})

@@ -207,5 +207,7 @@ async def _with_secret(kernel: IronCageKernel, argstring: str, body: str | None)
     finally:
         kernel._current_cell = None
     if cell.block is not None:
-        return MagicResult.fail(cell.block.evalue, name=cell.block.ename, details=[cell.block.reason or ""])
-    return MagicResult(reply=cell.reply)
+        failed = MagicResult.fail(cell.block.evalue, name=cell.block.ename, details=[cell.block.reason or ""])
+        failed.cell = cell
+        return failed
+    return MagicResult(reply=cell.reply, cell=cell)
