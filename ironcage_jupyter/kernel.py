@@ -1001,7 +1001,10 @@ class IronCageKernel(Kernel):
 
     # -- %ironcage magics ------------------------------------------------------------------------
     async def _run_magic(self, code: str, silent: bool, *, cell_id: str | None = None) -> dict[str, Any]:
+        policy_before = self._active_policy()
         result: MagicResult = await run_magic(self, code)
+        if self._active_policy() is not policy_before:
+            self._apply_policy_change()
         try:  # a policy load/change made by the magic is recorded at once (a failure refuses later cells)
             self.audit.drain_policy_events(self)
         except Exception:
@@ -1020,6 +1023,26 @@ class IronCageKernel(Kernel):
             self.publish_display(result.data)
         return {"status": "ok", "execution_count": self.execution_count, "payload": [],
                 "user_expressions": {}}
+
+    def _active_policy(self) -> Any:
+        session = getattr(self, "policy_session", None)
+        return session.policy if session is not None else None
+
+    def _apply_policy_change(self) -> None:
+        """A policy loaded or changed from the notebook governs what the wrapper holds too: grants,
+        output detectors and limits from the next cell; isolation and resource limits from the child's
+        next start (the self-test re-runs then)."""
+        policy = self._active_policy()
+        if policy is None:
+            return
+        credentials = getattr(self, "credentials", None)
+        if credentials is not None:
+            credentials.apply_policy(policy.credentials, policy.outputs, policy.limits)
+        self.sandbox.configure(policy.isolation, policy.limits)
+        ui = getattr(self, "ui", None)
+        if ui is not None:
+            ui.policy = policy.name
+            ui.publish_status()
 
     #: Magic errors that are refusals by a check (shown as a denied cell), not usage mistakes.
     MAGIC_REFUSALS = frozenset({"PolicyError", "AuditQueryError", "CredentialRefused", "ToolRefused",

@@ -84,3 +84,30 @@ def test_invalid_policy_fails_closed(tmp_path):
         assert info["policy"] is None and "broken.yaml" in info["policy_error"]
     finally:
         stop_kernel(km, kc)
+
+
+def test_policy_loaded_from_the_notebook_governs_grants_and_output_limits(tmp_path):
+    """`%ironcage policy load` reaches what the wrapper holds, not only the rules: a grant added by
+    the new policy (approved by the human) can be used, and its output limit truncates."""
+    secret = "tok-" + "9f3b27c1e8d4a6b5" * 2
+    km, kc = start_kernel(tmp_path, env={"IRONCAGE_POLICY": "default", "LOADED_TOKEN": secret})
+    try:
+        refused = execute(kc, "%%ironcage with-secret LOADED_TOKEN\nprint(1)")
+        assert refused.status == "error" and "LOADED_TOKEN" in refused.text
+        (tmp_path / "granting.yaml").write_text(
+            "name: granting\nextends: default\n"
+            "credentials:\n  grants:\n    LOADED_TOKEN:\n      source: env:LOADED_TOKEN\n"
+            "      mode: inject\n      cells: true\n"
+            "limits:\n  output_max_bytes: 4000\n"
+        )
+        loaded = execute(kc, "%ironcage policy load granting.yaml", stdin_answers=["y"])
+        assert loaded.status == "ok", loaded.text
+        assert status(kc)["policy"] == "granting"
+        used = execute(kc, "%%ironcage with-secret LOADED_TOKEN\nimport os\nprint(os.environ['LOADED_TOKEN'])",
+                       stdin_answers=["y"])
+        assert used.status == "ok", used.text
+        assert secret not in used.text and "[REDACTED:LOADED_TOKEN]" in used.text
+        flood = execute(kc, "print('y' * 20000)")
+        assert len(flood.stdout) < 5000 and "truncated" in flood.text
+    finally:
+        stop_kernel(km, kc)

@@ -147,6 +147,16 @@ class CredentialBroker:
         self.taint = TaintState()
         self._lock = threading.RLock()
 
+    @_locked
+    def apply_settings(self, settings: CredentialSettings) -> None:
+        """A new policy's grants take effect for the next request. Secrets already handed out stay
+        known to the output firewall (a value seen once is redacted for the rest of the session), and
+        the taint stays: neither is the policy's to forget."""
+        self.settings = settings
+        for name in settings.grants:
+            self._state.setdefault(name, _SecretState())
+        self._audit("credential.settings_changed", grants=sorted(settings.grants))
+
     @property
     def tainted(self) -> bool:
         """A secret was injected into the running child (it cannot be erased from it)."""

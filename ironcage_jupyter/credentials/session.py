@@ -50,6 +50,15 @@ class CredentialSession:
             **broker_kwargs,
         )
 
+    def apply_policy(
+        self, credentials: CredentialSettings, outputs: OutputSettings, limits: ResourceLimits
+    ) -> None:
+        """After ``%ironcage policy load`` / a policy change: the new grants, detectors and output
+        limits apply from the next cell; secrets already handed out stay redacted. New brokered
+        sentinels reach the child's environment at its next start."""
+        self.firewall.apply_settings(outputs, limits)
+        self.broker.apply_settings(credentials)
+
     # -- session start -------------------------------------------------------------------------
     def child_env_overrides(self) -> dict[str, str]:
         """Sentinels for the brokered secrets, by env var: add to the child's environment at start

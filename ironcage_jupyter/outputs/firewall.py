@@ -113,6 +113,13 @@ class OutputFirewall:
         self._cell_truncated = False
         self.last_reply_redactions: list[RedactionRecord] = []
 
+    def apply_settings(self, settings: OutputSettings, limits: ResourceLimits) -> None:
+        """A new policy's detectors and output limits, from the next message on. The known values
+        (secrets handed out in this session) are kept: they are redacted for the rest of the session."""
+        self.settings = settings
+        self.limits = limits
+        self._typed = TypedDetectors(settings)
+
     # -- secrets and cell lifecycle -------------------------------------------------------------------
 
     def add_secret(self, name: str, value: str, *, sentinel: bool = False) -> list[str]:
