@@ -409,10 +409,11 @@ class IronCageKernel(Kernel):
             # A fast child can publish faster than the relay forwards; the default high-water mark
             # (1,000) would silently drop outputs, so the receive queue is made much deeper.
             client.context.setsockopt(zmq.RCVHWM, self.child_output_queue)
-            client.start_channels(hb=False)
+            client.start_channels(hb=False, stdin=False)
             self._child_client = client
             self.relay.attach(client)
             await self._wait_child_ready()
+            await self._connect_child_stdin(client)
             self._child_error = None
             ready.set_result(None)
         except Exception as exc:
@@ -421,6 +422,29 @@ class IronCageKernel(Kernel):
             ready.set_exception(RuntimeError(self._child_error))
             ready.exception()
             await self.child.kill()
+
+    async def _connect_child_stdin(self, client: Any) -> None:
+        """Connect the child's stdin channel and wait for its handshake. The child sends
+        input_request from a ROUTER, which silently drops a message for a peer whose connection is
+        not yet complete: a cell calling input() right after a (re)start would then wait forever.
+        Connecting once the child answers (its sockets are bound) and awaiting the handshake event
+        closes that window without polling."""
+        socket = client.context.socket(zmq.DEALER)
+        socket.linger = 1000
+        socket.identity = client.session.bsession  # the child addresses input_request to the shell peer
+        monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        try:
+            socket.connect(client._make_url("stdin"))
+            await asyncio.wait_for(monitor.recv_multipart(), timeout=self.child.startup_timeout)
+        except BaseException:
+            socket.close(linger=0)
+            raise
+        finally:
+            socket.disable_monitor()
+            monitor.close(linger=0)
+        client._stdin_channel = client.stdin_channel_class(socket, client.session, client.ioloop)
+        client._stdin_channel.start()
+        self.relay.attach_stdin(socket)
 
     async def _wait_child_ready(self) -> None:
         """kernel_info until the child answers on shell and its iopub is subscribed."""

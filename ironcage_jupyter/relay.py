@@ -92,7 +92,6 @@ class Relay:
         self.sockets = {
             "shell": client.shell_channel.socket,
             "iopub": client.iopub_channel.socket,
-            "stdin": client.stdin_channel.socket,
             "control": client.control_channel.socket,
         }
         loop = asyncio.get_running_loop()
@@ -102,9 +101,15 @@ class Relay:
                 ("shell", self._on_reply),
                 ("control", self._on_reply),
                 ("iopub", self._on_iopub),
-                ("stdin", self._on_stdin),
             )
         ]
+
+    def attach_stdin(self, socket: zmq.asyncio.Socket) -> None:
+        """Take the child's stdin channel once it is connected (see the kernel's launch: the child's
+        ROUTER drops an input_request addressed to a peer it has not yet seen)."""
+        self.sockets["stdin"] = socket
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._read("stdin", self._on_stdin), name="ironcage-relay-stdin"))
 
     def note_comm(self, msg_type: str, content: dict[str, Any]) -> None:
         comm_id = content.get("comm_id")

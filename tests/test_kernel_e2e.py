@@ -232,6 +232,21 @@ def test_child_killed_mid_cell_then_a_fresh_child_runs_the_next_cell(workspace):
         stop_kernel(km, kc)
 
 
+def test_input_right_after_a_child_restart_reaches_the_frontend(workspace):
+    """A fresh child's stdin ROUTER drops an input_request for a peer whose connection is not yet
+    complete; the wrapper connects stdin before the child counts as ready, so a cell asking for
+    input as the very first thing after a crash is answered, never left waiting."""
+    km, kc = start_kernel(workspace, warm=True)
+    try:
+        for attempt in range(2):
+            crashed = execute(kc, "import os; os.kill(os.getpid(), 9)")
+            assert crashed.status == "error" and crashed.reply["content"]["ename"] == "KernelStateLost"
+            ex = execute(kc, "print('got', input('again? '))", stdin_answers=[f"yes {attempt}"], timeout=60)
+            assert ex.status == "ok" and ex.stdout.strip() == f"got yes {attempt}", ex.text
+    finally:
+        stop_kernel(km, kc)
+
+
 def test_watchdog_kills_a_cell_that_ignores_interrupts(workspace):
     km, kc = start_kernel(workspace, extra_arguments=["--IronCageKernel.cell_timeout=2",
                                                       "--IronCageKernel.interrupt_grace=1"])
