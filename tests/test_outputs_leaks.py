@@ -96,6 +96,18 @@ def test_every_encoding_is_redacted(fw, encoding, value_name, value):
     assert out.startswith("result: ") and out.endswith(" (end)")
 
 
+@pytest.mark.parametrize("encoding", ["base64", "base64url", "base32"])
+@pytest.mark.parametrize("extra", ["", "X", "XY", "XYZ"])
+def test_a_whole_encoding_leaves_no_tail_behind(encoding, extra):
+    """The last characters of a value's own encoding (before and with the padding) carry its last
+    bits: they go with the redaction, whatever the value's length."""
+    fw = OutputFirewall()
+    value = SECRET + extra
+    fw.add_secret("TAILED", value)
+    out = screen_text(fw, f"result: {ENCODINGS[encoding](value)} (end)")
+    assert out == "result: [REDACTED:TAILED] (end)"
+
+
 def test_separator_stripped_secret_with_own_separators(fw):
     out = screen_text(fw, "pw=" + OTHER.replace("-", "").replace("&", "&"))
     assert "[REDACTED:DB_PASSWORD]" in out

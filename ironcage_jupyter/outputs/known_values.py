@@ -60,6 +60,11 @@ def encoded_forms(value: str) -> dict[str, str]:
     for i, frag in enumerate(_fragments(base64.b64encode, 6, 3, raw)):
         forms[f"base64_{i}"] = frag
         forms[f"base64url_{i}"] = frag.replace("+", "-").replace("/", "_")
+    # The whole encoding of the value alone, padding included: the fragments above stop short of the
+    # last characters, which also carry the value's last bits.
+    forms["base64_whole"] = base64.b64encode(raw).decode("ascii")
+    forms["base64url_whole"] = base64.urlsafe_b64encode(raw).decode("ascii")
+    forms["base32_whole"] = base64.b32encode(raw).decode("ascii")
     for i, frag in enumerate(_fragments(base64.b32encode, 5, 5, raw)):
         forms[f"base32_{i}"] = frag
         forms[f"base32_lower_{i}"] = frag.lower()
@@ -174,9 +179,10 @@ class KnownValueMatcher:
         self._heads = ahocorasick_rs.BytesAhoCorasick(list(heads))
         self._max_needle = max(len(b) for _, b in encoded)
 
-    def find(self, text: str, encoded: bytes | None = None) -> list[_Needle]:
+    def find(self, text: str, encoded: bytes | None = None, *, overlapping: bool = False) -> list[_Needle]:
         """Needles present in ``text`` (separators ignored), or an empty list. The hot path.
-        ``encoded``: ``text`` as UTF-8 (surrogatepass), when the caller has it."""
+        ``encoded``: ``text`` as UTF-8 (surrogatepass), when the caller has it. ``overlapping``
+        (redaction only): also the needles that share a start with a shorter one found first."""
         if self._dirty:
             self._rebuild()
         if self._automaton is None or not text:
@@ -184,7 +190,7 @@ class KnownValueMatcher:
         if encoded is None:
             encoded = text.encode("utf-8", "surrogatepass")
         data = encoded.translate(None, _SEPARATOR_BYTES)
-        hits = self._automaton.find_matches_as_indexes(data)
+        hits = self._automaton.find_matches_as_indexes(data, overlapping=overlapping)
         if not hits:
             return []
         return [self._order[i] for i in dict.fromkeys(h[0] for h in hits)]
@@ -215,12 +221,16 @@ class KnownValueMatcher:
         counts: Counter[str] = Counter()
         # Non-overlapping hits can hide an overlapping needle of another secret: rescan until clean.
         for _ in range(16):
-            needles = self.find(text, encoded)
+            # Overlapping: the whole encoding of a value (padding included) must win over its
+            # shorter fragment, or the last characters would be left behind.
+            needles = self.find(text, encoded, overlapping=True)
             encoded = None
             replaced = 0
             for needle in sorted(needles, key=lambda n: len(n.squeezed), reverse=True):
                 text, n = self._regex(needle).subn(REDACTION_FORMAT.format(name=needle.name), text)
-                if n == 0 and not needle.strict:
+                # (A needle overlapping a longer one replaced just before is gone with it; the rescan
+                # finds any that is not.)
+                if n == 0 and not needle.strict and not replaced:
                     raise RuntimeError("known-value matcher and redaction regex disagree")
                 counts[needle.name] += n
                 replaced += n
