@@ -2,13 +2,13 @@
 
 1. Broker overhead per tool call, excluding the tool's own time: the same executor awaited directly vs
    through `ToolBroker.call` (schema, budgets, roles, policy, output limits, audit records), for a no-op
-   tool and for fs.read of a small file. Audit: in-memory sink (the audit store's own commit cost is
-   measured by the audit benchmark), or the real AuditStore with `--audit-store` when it is installed.
+   tool and for fs.read of a small file; with an in-memory audit sink, with the real DuckDB AuditStore
+   (fdatasync'd journal), and with the store plus the policy engine (as the kernel wires them).
 2. Egress proxy throughput vs a direct connection: plain HTTP through the proxy, HTTPS through an opaque
    CONNECT tunnel, and HTTPS through TLS interception (sentinel swap path), each against its direct
    reference on 127.0.0.1.
 
-    python benchmarks/bench_tools.py [--calls 3000] [--mbytes 64] [--json out.json] [--audit-store]
+    PYTHONPATH=. python benchmarks/bench_tools.py [--calls 3000] [--mbytes 64] [--rounds 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -45,54 +45,100 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def bench_broker(calls: int, audit_store: bool) -> dict:
+BENCH_POLICY = """
+name: bench-tools
+rules:
+  - id: bench-allow-tools
+    subject: tool
+    effect: allow
+    match: {tools: ["bench.*", "fs.read"]}
+  - id: bench-read-ws
+    subject: tool
+    effect: allow
+    match: {tools: ["fs.read"], roles: [read-path], paths: ["${workspace}/**"]}
+"""
+
+
+def _engine_policy(ws: str):
+    """The policy engine as the kernel wires it (EnginePolicy over PolicyEngine), for the kernel-like row."""
+    import ironcage_jupyter.policy as policy_pkg
+    from ironcage_jupyter.tools.adapters import EnginePolicy
+
+    policy = policy_pkg.load_policy_text(BENCH_POLICY)
+    context = policy_pkg.PolicyContext.create(ws, home=tempfile.mkdtemp(prefix="bench-home-"), include_defaults=False)
+    return EnginePolicy(policy_pkg.PolicyEngine(policy, context))
+
+
+async def bench_broker(calls: int, audits: list[str]) -> dict:
+    """Each configuration: the broker path and the bare executor, interleaved call by call.
+
+    Audit configurations: `memory` (in-memory sink), `store` (the real DuckDB AuditStore with its
+    fdatasync'd journal, as the kernel's KernelAudit uses it), `store+engine` (the same with the policy
+    engine deciding, as in the kernel). With a store, a third column times one durable policy_decision
+    record on its own (a journal append + fdatasync): the floor the decision's durability costs.
+    """
     ws = tempfile.mkdtemp(prefix="bench-tools-")
     with open(os.path.join(ws, "small.txt"), "w") as handle:
         handle.write("x" * 512)
-    audit = MemoryAudit()
-    store = None
-    if audit_store:
-        from ironcage_jupyter.audit import AuditStore  # type: ignore[attr-defined]
+    results: dict[str, dict] = {}
+    for config in audits:
+        audit: object = MemoryAudit()
+        store = None
+        if config.startswith("store"):
+            from ironcage_jupyter.audit import AuditStore
 
-        store = AuditStore(tempfile.mkdtemp(prefix="bench-audit-"), "bench")
-        audit = store
-    budgets = BudgetTracker(BudgetSettings(tool_calls_per_minute=None, identical_call_limit=10**9))
-    broker = ToolBroker(policy=SettingsToolPolicy(ToolSettings(allow=["*"])), audit=audit, budgets=budgets)
-    fs = ConfinedFs([FsRoot(ws, True)])
-    register_builtins(broker, enabled=["fs.read"], fs=fs, http=None)
+            store = AuditStore(tempfile.mkdtemp(prefix="bench-audit-"), "bench")
+            audit = store
+        policy = _engine_policy(ws) if config.endswith("engine") else SettingsToolPolicy(ToolSettings(allow=["*"]))
+        budgets = BudgetTracker(BudgetSettings(tool_calls_per_minute=None, identical_call_limit=10**9))
+        broker = ToolBroker(policy=policy, audit=audit, budgets=budgets)  # type: ignore[arg-type]
+        fs = ConfinedFs([FsRoot(ws, True)])
+        register_builtins(broker, enabled=["fs.read"], fs=fs, http=None)
 
-    async def noop(arguments, context):
-        return {"ok": True}
+        async def noop(arguments, context):
+            return {"ok": True}
 
-    broker.register(ToolSchema(name="bench.noop", arguments={"text": ArgumentSpec(name="text", required=True)}), noop)
-    fs_read = broker._tools["fs.read"].execute  # the executor itself: the reference
-    results = {}
-    for label, name, args, direct in (
-        ("no-op tool", "bench.noop", {"text": "hello"}, lambda a: noop(a, None)),
-        ("fs.read 512 B", "fs.read", {"path": "small.txt"}, lambda a: fs_read(a, None)),
-    ):
-        for _ in range(200):  # warm-up
-            await broker.call(ToolCall(name=name, arguments=args))
-            await direct(args)
-        via, ref = [], []
-        for i in range(calls):
-            # interleaved so machine noise hits both sides alike
-            t0 = time.perf_counter()
-            outcome = await broker.call(ToolCall(name=name, arguments=args, call_id=f"c{i}"))
-            t1 = time.perf_counter()
-            await direct(args)
-            t2 = time.perf_counter()
-            assert outcome.ok, outcome
-            via.append((t1 - t0) * 1e3)
-            ref.append((t2 - t1) * 1e3)
-        results[label] = {
-            "direct_p50_ms": statistics.median(ref), "broker_p50_ms": statistics.median(via),
-            "overhead_p50_ms": statistics.median(via) - statistics.median(ref),
-            "broker_p95_ms": pct(via, 0.95), "direct_p95_ms": pct(ref, 0.95),
-        }
-    if store is not None:
-        store.close()
-    return {"audit": "AuditStore (DuckDB)" if audit_store else "in-memory", "calls": calls, "results": results}
+        broker.register(ToolSchema(name="bench.noop", arguments={"text": ArgumentSpec(name="text", required=True)}),
+                        noop)
+        if hasattr(policy, "register_tools"):
+            policy.register_tools(broker.schemas())
+        fs_read = broker._tools["fs.read"].execute  # the executor itself: the reference
+        for label, name, args, direct in (
+            ("no-op tool", "bench.noop", {"text": "hello"}, lambda a, f=noop: f(a, None)),
+            ("fs.read 512 B", "fs.read", {"path": "small.txt"}, lambda a, f=fs_read: f(a, None)),
+        ):
+            for _ in range(200):  # warm-up
+                await broker.call(ToolCall(name=name, arguments=args))
+                await direct(args)
+            via, ref, sync = [], [], []
+            for i in range(calls):
+                # interleaved so machine noise hits every column alike
+                t0 = time.perf_counter()
+                outcome = await broker.call(ToolCall(name=name, arguments=args, call_id=f"c{i}"))
+                t1 = time.perf_counter()
+                await direct(args)
+                t2 = time.perf_counter()
+                assert outcome.ok, outcome
+                via.append((t1 - t0) * 1e3)
+                ref.append((t2 - t1) * 1e3)
+                if store is not None:
+                    t3 = time.perf_counter()
+                    store.record("policy_decision", decision="allow", rule="bench.floor",
+                                 detail={"subject": "other"}, durable=True)
+                    sync.append((time.perf_counter() - t3) * 1e3)
+                if store is not None and i % 500 == 499:
+                    store.flush()  # as the kernel's cell-end flush does (in its background thread)
+            row = {
+                "direct_p50_ms": statistics.median(ref), "broker_p50_ms": statistics.median(via),
+                "overhead_p50_ms": statistics.median(via) - statistics.median(ref),
+                "broker_p95_ms": pct(via, 0.95), "direct_p95_ms": pct(ref, 0.95),
+            }
+            if sync:
+                row["durable_record_p50_ms"] = statistics.median(sync)
+            results[f"{config}: {label}"] = row
+        if store is not None:
+            store.close()
+    return {"calls": calls, "results": results}
 
 
 def _http_get(sock: socket.socket, target: str, host: str) -> int:
@@ -162,29 +208,41 @@ async def bench_egress(mbytes: int, rounds: int) -> dict:
     return {"mbytes": mbytes, "rounds": rounds, "MBps_median": {k: statistics.median(v) for k, v in results.items()}}
 
 
+EGRESS_ROWS = (("http-direct", "http-direct"), ("http-proxy", "http-direct"), ("https-direct", "https-direct"),
+               ("https-tunnel", "https-direct"), ("https-intercept", "https-direct"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--mbytes", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--audit-store", action="store_true", help="use the real DuckDB AuditStore")
+    parser.add_argument("--audits", default="memory,store,store+engine",
+                        help="audit/policy configurations, comma-separated: memory, store, store+engine")
+    parser.add_argument("--skip-egress", action="store_true")
+    parser.add_argument("--skip-broker", action="store_true")
     parser.add_argument("--json", help="write the raw figures here")
     args = parser.parse_args()
-    broker = asyncio.run(bench_broker(args.calls, args.audit_store))
-    egress = asyncio.run(bench_egress(args.mbytes, args.rounds))
-    print(f"## Broker overhead per call ({broker['calls']} calls, audit: {broker['audit']})\n")
-    print("| tool | direct p50 (ms) | via broker p50 (ms) | overhead p50 (ms) | via broker p95 (ms) |")
-    print("|---|---|---|---|---|")
-    for label, r in broker["results"].items():
-        print(f"| {label} | {r['direct_p50_ms']:.4f} | {r['broker_p50_ms']:.4f} | {r['overhead_p50_ms']:.4f} "
-              f"| {r['broker_p95_ms']:.4f} |")
-    rates = egress["MBps_median"]
-    print(f"\n## Egress throughput ({egress['mbytes']} MB download, median of {egress['rounds']})\n")
-    print("| path | MB/s | ratio to its direct reference |")
-    print("|---|---|---|")
-    for kind, ref in (("http-direct", "http-direct"), ("http-proxy", "http-direct"), ("https-direct", "https-direct"),
-                      ("https-tunnel", "https-direct"), ("https-intercept", "https-direct")):
-        print(f"| {kind} | {rates[kind]:.0f} | {rates[kind] / rates[ref]:.2f} |")
+    print(f"load average: {os.getloadavg()}")
+    broker = None if args.skip_broker else asyncio.run(bench_broker(args.calls, args.audits.split(",")))
+    egress = None if args.skip_egress else asyncio.run(bench_egress(args.mbytes, args.rounds))
+    if broker is not None:
+        print(f"## Broker overhead per call ({broker['calls']} calls each)\n")
+        print("| audit: tool | direct p50 (ms) | via broker p50 (ms) | overhead p50 (ms) | via broker p95 (ms) "
+              "| one durable record p50 (ms) |")
+        print("|---|---|---|---|---|---|")
+        for label, r in broker["results"].items():
+            floor = f"{r['durable_record_p50_ms']:.3f}" if "durable_record_p50_ms" in r else "-"
+            print(f"| {label} | {r['direct_p50_ms']:.4f} | {r['broker_p50_ms']:.4f} | {r['overhead_p50_ms']:.4f} "
+                  f"| {r['broker_p95_ms']:.3f} | {floor} |")
+    if egress is not None:
+        rates = egress["MBps_median"]
+        print(f"\n## Egress throughput ({egress['mbytes']} MB download, median of {egress['rounds']})\n")
+        print("| path | MB/s | ratio to its direct reference |")
+        print("|---|---|---|")
+        for kind, ref in EGRESS_ROWS:
+            print(f"| {kind} | {rates[kind]:.0f} | {rates[kind] / rates[ref]:.2f} |")
+    print(f"load average: {os.getloadavg()}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"broker": broker, "egress": egress}, handle, indent=2)

@@ -181,6 +181,12 @@ async def on_tools_comm(kernel: Any, event: str, content: dict[str, Any]) -> Non
     if isinstance(data, dict) and "id" in data and "id" not in reply:
         reply["id"] = data["id"]
     kernel.send_comm_msg(content["comm_id"], reply)
+    flush = getattr(getattr(session, "audit", None), "flush", None)
+    if flush is not None:
+        # No cell end follows a comm call: hand its (already chained) outcome record to the store's
+        # background writer now, after the reply.
+        with contextlib.suppress(Exception):
+            flush(wait=False)
 
 
 class CellBudgetStage:
