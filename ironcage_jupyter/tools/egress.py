@@ -167,8 +167,10 @@ class EgressProxy:
         intercept_hosts: Sequence[str] = (),
         upstream_ssl: ssl.SSLContext | None = None,
         connect_timeout_s: float = 10.0,
+        server: str | None = None,
     ) -> None:
         self.gate = gate
+        self.server = server  # an MCP server's own proxy: named in every decision it audits
         self.audit = audit
         self.ca = ca
         self.credentials = credentials
@@ -241,18 +243,22 @@ class EgressProxy:
         return any(e.matches_host(host, None) for e in entries)
 
     async def _decide(self, host: str, port: int, mode: str, method: str) -> CheckedDestination:
+        who = f"MCP server {self.server}" if self.server else "cell"
         try:
             checked = await self.gate.check(host, port)
         except DestinationRefused as exc:
             with contextlib.suppress(Exception):  # the connection is refused either way
-                self.audit.record(AUDIT_EVENT, decision="deny", rule=exc.rule, reason=f"egress {method}: {exc.reason}",
-                                  detail=network_decision_detail(host=host, port=port, rules=[exc.rule]), durable=True)
+                self.audit.record(AUDIT_EVENT, decision="deny", rule=exc.rule,
+                                  reason=f"egress {method} from {who}: {exc.reason}",
+                                  detail=network_decision_detail(host=host, port=port, rules=[exc.rule],
+                                                                 server=self.server), durable=True)
             raise _Refused(403, exc.rule, exc.reason) from None
         # Audit before connecting; a failed write refuses the connection (fail closed).
         try:
             self.audit.record(AUDIT_EVENT, decision="allow", rule=checked.rule,
-                              reason=f"egress {method} ({mode}) to {checked.address}: {checked.reason}",
-                              detail=network_decision_detail(host=host, port=port, rules=[checked.rule]),
+                              reason=f"egress {method} ({mode}) from {who} to {checked.address}: {checked.reason}",
+                              detail=network_decision_detail(host=host, port=port, rules=[checked.rule],
+                                                             server=self.server),
                               durable=True)
         except Exception as exc:  # noqa: BLE001
             raise _Refused(503, "audit.write_failed", f"audit write failed ({type(exc).__name__})") from None

@@ -77,10 +77,11 @@ def build_session(kernel: Any) -> ToolSession:
     budgets = getattr(policy, "budgets", None)
     kwargs: dict[str, Any] = {}
     if engine is not None:
-        from .adapters import EnginePolicy, engine_network_decider
+        from .adapters import EnginePolicy, engine_network_decider, engine_server_network_decider
 
         kwargs["policy"] = EnginePolicy(engine)
         kwargs["decide_network"] = engine_network_decider(engine)
+        kwargs["decide_server_network"] = engine_server_network_decider(engine)
     network = getattr(policy, "network", None)
     allowlist: list[str] = []
     if network is not None:
