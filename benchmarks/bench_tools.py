@@ -5,8 +5,10 @@
    tool and for fs.read of a small file; with an in-memory audit sink, with the real DuckDB AuditStore
    (fdatasync'd journal), and with the store plus the policy engine (as the kernel wires them).
 2. Egress proxy throughput vs a direct connection: plain HTTP through the proxy, HTTPS through an opaque
-   CONNECT tunnel, and HTTPS through TLS interception (sentinel swap path), each against its direct
-   reference on 127.0.0.1.
+   CONNECT tunnel, and HTTPS through TLS interception (the credential path: the real credentials broker
+   swaps sentinels in the request and restores every response byte to the sentinel, restore.py), each
+   against its direct reference on 127.0.0.1. Upstream servers, the proxy and the client run in three
+   processes, as the upstream, the wrapper and the sandboxed child do in a session.
 
     PYTHONPATH=. python benchmarks/bench_tools.py [--calls 3000] [--mbytes 64] [--rounds 3] [--json out.json]
 """
@@ -26,7 +28,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
-from tools_support import SentinelSwapper, make_test_ca, start_echo_server  # noqa: E402
+from tools_support import make_test_ca, start_echo_server  # noqa: E402
 
 from ironcage_jupyter.tools.broker import ToolBroker  # noqa: E402
 from ironcage_jupyter.tools.budgets import BudgetTracker  # noqa: E402
@@ -149,7 +151,17 @@ def _http_get(sock: socket.socket, target: str, host: str) -> int:
     return total
 
 
-def _download(kind: str, server_port: int, proxy_port: int, size: int, client_ssl: ssl.SSLContext) -> float:
+_CLIENT_SSL: dict[tuple[str, ...], ssl.SSLContext] = {}
+
+
+def _download(kind: str, server_port: int, proxy_port: int, size: int, ca_files: tuple[str, ...]) -> float:
+    """One download, timed in the client process (a separate process, as the sandboxed child is)."""
+    client_ssl = _CLIENT_SSL.get(ca_files)
+    if client_ssl is None:
+        client_ssl = ssl.create_default_context(cafile=ca_files[0])
+        for extra in ca_files[1:]:
+            client_ssl.load_verify_locations(extra)
+        _CLIENT_SSL[ca_files] = client_ssl
     path = f"/big/{size}"
     start = time.perf_counter()
     if kind == "http-direct":
@@ -174,38 +186,67 @@ def _download(kind: str, server_port: int, proxy_port: int, size: int, client_ss
     return size / elapsed / 1e6
 
 
+def _serve_echo(cert_file: str) -> None:
+    """`--serve-echo CERT`: the upstream servers in their own process; prints both ports, runs until stdin closes."""
+    plain, tls = start_echo_server("plain"), start_echo_server("tls", cert_file)
+    print(plain.port, tls.port, flush=True)
+    sys.stdin.read()
+
+
+def _real_credentials(hosts: list[str]):
+    """The product's credential-restoring path: the credentials broker behind the tools adapter."""
+    from ironcage_jupyter.credentials.broker import CredentialBroker
+    from ironcage_jupyter.credentials.settings import CredentialSettings, SecretGrant
+    from ironcage_jupyter.tools.adapters import BrokeredCredentials
+
+    os.environ["IRONCAGE_BENCH_TOKEN"] = "bench-real-token-" + os.urandom(8).hex()
+    broker = CredentialBroker(CredentialSettings(grants={"IRONCAGE_BENCH_TOKEN": SecretGrant(hosts=hosts)}))
+    broker.sentinel_for("IRONCAGE_BENCH_TOKEN")
+    return BrokeredCredentials(broker)
+
+
 async def bench_egress(mbytes: int, rounds: int) -> dict:
+    """Upstream servers, proxy and client each in their own process (as in a session: server, wrapper,
+    sandboxed child); the proxy runs on this process's event loop."""
+    import concurrent.futures
+    import multiprocessing
+    import subprocess
+
     ca = make_test_ca(["api.test", "other.test"])
-    plain, tls = start_echo_server("plain"), start_echo_server("tls", ca.cert_file)
+    servers = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve-echo", ca.cert_file],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert servers.stdout is not None
+    plain_port, tls_port = (int(p) for p in servers.stdout.readline().split())
 
     async def resolver(host, port):
         return ["127.0.0.1"]
 
-    swapper = SentinelSwapper()
-    swapper.add("API", "secret", hosts=["api.test"])
     session_ca = SessionCA()
-    gate = NetworkGate(HostAllowlist.from_strings([f"127.0.0.1:{plain.port}", f"127.0.0.1:{tls.port}",
-                                                   f"api.test:{tls.port}", f"other.test:{tls.port}"]),
+    gate = NetworkGate(HostAllowlist.from_strings([f"127.0.0.1:{plain_port}", f"127.0.0.1:{tls_port}",
+                                                   f"api.test:{tls_port}", f"other.test:{tls_port}"]),
                        resolver=resolver)
-    proxy = EgressProxy(gate, MemoryAudit(), ca=session_ca, credentials=swapper,
+    proxy = EgressProxy(gate, MemoryAudit(), ca=session_ca, credentials=_real_credentials(["api.test"]),
                         upstream_ssl=make_upstream_ssl_context(ca.ca_file))
     proxy_port = await proxy.start_tcp()
-    client_ssl = ssl.create_default_context(cafile=ca.ca_file)
-    client_ssl.load_verify_locations(session_ca.ca_file)
+    ca_files = (ca.ca_file, session_ca.ca_file)
     size = mbytes * 1_000_000
     loop = asyncio.get_running_loop()
     results: dict[str, list[float]] = {}
+    client = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     try:
+        await loop.run_in_executor(client, _download, "http-direct", plain_port, proxy_port, 1000, ca_files)
         for _ in range(rounds):
-            for kind, port in (("http-direct", plain.port), ("http-proxy", plain.port), ("https-direct", tls.port),
-                               ("https-tunnel", tls.port), ("https-intercept", tls.port)):
-                rate = await loop.run_in_executor(None, _download, kind, port, proxy_port, size, client_ssl)
+            for kind, port in (("http-direct", plain_port), ("http-proxy", plain_port), ("https-direct", tls_port),
+                               ("https-tunnel", tls_port), ("https-intercept", tls_port)):
+                rate = await loop.run_in_executor(client, _download, kind, port, proxy_port, size, ca_files)
                 results.setdefault(kind, []).append(rate)
     finally:
+        client.shutdown()
         await proxy.close()
-        plain.close()
-        tls.close()
-    return {"mbytes": mbytes, "rounds": rounds, "MBps_median": {k: statistics.median(v) for k, v in results.items()}}
+        servers.communicate("")
+    return {"mbytes": mbytes, "rounds": rounds, "MBps_median": {k: statistics.median(v) for k, v in results.items()},
+            "MBps_all": results}
 
 
 EGRESS_ROWS = (("http-direct", "http-direct"), ("http-proxy", "http-direct"), ("https-direct", "https-direct"),
@@ -222,7 +263,11 @@ def main() -> int:
     parser.add_argument("--skip-egress", action="store_true")
     parser.add_argument("--skip-broker", action="store_true")
     parser.add_argument("--json", help="write the raw figures here")
+    parser.add_argument("--serve-echo", metavar="CERT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_echo:
+        _serve_echo(args.serve_echo)
+        return 0
     print(f"load average: {os.getloadavg()}")
     broker = None if args.skip_broker else asyncio.run(bench_broker(args.calls, args.audits.split(",")))
     egress = None if args.skip_egress else asyncio.run(bench_egress(args.mbytes, args.rounds))
