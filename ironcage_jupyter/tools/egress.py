@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 10 * 1024 * 1024
 COPY_CHUNK = 256 * 1024
+SPLICE_WRITE_BUFFER = 1024 * 1024
 # Responses up to this size are restored whole and keep a (recomputed) Content-Length; larger ones stream.
 RESTORE_BUFFER_BYTES = 1024 * 1024
 AUDIT_EVENT = POLICY_DECISION
@@ -221,6 +222,9 @@ async def _splice(a: tuple[asyncio.StreamReader, asyncio.StreamWriter], b: tuple
     pending = (_take_buffered(a_reader), _take_buffered(b_reader))
     at_eof = (a_reader.at_eof(), b_reader.at_eof())
     try:
+        for transport in (ta, tb):
+            # A deeper write buffer: reading is paused (and resumed) per megabyte, not per 64 KiB.
+            transport.set_write_buffer_limits(high=SPLICE_WRITE_BUFFER)
         ta.set_protocol(splice.side_a)
         tb.set_protocol(splice.side_b)
         for side, data, eof, transport in ((splice.side_a, pending[0], at_eof[0], ta),
