@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import socket
 import ssl
 import statistics
@@ -242,6 +243,7 @@ async def bench_egress(mbytes: int, rounds: int) -> dict:
     kinds = [("http-direct", plain_port), ("http-proxy", plain_port), ("https-direct", tls_port),
              ("https-tunnel", tls_port), ("https-intercept", tls_port)]
     ratios: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     try:
         await loop.run_in_executor(client, _download, "http-direct", plain_port, proxy_port, 1000, ca_files)
         for index in range(rounds):
@@ -250,8 +252,13 @@ async def bench_egress(mbytes: int, rounds: int) -> dict:
             rotation = index % len(kinds)
             measured: dict[str, float] = {}
             for kind, port in kinds[rotation:] + kinds[:rotation]:
+                before = resource.getrusage(resource.RUSAGE_SELF)
                 measured[kind] = await loop.run_in_executor(client, _download, kind, port, proxy_port, size, ca_files)
+                after = resource.getrusage(resource.RUSAGE_SELF)
                 results.setdefault(kind, []).append(measured[kind])
+                # CPU of this process (the proxy's loop; the client and the servers run elsewhere)
+                cpu.setdefault(kind, []).append((after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+                                                * 1e3 / (size / 1e6))
             for kind, ref in EGRESS_ROWS:
                 ratios.setdefault(kind, []).append(measured[kind] / measured[ref])
     finally:
@@ -261,7 +268,8 @@ async def bench_egress(mbytes: int, rounds: int) -> dict:
     return {"mbytes": mbytes, "rounds": rounds, "MBps_median": {k: statistics.median(v) for k, v in results.items()},
             "ratio_median": {k: statistics.median(v) for k, v in ratios.items()},
             "ratio_p25": {k: pct(v, 0.25) for k, v in ratios.items()},
-            "ratio_p75": {k: pct(v, 0.75) for k, v in ratios.items()}, "MBps_all": results}
+            "ratio_p75": {k: pct(v, 0.75) for k, v in ratios.items()}, "MBps_all": results,
+            "proxy_cpu_ms_per_MB": {k: statistics.median(v) for k, v in cpu.items()}}
 
 
 EGRESS_ROWS = (("http-direct", "http-direct"), ("http-proxy", "http-direct"), ("https-direct", "https-direct"),
@@ -300,11 +308,13 @@ def main() -> int:
     if egress is not None:
         rates = egress["MBps_median"]
         print(f"\n## Egress throughput ({egress['mbytes']} MB download, {egress['rounds']} rounds)\n")
-        print("| path | MB/s (median) | ratio to its direct reference, same round (median) | p25-p75 |")
-        print("|---|---|---|---|")
+        print("| path | MB/s (median) | ratio to its direct reference, same round (median) | p25-p75 "
+              "| proxy CPU ms per MB (median) |")
+        print("|---|---|---|---|---|")
         for kind, _ref in EGRESS_ROWS:
             print(f"| {kind} | {rates[kind]:.0f} | {egress['ratio_median'][kind]:.2f} "
-                  f"| {egress['ratio_p25'][kind]:.2f}-{egress['ratio_p75'][kind]:.2f} |")
+                  f"| {egress['ratio_p25'][kind]:.2f}-{egress['ratio_p75'][kind]:.2f} "
+                  f"| {egress['proxy_cpu_ms_per_MB'][kind]:.3f} |")
     print(f"load average: {os.getloadavg()}")
     if args.json:
         with open(args.json, "w") as handle:
