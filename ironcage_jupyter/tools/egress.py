@@ -38,6 +38,7 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 10 * 1024 * 1024
 COPY_CHUNK = 256 * 1024
 SPLICE_WRITE_BUFFER = 1024 * 1024
+UPSTREAM_READ_LIMIT = 1024 * 1024
 # Responses up to this size are restored whole and keep a (recomputed) Content-Length; larger ones stream.
 RESTORE_BUFFER_BYTES = 1024 * 1024
 AUDIT_EVENT = POLICY_DECISION
@@ -95,6 +96,16 @@ def _parse_response_head(data: bytes) -> tuple[str, list[tuple[str, str]]]:
             key, _, value = line.partition(":")
             headers.append((key.strip(), value.strip()))
     return lines[0], headers
+
+
+async def _read_response_head(reader: asyncio.StreamReader) -> bytes:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.LimitOverrunError:
+        head = b""
+    if not head or len(head) > MAX_HEAD_BYTES:
+        raise _Refused(502, "egress.response_framing", "upstream response head too large")
+    return head
 
 
 def _split_host_port(authority: str, default_port: int) -> tuple[str, int]:
@@ -409,6 +420,9 @@ class EgressProxy:
                     checked.address, checked.port,
                     ssl=self.upstream_ssl if tls else None,
                     server_hostname=checked.host if tls else None,
+                    # Responses stream through: a deeper buffer pauses the socket per megabyte, not per
+                    # 128 KiB. Heads are still held to MAX_HEAD_BYTES (_read_response_head).
+                    limit=UPSTREAM_READ_LIMIT,
                 ),
                 self.connect_timeout_s,
             )
@@ -509,7 +523,7 @@ class EgressProxy:
     async def _relay_response_raw(self, up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter,
                                   reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # No credentials broker: no real value can be in the response; copy it as it comes.
-        status_line, response_headers = _parse_response_head(await up_reader.readuntil(b"\r\n\r\n"))
+        status_line, response_headers = _parse_response_head(await _read_response_head(up_reader))
         kept = [(k, v) for k, v in response_headers if k.lower() not in ("connection", "keep-alive", "proxy-connection")]
         out = [status_line] + [f"{k}: {v}" for k, v in kept] + ["Connection: close"]
         writer.write(("\r\n".join(out) + "\r\n\r\n").encode("iso-8859-1"))
@@ -524,7 +538,7 @@ class EgressProxy:
         split by the framing or across reads is still found, and re-framed for the child: a recomputed
         Content-Length when it fits in memory, else chunked (close-delimited for an HTTP/1.0 client)."""
         while True:
-            status_line, response_headers = _parse_response_head(await up_reader.readuntil(b"\r\n\r\n"))
+            status_line, response_headers = _parse_response_head(await _read_response_head(up_reader))
             status = _status_code(status_line)
             if not 100 <= status < 200 or status == 101:
                 break  # interim responses (100 Continue) are dropped: the request body is already sent
