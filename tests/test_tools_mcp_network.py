@@ -125,3 +125,34 @@ async def test_server_without_allowed_hosts_has_no_network(setup):
     assert text.startswith("error: "), text
     assert len(allowed.seen) == before
     assert session.mcp.servers["offline"].egress is None
+
+
+async def test_servers_proxy_without_a_policy_engine_uses_its_allowlist_and_the_ssrf_guard(tmp_path):
+    """Without an engine (CLI, tests): the server's allowed_hosts and the SSRF guard decide; audited by name."""
+    import httpx
+
+    from ironcage_jupyter.tools.hooks import MemoryAudit
+    from ironcage_jupyter.tools.session import ToolSession
+    from ironcage_jupyter.tools.settings import McpServerSettings, ToolSettings
+
+    allowed, other = start_echo_server("allowed"), start_echo_server("other")
+    server = McpServerSettings(command=sys.executable, allowed_hosts=[f"127.0.0.1:{allowed.port}"])
+    audit = MemoryAudit()
+    session = ToolSession(ToolSettings(mcp_servers={"net": server}), audit=audit, workspace=str(tmp_path))
+    proxy = session._mcp_egress("net", server)
+    port = await proxy.start_tcp()
+    try:
+        async with httpx.AsyncClient(proxy=f"http://127.0.0.1:{port}", trust_env=False) as client:
+            ok = await client.get(f"http://127.0.0.1:{allowed.port}/ok")
+            no = await client.get(f"http://127.0.0.1:{other.port}/no")
+            local = await client.get(f"http://localhost:{allowed.port}/no")
+        assert ok.status_code == 200 and ok.json()["server"] == "allowed"
+        assert no.status_code == 403 and no.headers["X-Ironcage-Rule"] == "network.not_allowed"
+        assert local.status_code == 403 and not other.seen
+        assert [(e["decision"], e["detail"]["server"]) for e in audit.events] == [
+            ("allow", "net"), ("deny", "net"), ("deny", "net")]
+    finally:
+        await proxy.close()
+        await session.close()
+        allowed.close()
+        other.close()

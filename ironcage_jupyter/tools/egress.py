@@ -151,6 +151,8 @@ async def _read_body(reader: asyncio.StreamReader, head: _Head) -> bytes:
 def _take_buffered(reader: asyncio.StreamReader) -> bytes:
     """What the stream has read but not handed out yet (bytes that followed a parsed head)."""
     buffer = getattr(reader, "_buffer", None)
+    if not isinstance(buffer, bytearray):  # another asyncio: refuse rather than lose bytes
+        raise RuntimeError("cannot take over this asyncio stream (no read buffer found)")
     if not buffer:
         return b""
     data = bytes(buffer)

@@ -150,7 +150,10 @@ class McpServer:
         }
 
     async def stop(self) -> None:
-        if self._task is None or self._stderr.closed:
+        if self._stderr.closed:
+            return
+        if self._task is None:  # never started
+            self._stderr.close()
             return
         if not self._task.done():
             await self._queue.put(None)
