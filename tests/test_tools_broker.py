@@ -68,7 +68,9 @@ async def test_allowed_call_runs_and_is_audited_with_genai_names(tmp_path):
     assert outcome.ok and outcome.result == {"echo": "hihi"}
     assert executed == [{"text": "hi", "times": 2}]
     event = audit.events[-1]
-    assert event["event_type"] == "tool_call" and event["decision"] == "allow"
+    # The outcome reports; the allow it reports is the decision record committed before the tool ran.
+    assert event["event_type"] == "tool_call" and event["decision"] is None and not event["durable"]
+    assert event["rule"] == "tools.allow[t.*]"
     assert event["detail"]["gen_ai.operation.name"] == "execute_tool"
     assert event["detail"]["gen_ai.tool.name"] == "t.echo"
     assert event["detail"]["gen_ai.tool.call.id"] == "c1"
@@ -173,6 +175,16 @@ async def test_every_hook_failing_fails_closed(tmp_path):
     broker, _, _ = make_broker(tmp_path, audit=FailingAudit())
     outcome = await broker.call(ToolCall(name="t.echo", arguments={"text": "x"}))
     assert outcome.refusal.rule == "audit.write_failed" and outcome.result is None
+
+    class FailingOutcomeAudit(MemoryAudit):
+        def record(self, event_type, **kwargs):  # type: ignore[override]
+            if event_type == "tool_call" and kwargs.get("decision") is None:
+                raise OSError("disk full")
+            return super().record(event_type, **kwargs)
+
+    broker, _, executed = make_broker(tmp_path, audit=FailingOutcomeAudit())
+    outcome = await broker.call(ToolCall(name="t.echo", arguments={"text": "y"}))
+    assert executed and outcome.refusal.rule == "audit.write_failed" and outcome.result is None
 
     broker, _, _ = make_broker(tmp_path, call_timeout_s=0.05)
     outcome = await broker.call(ToolCall(name="t.echo", arguments={"text": "hang"}))
@@ -304,3 +316,40 @@ async def test_audit_records_match_the_audit_store_schema(tmp_path):
     for event in audit.events:
         events.validate_detail(event["event_type"], event["detail"])
         assert event["decision"] in (None, "allow", "deny", "escalate")
+
+
+async def test_real_audit_store_decision_is_journaled_before_the_tool_runs_one_sync_per_call(tmp_path):
+    """With the DuckDB AuditStore: the decision is on disk (journal, fdatasync) when the tool starts; the
+    outcome is chained at once and rides with the next durable write (one sync per call, not two)."""
+    from ironcage_jupyter.audit import AuditQuery, AuditStore
+
+    store = AuditStore(tmp_path / "audit", "tools-bench")
+    broker, _, _ = make_broker(tmp_path, audit=store)
+    seen_while_running: list[int] = []
+
+    async def probe(arguments, context):
+        seen_while_running.append(store.pending_count)
+        journal = store.journal_path.read_text()
+        assert f'"gen_ai.tool.call.id":"{context.call.call_id}"' in journal  # the decision, on disk
+        return {"ok": True}
+
+    broker.register(ToolSchema(name="t.probe", arguments={}), probe)
+    syncs = []
+    real_journal = store._journal_locked
+
+    def counting_journal():
+        syncs.append(1)
+        return real_journal()
+
+    store._journal_locked = counting_journal  # type: ignore[method-assign]
+    for i in range(3):
+        outcome = await broker.call(ToolCall(name="t.probe", arguments={}, call_id=f"p{i}"))
+        assert outcome.ok
+    assert seen_while_running == [0, 0, 0]  # nothing undurable when each tool started
+    assert len(syncs) == 3 and store.pending_count == 1  # one sync per call; the last outcome pending
+    store.close()
+    with AuditQuery(tmp_path / "audit") as query:
+        rows = query.sql("SELECT tool_call_id, status, decision FROM tool_calls ORDER BY seq").rows
+        decisions = query.sql("SELECT count(*) FROM decisions WHERE detail->>'subject' = 'tool' "
+                              "AND decision = 'allow'").rows
+    assert rows == [(f"p{i}", "ok", None) for i in range(3)] and decisions == [(3,)]

@@ -66,7 +66,7 @@ async def test_sandbox_client_in_a_real_child_process(tmp_path):
         assert out["schema"] == "schema.bogus"
         assert out["unknown"] == "invariant.unknown_tool"
         kinds = {(e["event_type"], e["decision"]) for e in audit.events}
-        assert ("tool_call", "allow") in kinds and ("tool_call", "deny") in kinds
+        assert ("policy_decision", "allow") in kinds and ("tool_call", None) in kinds and ("tool_call", "deny") in kinds
     finally:
         await session.close()
 

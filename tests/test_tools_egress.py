@@ -276,3 +276,37 @@ async def test_a_failed_audit_write_refuses_the_connection(world):
         assert len(servers["allowed"].seen) == before
     finally:
         await egress.close()
+
+
+async def test_tunnel_passes_on_bytes_sent_with_the_connect_and_half_closes(proxy):
+    """The transport-level relay: bytes pipelined right after CONNECT (already read with the head) are
+    forwarded first, the upstream's answer comes back whole, and a large body keeps its every byte."""
+    _client, _audit, _sentinel, servers, port = proxy
+    target = f"127.0.0.1:{servers['allowed'].port}"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    size = 3_000_000  # more than the transports buffer: back-pressure must hold, nothing may be lost
+    writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"
+                 f"GET /big/{size} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    writer.write_eof()  # the client's half-close travels through the tunnel too
+    data = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 Connection established")
+    inner_head, _, body = rest.partition(b"\r\n\r\n")
+    assert inner_head.startswith(b"HTTP/1.1 200") and body == b"x" * size
+
+
+async def test_plain_http_raw_relay_keeps_the_whole_body(world):
+    _ca, servers = world
+    gate = NetworkGate(HostAllowlist.from_strings(allowlist_for(servers)), resolver=resolve_to_loopback)
+    egress = EgressProxy(gate, MemoryAudit())  # no credentials: the raw relay
+    port = await egress.start_tcp()
+    try:
+        async with httpx.AsyncClient(proxy=f"http://127.0.0.1:{port}", trust_env=False) as client:
+            big = await client.get(f"http://127.0.0.1:{servers['allowed'].port}/big/2500000")
+            small = await client.get(f"http://127.0.0.1:{servers['allowed'].port}/small")
+        assert big.status_code == 200 and big.content == b"x" * 2_500_000
+        assert small.json()["path"] == "/small"
+    finally:
+        await egress.close()

@@ -194,4 +194,5 @@ async def test_fs_through_the_broker_audits_refusals(layout):
     assert sym.refusal.rule == "fs.symlink" and sym.refusal.stage == "execution"
     assert SECRET not in repr(audit.events)
     calls = [e for e in audit.events if e["event_type"] == "tool_call"]
-    assert [e["decision"] for e in calls] == ["allow", "deny", "deny"]
+    assert [(e["decision"], e["detail"]["status"]) for e in calls] == [(None, "ok"), ("deny", "denied"),
+                                                                      ("deny", "denied")]

@@ -130,6 +130,7 @@ class PolicyDecisionDetail(_Detail):
     enforced: bool | None = Field(default=None, description="False under an observe-only policy.")
     would_have: Decision | None = Field(default=None, description="The enforced outcome when not enforced.")
     invariant: bool | None = Field(default=None, description="Decided by a hardcoded invariant.")
+    server: str | None = Field(default=None, description="MCP server whose own egress proxy decided (network).")
 
 
 class EscalationDetail(_Detail):

@@ -5,6 +5,8 @@
   since the engine denies tools and arguments it does not know.
 - `engine_network_decider(engine)`: `PolicyEngine.decide_network` for the NetworkGate (egress proxy
   and http.request), asked once for the name and once per resolved address.
+- `engine_server_network_decider(engine)`: the same for an MCP server's own egress proxy, with the
+  server's `allowed_hosts` as the only allow rules.
 - `BrokeredCredentials(broker)`: `ironcage_jupyter.credentials.CredentialBroker` as the
   CredentialSwapper of http.request, MCP tools and the egress proxy.
 Imports of the other packages are deferred so this module loads without them.
@@ -54,6 +56,44 @@ def engine_network_decider(engine: Any, scheme: str | None = None) -> Callable[.
         return engine.decide_network(host, port, scheme, resolved_ip=resolved_ip)
 
     return decide
+
+
+def engine_server_network_decider(engine: Any) -> Callable[[str, Sequence[str]], Callable[..., Any]]:
+    """For an MCP server's own egress proxy: `factory(server, allowed_hosts)` returns a decider asking a
+    policy engine derived from the session's: the server's hosts are its only allow rules (the policy's
+    network allowlist is for cells, not for servers), while the policy's network deny and escalate rules
+    and every invariant (IP literals in any spelling, loopback/private/link-local addresses refused
+    unless named, localhost names) still apply; an escalation has no one to ask, so it refuses."""
+    import re
+
+    from .netguard import AllowEntry
+
+    def for_server(server: str, hosts: Sequence[str]) -> Callable[..., Any]:
+        from ..policy.engine import PolicyEngine
+        from ..policy.models import NetworkSettings, Rule
+
+        policy = engine.policy
+        kept = [r for r in policy.rules if r.subject == "network" and r.effect != "allow"]
+        tag = re.sub(r"[^A-Za-z0-9_:-]", "_", server)[:40]
+        rules = []
+        for index, item in enumerate(hosts):
+            entry = AllowEntry.parse(item)
+            match: dict[str, Any] = (
+                {"addresses": [str(entry.network)]} if entry.network is not None else {"domains": [entry.pattern]}
+            )
+            if entry.port is not None:
+                match["ports"] = [entry.port]
+            rules.append(Rule.model_validate({
+                "id": f"mcp.{tag}.allowed_hosts.{index}", "subject": "network", "effect": "allow",
+                "reason": f"{item} is allowed to MCP server {server}", "match": match,
+            }))
+        derived = policy.model_copy(update={
+            "rules": [*kept, *rules],
+            "network": NetworkSettings(allow_domains=[], allow_addresses=[], ports=list(policy.network.ports)),
+        })
+        return engine_network_decider(PolicyEngine(derived, engine.context))
+
+    return for_server
 
 
 class BrokeredCredentials:

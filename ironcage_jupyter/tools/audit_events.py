@@ -53,9 +53,13 @@ def tool_decision_detail(*, name: str, call_id: str, cell_id: str | None, target
     return detail
 
 
-def network_decision_detail(*, host: str, port: int, rules: list[str]) -> dict[str, Any]:
+def network_decision_detail(*, host: str, port: int, rules: list[str], server: str | None = None) -> dict[str, Any]:
+    """A connection's decision; `server` names the MCP server whose own proxy decided it (None: a cell's)."""
     shown = f"[{host}]" if ":" in host else host
-    return {"subject": "network", "target": f"{shown}:{port}", "rules": rules}
+    detail: dict[str, Any] = {"subject": "network", "target": f"{shown}:{port}", "rules": rules}
+    if server:
+        detail["server"] = server
+    return detail
 
 
 def cell_decision_detail(*, cell_id: str | None, rules: list[str]) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 schema validation -> budgets -> input firewall on the arguments -> canonical argument roles -> policy
 -> escalation -> execution (brokered credentials are swapped inside, per grant) -> output firewall ->
 audit (OpenTelemetry GenAI names). Every stage fails closed: an exception or a timeout is a refusal
-naming the stage's rule, and nothing the tool produced passes without a successful audit write.
+naming the stage's rule, and nothing the tool produced passes without a successful audit write. Per
+call one fdatasync: the decision's, before the tool runs (the outcome rides with the next one).
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class ToolBroker:
         call_timeout_s: float = 30.0,
         max_result_bytes: int = 1_000_000,
         clock: Callable[[], float] = time.perf_counter,
-        durable_outcomes: bool = True,
+        durable_outcomes: bool = False,
     ) -> None:
         self.policy = policy
         self.audit = audit
@@ -255,13 +256,17 @@ class ToolBroker:
             stage = "audit"
             outcome = ToolOutcome(call_id=call.call_id, name=call.name, ok=True, result=result, is_error=is_error,
                                   warnings=warnings, redactions=redactions)
+            # The decision was committed (journaled, fdatasync'd) before the tool ran. The outcome is a
+            # report, not a gate: like a cell's `execution` record it is recorded (validated, chained;
+            # a failed write refuses the result) before the result passes, and becomes durable with
+            # the next durable write or batch. Without a `decision` the store does not force a second
+            # sync per call; the allow it reports is the `policy_decision` with the same call id.
+            # durable_outcomes=True commits it as well (a second fdatasync per call).
             self.audit.record(
-                AUDIT_EVENT, decision="allow", rule=",".join(decision.rules) or None, reason=decision.reason,
+                AUDIT_EVENT, decision="allow" if self.durable_outcomes else None,
+                rule=",".join(decision.rules) or None, reason=decision.reason,
                 detail=self._detail(call, tool.schema, started, status="error" if is_error else "ok",
                                     result_size=len(encoded)),
-                # The decision was committed before the tool ran. The outcome is committed too by
-                # default; durable_outcomes=False lets the store batch it (accepted and chained
-                # before the result passes, committed with the next batch).
                 durable=self.durable_outcomes,
             )
             return outcome

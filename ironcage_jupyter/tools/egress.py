@@ -23,7 +23,7 @@ import os
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from .audit_events import POLICY_DECISION, network_decision_detail
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 10 * 1024 * 1024
 COPY_CHUNK = 256 * 1024
+SPLICE_WRITE_BUFFER = 1024 * 1024
+UPSTREAM_READ_LIMIT = 1024 * 1024
 # Responses up to this size are restored whole and keep a (recomputed) Content-Length; larger ones stream.
 RESTORE_BUFFER_BYTES = 1024 * 1024
 AUDIT_EVENT = POLICY_DECISION
@@ -96,6 +98,16 @@ def _parse_response_head(data: bytes) -> tuple[str, list[tuple[str, str]]]:
     return lines[0], headers
 
 
+async def _read_response_head(reader: asyncio.StreamReader) -> bytes:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.LimitOverrunError:
+        head = b""
+    if not head or len(head) > MAX_HEAD_BYTES:
+        raise _Refused(502, "egress.response_framing", "upstream response head too large")
+    return head
+
+
 def _split_host_port(authority: str, default_port: int) -> tuple[str, int]:
     if authority.startswith("["):
         host, _, rest = authority[1:].partition("]")
@@ -136,18 +148,113 @@ async def _read_body(reader: asyncio.StreamReader, head: _Head) -> bytes:
     return await reader.readexactly(length)
 
 
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
-    total = 0
+def _take_buffered(reader: asyncio.StreamReader) -> bytes:
+    """What the stream has read but not handed out yet (bytes that followed a parsed head)."""
+    buffer = getattr(reader, "_buffer", None)
+    if not isinstance(buffer, bytearray):  # another asyncio: refuse rather than lose bytes
+        raise RuntimeError("cannot take over this asyncio stream (no read buffer found)")
+    if not buffer:
+        return b""
+    data = bytes(buffer)
+    buffer.clear()
+    return data
+
+
+class _SpliceSide(asyncio.Protocol):
+    """The protocol of one transport while spliced: what arrives goes straight to the other transport
+    (`target`; None drops it), with no stream buffer, copy or task switch per chunk in between. Flow
+    control: when this transport's write buffer is full, the transport feeding it stops reading."""
+
+    def __init__(self, splice: _Splice, old: asyncio.BaseProtocol, target: asyncio.Transport | None) -> None:
+        self.splice, self.old, self.target = splice, old, target
+        self.feeder: asyncio.Transport | None = None  # the transport whose bytes this one writes
+        self.eof = False
+
+    def data_received(self, data: bytes) -> None:
+        if self.target is not None:
+            self.target.write(data)
+
+    def eof_received(self) -> bool:
+        if not self.eof:
+            self.eof = True
+            if self.target is not None and self.target.can_write_eof() and not self.target.is_closing():
+                self.target.write_eof()
+            self.splice.changed()
+        return True  # keep the other direction open (half-close)
+
+    def pause_writing(self) -> None:
+        if self.feeder is not None:
+            self.feeder.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.feeder is not None:
+            self.feeder.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # The stream objects see the end as usual (their wait_closed() returns).
+        with contextlib.suppress(Exception):
+            self.old.connection_lost(exc)
+        self.splice.lost(self)
+
+
+class _Splice:
+    def __init__(self, a: asyncio.Transport, b: asyncio.Transport, a_to_b: bool, b_to_a: bool) -> None:
+        self.transports = (a, b)
+        self.side_a = _SpliceSide(self, a.get_protocol(), b if a_to_b else None)
+        self.side_b = _SpliceSide(self, b.get_protocol(), a if b_to_a else None)
+        if a_to_b:
+            self.side_b.feeder = a
+        if b_to_a:
+            self.side_a.feeder = b
+        self.forwarding = [side for side in (self.side_a, self.side_b) if side.target is not None]
+        self.gone: set[int] = set()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def changed(self) -> None:
+        if all(side.eof for side in self.forwarding):  # every forwarded direction ended: finish
+            for transport in self.transports:
+                transport.close()  # after what is buffered has been written
+
+    def lost(self, side: _SpliceSide) -> None:
+        self.gone.add(id(side))
+        for transport in self.transports:
+            transport.close()
+        if len(self.gone) == 2 and not self.done.done():
+            self.done.set_result(None)
+
+
+async def _splice(a: tuple[asyncio.StreamReader, asyncio.StreamWriter], b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                  *, a_to_b: bool = True, b_to_a: bool = True) -> None:
+    """Relay between two connections at the transport level until the forwarded directions end.
+
+    Bytes the streams already hold are passed on first; then each transport's protocol is swapped for
+    a `_SpliceSide` (and the old protocol is told when the connection is gone)."""
+    (a_reader, a_writer), (b_reader, b_writer) = a, b
+    ta, tb = cast(asyncio.Transport, a_writer.transport), cast(asyncio.Transport, b_writer.transport)
+    splice = _Splice(ta, tb, a_to_b, b_to_a)
+    pending = (_take_buffered(a_reader), _take_buffered(b_reader))
+    at_eof = (a_reader.at_eof(), b_reader.at_eof())
     try:
-        while chunk := await reader.read(COPY_CHUNK):
-            writer.write(chunk)
-            total += len(chunk)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError, ssl.SSLError):
-        pass
-    return total
+        for transport in (ta, tb):
+            # A deeper write buffer: reading is paused (and resumed) per megabyte, not per 64 KiB.
+            transport.set_write_buffer_limits(high=SPLICE_WRITE_BUFFER)
+        ta.set_protocol(splice.side_a)
+        tb.set_protocol(splice.side_b)
+        for side, data, eof, transport in ((splice.side_a, pending[0], at_eof[0], ta),
+                                           (splice.side_b, pending[1], at_eof[1], tb)):
+            if data:
+                side.data_received(data)
+            if eof:
+                side.eof_received()
+            if transport.is_closing():
+                splice.lost(side)  # gone before the swap: its connection_lost went to the old protocol
+            else:
+                transport.resume_reading()  # the stream may have paused it (its buffer was full)
+        await splice.done
+    finally:
+        if not splice.done.done():
+            for transport in splice.transports:
+                transport.abort()
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
@@ -167,8 +274,10 @@ class EgressProxy:
         intercept_hosts: Sequence[str] = (),
         upstream_ssl: ssl.SSLContext | None = None,
         connect_timeout_s: float = 10.0,
+        server: str | None = None,
     ) -> None:
         self.gate = gate
+        self.server = server  # an MCP server's own proxy: named in every decision it audits
         self.audit = audit
         self.ca = ca
         self.credentials = credentials
@@ -241,18 +350,22 @@ class EgressProxy:
         return any(e.matches_host(host, None) for e in entries)
 
     async def _decide(self, host: str, port: int, mode: str, method: str) -> CheckedDestination:
+        who = f"MCP server {self.server}" if self.server else "cell"
         try:
             checked = await self.gate.check(host, port)
         except DestinationRefused as exc:
             with contextlib.suppress(Exception):  # the connection is refused either way
-                self.audit.record(AUDIT_EVENT, decision="deny", rule=exc.rule, reason=f"egress {method}: {exc.reason}",
-                                  detail=network_decision_detail(host=host, port=port, rules=[exc.rule]), durable=True)
+                self.audit.record(AUDIT_EVENT, decision="deny", rule=exc.rule,
+                                  reason=f"egress {method} from {who}: {exc.reason}",
+                                  detail=network_decision_detail(host=host, port=port, rules=[exc.rule],
+                                                                 server=self.server), durable=True)
             raise _Refused(403, exc.rule, exc.reason) from None
         # Audit before connecting; a failed write refuses the connection (fail closed).
         try:
             self.audit.record(AUDIT_EVENT, decision="allow", rule=checked.rule,
-                              reason=f"egress {method} ({mode}) to {checked.address}: {checked.reason}",
-                              detail=network_decision_detail(host=host, port=port, rules=[checked.rule]),
+                              reason=f"egress {method} ({mode}) from {who} to {checked.address}: {checked.reason}",
+                              detail=network_decision_detail(host=host, port=port, rules=[checked.rule],
+                                                             server=self.server),
                               durable=True)
         except Exception as exc:  # noqa: BLE001
             raise _Refused(503, "audit.write_failed", f"audit write failed ({type(exc).__name__})") from None
@@ -309,6 +422,9 @@ class EgressProxy:
                     checked.address, checked.port,
                     ssl=self.upstream_ssl if tls else None,
                     server_hostname=checked.host if tls else None,
+                    # Responses stream through: a deeper buffer pauses the socket per megabyte, not per
+                    # 128 KiB. Heads are still held to MAX_HEAD_BYTES (_read_response_head).
+                    limit=UPSTREAM_READ_LIMIT,
                 ),
                 self.connect_timeout_s,
             )
@@ -330,7 +446,7 @@ class EgressProxy:
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()
             try:
-                await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer))
+                await _splice((reader, writer), (up_reader, up_writer))
             finally:
                 await _close(up_writer)
             return
@@ -400,20 +516,22 @@ class EgressProxy:
             up_writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1") + body)
             await up_writer.drain()
             if self.credentials is None:
-                await self._relay_response_raw(up_reader, writer)
+                await self._relay_response_raw(up_reader, up_writer, reader, writer)
             else:
                 await self._relay_response_restored(up_reader, writer, head, self.credentials)
         finally:
             await _close(up_writer)
 
-    async def _relay_response_raw(self, up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _relay_response_raw(self, up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter,
+                                  reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # No credentials broker: no real value can be in the response; copy it as it comes.
-        status_line, response_headers = _parse_response_head(await up_reader.readuntil(b"\r\n\r\n"))
+        status_line, response_headers = _parse_response_head(await _read_response_head(up_reader))
         kept = [(k, v) for k, v in response_headers if k.lower() not in ("connection", "keep-alive", "proxy-connection")]
         out = [status_line] + [f"{k}: {v}" for k, v in kept] + ["Connection: close"]
         writer.write(("\r\n".join(out) + "\r\n\r\n").encode("iso-8859-1"))
         await writer.drain()
-        await _copy(up_reader, writer)
+        # Upstream to the child only (anything more the child sends on this connection is dropped).
+        await _splice((up_reader, up_writer), (reader, writer), b_to_a=False)
 
     async def _relay_response_restored(self, up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                                        request: _Head, credentials: CredentialSwapper) -> None:
@@ -422,7 +540,7 @@ class EgressProxy:
         split by the framing or across reads is still found, and re-framed for the child: a recomputed
         Content-Length when it fits in memory, else chunked (close-delimited for an HTTP/1.0 client)."""
         while True:
-            status_line, response_headers = _parse_response_head(await up_reader.readuntil(b"\r\n\r\n"))
+            status_line, response_headers = _parse_response_head(await _read_response_head(up_reader))
             status = _status_code(status_line)
             if not 100 <= status < 200 or status == 101:
                 break  # interim responses (100 Continue) are dropped: the request body is already sent

@@ -77,10 +77,11 @@ def build_session(kernel: Any) -> ToolSession:
     budgets = getattr(policy, "budgets", None)
     kwargs: dict[str, Any] = {}
     if engine is not None:
-        from .adapters import EnginePolicy, engine_network_decider
+        from .adapters import EnginePolicy, engine_network_decider, engine_server_network_decider
 
         kwargs["policy"] = EnginePolicy(engine)
         kwargs["decide_network"] = engine_network_decider(engine)
+        kwargs["decide_server_network"] = engine_server_network_decider(engine)
     network = getattr(policy, "network", None)
     allowlist: list[str] = []
     if network is not None:
@@ -181,6 +182,12 @@ async def on_tools_comm(kernel: Any, event: str, content: dict[str, Any]) -> Non
     if isinstance(data, dict) and "id" in data and "id" not in reply:
         reply["id"] = data["id"]
     kernel.send_comm_msg(content["comm_id"], reply)
+    flush = getattr(getattr(session, "audit", None), "flush", None)
+    if flush is not None:
+        # No cell end follows a comm call: hand its (already chained) outcome record to the store's
+        # background writer now, after the reply.
+        with contextlib.suppress(Exception):
+            flush(wait=False)
 
 
 class CellBudgetStage:

@@ -5,6 +5,10 @@ Each server runs sandboxed (see mcp_sandbox.py); its tools are registered in the
 configuration does not expose) is unknown and denied. One asyncio task owns each server's client
 session for its whole life (the SDK's cancel scopes must be entered and left by the same task);
 calls reach it through a queue.
+
+A server with `allowed_hosts` gets an egress proxy of its own (made by the session's `egress_for`:
+its allowlist, decided by the policy engine, audited with the server's name), listening inside the
+server's private socket dir before the server starts and closed when it stops (see mcp_sandbox.py).
 """
 
 from __future__ import annotations
@@ -35,8 +39,11 @@ class _Pending:
     future: asyncio.Future[Any]
 
 
+EgressFactory = Callable[[str, McpServerSettings], Any]  # (server name, settings) -> an EgressProxy
+
+
 class McpServer:
-    def __init__(self, name: str, settings: McpServerSettings) -> None:
+    def __init__(self, name: str, settings: McpServerSettings, egress_for: EgressFactory | None = None) -> None:
         if not name or "." in name:
             raise ValueError(f"MCP server name must be non-empty and contain no '.': {name!r}")
         self.name = name
@@ -47,6 +54,8 @@ class McpServer:
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._cleanup: Callable[[], None] = lambda: None
+        self._egress_for = egress_for
+        self.egress: Any = None  # the server's own EgressProxy while it runs (allowed_hosts only)
         # The server's stderr goes to a private file: its tail explains a failed start.
         self._stderr = tempfile.TemporaryFile(mode="w+", prefix=f"ironcage-mcp-{name}-")
 
@@ -76,8 +85,16 @@ class McpServer:
             from mcp import Client
             from mcp.client.stdio import StdioServerParameters, stdio_client
 
-            argv, env, self._cleanup = build_mcp_server_command(self.settings)
-            params = StdioServerParameters(command=argv[0], args=argv[1:], env=env or None)
+            launch = build_mcp_server_command(self.settings)
+            self._cleanup = launch.cleanup
+            if launch.egress_socket is not None:
+                if self._egress_for is None:
+                    raise ToolRefusal("mcp.no_egress", f"MCP server {self.name} has allowed_hosts but this "
+                                      "session cannot give it an egress proxy")
+                self.egress = self._egress_for(self.name, self.settings)
+                await self.egress.start_unix(launch.egress_socket)  # listening before the server starts
+            params = StdioServerParameters(command=launch.argv[0], args=launch.argv[1:], env=launch.env or None,
+                                           cwd=self.settings.cwd)
             transport = stdio_client(params, errlog=self._stderr)
             async with Client(transport, read_timeout_seconds=self.settings.timeout_s, cache=None) as client:
                 tools: list[Any] = []
@@ -133,7 +150,10 @@ class McpServer:
         }
 
     async def stop(self) -> None:
-        if self._task is None or self._stderr.closed:
+        if self._stderr.closed:
+            return
+        if self._task is None:  # never started
+            self._stderr.close()
             return
         if not self._task.done():
             await self._queue.put(None)
@@ -143,6 +163,9 @@ class McpServer:
                 self._task.cancel()
                 with contextlib.suppress(BaseException):
                     await self._task
+        if self.egress is not None:
+            with contextlib.suppress(Exception):
+                await self.egress.close()
         with contextlib.suppress(Exception):
             self._cleanup()
         self._stderr.close()
@@ -168,8 +191,8 @@ def _swap_credentials(value: Any, context: ExecutionContext) -> Any:
 class McpProxy:
     """All configured servers of one session."""
 
-    def __init__(self, servers: dict[str, McpServerSettings]) -> None:
-        self.servers = {name: McpServer(name, settings) for name, settings in servers.items()}
+    def __init__(self, servers: dict[str, McpServerSettings], egress_for: EgressFactory | None = None) -> None:
+        self.servers = {name: McpServer(name, settings, egress_for) for name, settings in servers.items()}
 
     async def start(self, broker: ToolBroker) -> dict[str, str]:
         """Start every server and register its tools; returns {server: error} for those that failed."""

@@ -34,7 +34,7 @@ from .hooks import (
 from .mcp_proxy import McpProxy
 from .models import ToolCall, ToolOutcome
 from .netguard import HostAllowlist, NetworkGate, Resolver, system_resolver
-from .settings import BudgetSettings, ToolSettings
+from .settings import BudgetSettings, McpServerSettings, ToolSettings
 
 TOOLS_SOCKET_NAME = "tools.sock"
 EGRESS_SOCKET_NAME = "egress.sock"
@@ -59,6 +59,7 @@ class ToolSession:
         egress_allowlist: Sequence[str] = (),
         policy: ToolPolicy | None = None,
         decide_network: Callable[[str, int, str | None], object] | None = None,
+        decide_server_network: Callable[[str, Sequence[str]], Callable[[str, int, str | None], object]] | None = None,
         screen_arguments: ArgumentScreen | None = None,
         escalate: Escalator | None = None,
         escalation_timeout_s: float = 300.0,
@@ -91,7 +92,9 @@ class ToolSession:
         self.http = HttpTool(self.gate, self.settings.http_max_response_bytes, self.upstream_ssl,
                              self.settings.call_timeout_s)
         register_builtins(self.broker, enabled=self.settings.builtins, fs=self.fs, http=self.http)
-        self.mcp = McpProxy(self.settings.mcp_servers)
+        self.resolver = resolver
+        self.decide_server_network = decide_server_network
+        self.mcp = McpProxy(self.settings.mcp_servers, egress_for=self._mcp_egress)
         self.audit = audit
         self.credentials = credentials
         self.screen_output = screen_output
@@ -134,6 +137,17 @@ class ToolSession:
                                       intercept_hosts=self.settings.egress_intercept_hosts,
                                       upstream_ssl=self.upstream_ssl)
             await self.egress.start_unix(os.path.join(socket_dir, EGRESS_SOCKET_NAME))
+
+    def _mcp_egress(self, server: str, settings: McpServerSettings) -> Any:
+        """The egress proxy of one MCP server: its own allowlist (`allowed_hosts`), decided by the policy
+        engine when one is wired (`decide_server_network`: the engine with the server's hosts as its
+        allow rules) and always by the SSRF guard; every connection audited with the server's name.
+        No TLS interception: credentials reach MCP servers only as tool arguments."""
+        from .egress import EgressProxy
+
+        decide = self.decide_server_network(server, settings.allowed_hosts) if self.decide_server_network else None
+        gate = NetworkGate(HostAllowlist.from_strings(settings.allowed_hosts), decide, self.resolver)
+        return EgressProxy(gate, self.audit, server=server, upstream_ssl=self.upstream_ssl)
 
     def sandbox_binds(self) -> list[SandboxBind]:
         """What the sandbox must bind: the socket directory, at the same path, read-write (sockets need it)."""

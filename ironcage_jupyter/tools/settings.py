@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ArgumentRole = Literal["read-path", "write-path", "delete-path", "url", "identifier", "opaque"]
 
@@ -36,6 +36,28 @@ class McpServerSettings(BaseModel):
         "treated as read-path, every other unnamed argument as opaque.",
     )
     timeout_s: float = Field(default=30.0, gt=0, description="Limit for start-up and for each call.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts this server may reach (`example.com`, `*.example.com`, `api.example.com:443`, "
+        "`127.0.0.1:8080`, `10.0.0.0/8`; no port means any port), through an egress proxy of its own "
+        "that decides and audits every connection. Empty: the server has no network at all.",
+    )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        from .netguard import AllowEntry
+
+        for item in value:
+            try:
+                entry = AllowEntry.parse(item)
+            except ValueError:
+                raise ValueError(f"invalid host entry {item!r} (bad port)") from None
+            if not entry.pattern or any(c in entry.pattern for c in "/@ \t") and entry.network is None:
+                raise ValueError(f"invalid host entry {item!r}")
+            if entry.port is not None and not 0 < entry.port < 65536:
+                raise ValueError(f"invalid port in host entry {item!r}")
+        return value
 
 
 class ToolSettings(BaseModel):

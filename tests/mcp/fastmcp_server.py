@@ -43,5 +43,20 @@ def whoami() -> str:
     return f"pid={os.getpid()} {net} python={sys.version_info[:2]}"
 
 
+@server.tool()
+def fetch(url: str) -> str:
+    """GET a URL with urllib (which uses HTTP_PROXY / HTTPS_PROXY when the environment sets them)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return f"{response.status} {response.read().decode('utf-8', 'replace')}"
+    except urllib.error.HTTPError as exc:
+        return f"refused {exc.code} {exc.headers.get('X-Ironcage-Rule')}"
+    except (OSError, ValueError) as exc:
+        return f"error: {type(exc).__name__}: {exc}"
+
+
 if __name__ == "__main__":
     server.run("stdio")
