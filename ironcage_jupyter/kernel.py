@@ -1063,6 +1063,9 @@ class IronCageKernel(Kernel):
         if credentials is not None:
             credentials.apply_policy(policy.credentials, policy.outputs, policy.limits)
         self.sandbox.configure(policy.isolation, policy.limits)
+        tools = getattr(self, "tools", None)
+        if tools is not None:  # budgets apply at once; what was already spent stays spent
+            tools.budget_tracker.settings = policy.budgets
         ui = getattr(self, "ui", None)
         if ui is not None:
             ui.policy = policy.name

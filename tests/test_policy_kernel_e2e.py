@@ -99,6 +99,7 @@ def test_policy_loaded_from_the_notebook_governs_grants_and_output_limits(tmp_pa
             "credentials:\n  grants:\n    LOADED_TOKEN:\n      source: env:LOADED_TOKEN\n"
             "      mode: inject\n      cells: true\n"
             "limits:\n  output_max_bytes: 4000\n"
+            "budgets:\n  cells_per_minute: 6\n"
         )
         loaded = execute(kc, "%ironcage policy load granting.yaml", stdin_answers=["y"])
         assert loaded.status == "ok", loaded.text
@@ -109,5 +110,9 @@ def test_policy_loaded_from_the_notebook_governs_grants_and_output_limits(tmp_pa
         assert secret not in used.text and "[REDACTED:LOADED_TOKEN]" in used.text
         flood = execute(kc, "print('y' * 20000)")
         assert len(flood.stdout) < 5000 and "truncated" in flood.text
+        # The new budget counts from the load on: a few more cells run, then the budget refuses.
+        outcomes = [execute(kc, "1 + 1") for _ in range(6)]
+        refused_cells = [ex for ex in outcomes if ex.status == "error"]
+        assert refused_cells and "cells_per_minute" in refused_cells[0].text, [ex.text for ex in outcomes]
     finally:
         stop_kernel(km, kc)
