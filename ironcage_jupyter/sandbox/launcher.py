@@ -353,7 +353,9 @@ def build_sandboxed_command(
         "tcp_ports": sorted(set(spec.isolation.loopback_ports))
         if use_bwrap and "netns" not in disabled
         else [],
-        "rlimits": {} if "limits" in disabled else _rlimits(spec.limits),
+        "rlimits": {}
+        if "limits" in disabled
+        else _rlimits(spec.limits, memory_cgroup=cg is not None and "memory" in cg.controllers),
         "cgroup_procs": cg.procs_files if cg else [],
         "pythonpath_entry": _package_root(),
         # jupyter_client's launch_kernel sets JPY_PARENT_PID after we return; inside a pid namespace that
@@ -396,9 +398,23 @@ def _required_mechanisms(spec: SandboxSpec, use_bwrap: bool, disabled: frozenset
     return required
 
 
-def _rlimits(limits: ResourceLimits) -> dict[str, int]:
+def address_space_mb(limits: ResourceLimits, *, memory_cgroup: bool) -> int:
+    """RLIMIT_AS for the child, in MB.
+
+    Address space is not memory: an idle ipykernel reserves about 0.8 GB of it (thread stacks, one
+    malloc arena per thread) with about 50 MB resident, and a 64 MB output burst briefly maps 1.9 GB.
+    Where a memory cgroup holds ``memory_mb`` of real memory, RLIMIT_AS is only a backstop against
+    huge reservations: ``memory_mb + max(memory_mb, 2048)``. Without the cgroup it is the only memory
+    limit and stays ``memory_mb`` (reservations count against it).
+    """
+    if memory_cgroup:
+        return limits.memory_mb + max(limits.memory_mb, 2048)
+    return limits.memory_mb
+
+
+def _rlimits(limits: ResourceLimits, *, memory_cgroup: bool = False) -> dict[str, int]:
     out = {
-        "as": limits.memory_mb * 1024 * 1024,
+        "as": address_space_mb(limits, memory_cgroup=memory_cgroup) * 1024 * 1024,
         "nproc": limits.max_processes,
         "core": 0,
         "nofile": limits.max_open_files,
@@ -444,6 +460,8 @@ def _child_env(
     out["TMPDIR"] = tmp
     out["PYTHONNOUSERSITE"] = "1"
     out["IRONCAGE_SANDBOX"] = spec.sandbox_name  # names this sandbox's processes (cleanup, tests)
+    # The child's entry point cuts a flood of stream output shortly after the wrapper's own limit.
+    out["IRONCAGE_OUTPUT_MAX_BYTES"] = str(spec.limits.output_max_bytes)
     return _package_env(out)
 
 
