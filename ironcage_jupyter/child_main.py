@@ -79,6 +79,57 @@ def install_output_cap(limit: int) -> None:
     OutStream.write = write  # type: ignore[method-assign]
 
 
+#: Seconds input() waits for the wrapper's stdin connection before it fails (see StdinRouter).
+STDIN_CONNECT_WAIT = 30.0
+
+
+class StdinRouter(zmq.Socket):  # type: ignore[type-arg]
+    """The child's stdin ROUTER, made to wait for its peer instead of dropping.
+
+    A ROUTER silently drops a message addressed to a peer that is not connected yet. The wrapper's
+    relay connects its channels while the child starts and declares the child ready once shell and
+    iopub answer, but zmq connects each channel on its own reconnect timer: right after a (re)start,
+    the stdin connection can still be missing, and an ``input()`` in the first cell was then lost
+    for good (the cell waited until its timeout). With ROUTER_MANDATORY the send fails instead
+    (EHOSTUNREACH) and POLLOUT fires once the peer is there: the send is retried then.
+    """
+
+    def send_multipart(self, msg_parts: Any, flags: int = 0, copy: bool = True, track: bool = False, **kw: Any) -> Any:
+        try:
+            return super().send_multipart(msg_parts, flags, copy, track, **kw)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+        # Short slices keep KeyboardInterrupt (the wrapper's interrupt) deliverable while waiting.
+        waited = 0.0
+        while waited < STDIN_CONNECT_WAIT:
+            _, writable, _ = zmq.select([], [self], [], 0.1)
+            if writable:
+                try:
+                    return super().send_multipart(msg_parts, flags, copy, track, **kw)
+                except zmq.ZMQError as exc:
+                    if exc.errno != zmq.EHOSTUNREACH:
+                        raise
+            waited += 0.1
+        raise ConnectionError("the wrapper's stdin channel is not connected; input() cannot be answered")
+
+
+def _wait_for_stdin_peer() -> None:
+    """Make IPKernelApp's stdin socket a StdinRouter (same libzmq socket, ROUTER_MANDATORY on)."""
+    from ipykernel.kernelapp import IPKernelApp
+
+    original = IPKernelApp.init_sockets
+
+    def init_sockets(self: IPKernelApp) -> None:
+        original(self)
+        plain = self.stdin_socket
+        plain.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._ironcage_stdin_plain = plain  # type: ignore[attr-defined]  # keeps the owning socket alive
+        self.stdin_socket = StdinRouter.shadow(plain.underlying)
+
+    IPKernelApp.init_sockets = init_sockets  # type: ignore[method-assign]
+
+
 def main() -> None:
     original_init = zmq.Context.__init__
 
@@ -90,6 +141,7 @@ def main() -> None:
     limit = os.environ.get(OUTPUT_LIMIT_ENV, "")
     if limit.isdigit() and int(limit) > 0:
         install_output_cap(int(limit))
+    _wait_for_stdin_peer()
     from ipykernel.kernelapp import launch_new_instance
 
     sys.argv[0] = "ipykernel_launcher"

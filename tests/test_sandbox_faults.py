@@ -7,8 +7,10 @@ import os
 import time
 
 import pytest
-from sandbox_support import Bait
+from sandbox_support import Bait, SandboxedKernelManager
 from sandbox_wrapper import Wrapper, write_kernelspec
+
+from ironcage_jupyter.sandbox.launcher import release_sandbox
 
 pytestmark = pytest.mark.timeout(240)
 LIMITS = {"memory_mb": 1024, "max_processes": 48, "cell_timeout_s": 3}
@@ -142,6 +144,53 @@ def test_cell_waiting_on_stdin_forever(wrapper):
         reply = wrapper.kc.get_shell_msg(timeout=60)
     assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "CellTimeout"
     _usable(wrapper)
+
+
+class _ChildMainKernelManager(SandboxedKernelManager):
+    """The wrapper's real child entry point (ironcage_jupyter.child_main) in the sandbox."""
+
+    async def _async_launch_kernel(self, kernel_cmd, **kw):
+        kernel_cmd = ["ironcage_jupyter.child_main" if a == "ipykernel_launcher" else a for a in kernel_cmd]
+        await super()._async_launch_kernel(kernel_cmd, **kw)
+
+
+def test_input_request_waits_for_a_stdin_channel_that_connects_late(bait):
+    """The cause of test_cell_waiting_on_stdin_forever's CI failure: the child's stdin ROUTER dropped
+    an input_request addressed to a relay whose stdin connection was not up yet (zmq connects each
+    channel on its own retry timer, so shell can answer before stdin is connected). The child now
+    waits for the connection. Here the client's stdin channel is created only after the child has
+    asked: without the fix the request is lost and nothing arrives."""
+    spec = bait.spec()
+    km = _ChildMainKernelManager(
+        kernel_name="python3", transport="ipc", ip=str(spec.socket_dir / "kernel"),
+        connection_file=str(spec.socket_dir / "kernel.json"),
+    )
+    km.sandbox_spec = spec
+    km.start_kernel()
+    kc = km.client()
+    try:
+        kc.start_channels(stdin=False)
+        kc.wait_for_ready(timeout=60)
+        msg_id = kc.execute("print('asking', flush=True)\nanswer = input('late: ')\nprint('got', answer)",
+                            allow_stdin=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the cell has started and is about to ask
+            msg = kc.get_iopub_msg(timeout=30)
+            if msg["msg_type"] == "stream" and "asking" in msg["content"]["text"]:
+                break
+        time.sleep(0.5)  # the input_request has been sent (and, before the fix, dropped) by now
+        kc.stdin_channel.start()
+        request = kc.get_stdin_msg(timeout=30)
+        assert request["content"]["prompt"] == "late: "
+        kc.input("42")
+        reply = kc.get_shell_msg(timeout=30)
+        while reply["parent_header"].get("msg_id") != msg_id:  # wait_for_ready's kernel_info replies
+            reply = kc.get_shell_msg(timeout=30)
+        assert reply["content"]["status"] == "ok"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        release_sandbox(spec)
 
 
 FLOOD_GB = 1
