@@ -330,6 +330,7 @@ def build_sandboxed_command(
             memory_bytes=spec.limits.memory_mb * 1024 * 1024,
         )
 
+    tcp_ports = sorted(set(spec.isolation.loopback_ports)) if use_bwrap and "netns" not in disabled else []
     outer: list[str] = []
     if use_bwrap:
         outer += ["userns", "session", "die_with_parent", "ipcns"]
@@ -340,6 +341,8 @@ def build_sandboxed_command(
         "outer": outer,
         "own_session": not use_bwrap,
         "seccomp": "seccomp" not in disabled,
+        # The filter compiled by the wrapper (cached per rule set): the bootstrap only loads it.
+        "seccomp_bpf": None if "seccomp" in disabled else compiled_seccomp_filter(bool(tcp_ports)),
         "landlock": None
         if "landlock" in disabled
         else {
@@ -350,9 +353,7 @@ def build_sandboxed_command(
             "read_write": (read_write if mounts else carve(read_write, landlock_hidden)) + devices_rw,
         },
         # Loopback TCP ports (tool egress bridge) only where the loopback is the sandbox's own.
-        "tcp_ports": sorted(set(spec.isolation.loopback_ports))
-        if use_bwrap and "netns" not in disabled
-        else [],
+        "tcp_ports": tcp_ports,
         "rlimits": {}
         if "limits" in disabled
         else _rlimits(spec.limits, memory_cgroup=cg is not None and "memory" in cg.controllers),
@@ -372,6 +373,8 @@ def build_sandboxed_command(
         sys.executable,
         "-m",
         "ironcage_jupyter.sandbox.bootstrap",
+        # Joined on a thread that starts before the bootstrap's imports (an RCU grace period).
+        *[arg for procs in (cg.procs_files if cg else []) for arg in ("--cgroup", procs)],
         "--config",
         json.dumps(config),
         "--",
@@ -382,6 +385,22 @@ def build_sandboxed_command(
     elif bwrap_reason and not spec.isolation.allow_degraded and not spec.isolation.unsafe:
         raise SandboxError(f"bubblewrap unavailable and degraded mode not allowed: {bwrap_reason}")
     return argv, child_env
+
+
+@functools.lru_cache(maxsize=4)
+def compiled_seccomp_filter(allow_tcp: bool) -> str | None:
+    """The sandbox's seccomp filter as BPF compiled by libseccomp here (base64), or None when it
+    cannot be compiled in the wrapper (the bootstrap then compiles it itself, and fails closed if it
+    cannot). The same rule set always compiles to the same program: cached for the process."""
+    import base64
+
+    from ironcage_jupyter.sandbox import _seccomp
+
+    try:
+        program = _seccomp.export_filter(_seccomp.sandbox_rules(allow_tcp=allow_tcp))
+    except (OSError, AttributeError):
+        return None
+    return base64.b64encode(program).decode("ascii")
 
 
 def _required_mechanisms(spec: SandboxSpec, use_bwrap: bool, disabled: frozenset[str]) -> set[str]:
@@ -493,17 +512,18 @@ def _bwrap_args(
         for root in SYSTEM_READ_ROOTS:
             if os.path.islink(root):  # merged /usr: /bin -> usr/bin
                 args += ["--symlink", os.readlink(root), root]
+        under_tmpfs = [r for r in read_only if _is_within(r, home) or _is_within(r, "/tmp")]
         for root in read_only:
-            args += ["--ro-bind", root, root]
+            if root not in under_tmpfs:  # those are bound after their tmpfs below (once is enough)
+                args += ["--ro-bind", root, root]
             binds.append(root)
         args += ["--ro-bind", "/sys", "/sys", "--dev", "/dev"]
         args += ["--proc", "/proc"] if "pidns" not in disabled else ["--ro-bind", "/proc", "/proc"]
         args += ["--tmpfs", "/tmp", "--perms", "0700", "--tmpfs", home]
         # Re-bind what lives under home or /tmp after their tmpfs (a venv or a checkout in either),
         # then the writable trees.
-        for root in read_only:
-            if _is_within(root, home) or _is_within(root, "/tmp"):
-                args += ["--ro-bind", root, root]
+        for root in under_tmpfs:
+            args += ["--ro-bind", root, root]
         args += ["--bind", str(workspace), str(workspace), "--bind", str(socket_dir), str(socket_dir)]
         binds += [str(workspace), str(socket_dir), "/sys"]
         for path in hidden:
