@@ -195,6 +195,12 @@ def _package_env(env: dict[str, str]) -> dict[str, str]:
 
 def interpreter_paths() -> list[str]:
     """Trees the interpreter and its packages live in (bound back even when they are under $HOME)."""
+    return list(_interpreter_paths())
+
+
+@functools.lru_cache(maxsize=1)
+def _interpreter_paths() -> tuple[str, ...]:
+    # Fixed for the life of this interpreter: computed once per wrapper process.
     import site
     import sysconfig
 
@@ -204,7 +210,7 @@ def interpreter_paths() -> list[str]:
     candidates.update(site.getsitepackages())
     candidates.add(str(Path(sys.executable).resolve().parent.parent))
     existing = sorted({str(Path(p).resolve()) for p in candidates if p and os.path.exists(p)})
-    return _outermost(existing)
+    return tuple(_outermost(existing))
 
 
 def _outermost(paths: list[str]) -> list[str]:
