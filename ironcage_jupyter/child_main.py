@@ -1,18 +1,133 @@
-"""Entry point of the child kernel (inside the sandbox): ipykernel with a deeper iopub queue.
+"""Entry point of the child kernel (inside the sandbox): ipykernel with a deeper iopub queue and a cap
+on the stream output a single cell can buffer.
 
 A cell that displays output in a tight loop publishes faster than the wrapper can relay in bursts;
 with zmq's default high-water mark of 1,000 messages the child's iopub socket would silently drop
-output. Everything else is stock ipykernel.
+output.
+
+An output flood (``for _ in range(1024): sys.stdout.write('x' * 2**20)``) would otherwise be buffered
+whole: ipykernel's ``OutStream`` keeps everything written between two flushes (every 0.2 s) in a
+``StringIO``, then serialises it into one message, several copies of up to hundreds of MB, and the
+wrapper would receive, parse and then drop it all (its output firewall keeps ``limits.output_max_bytes``
+per cell and says so). Here each cell's stdout + stderr is cut shortly after that limit
+(``IRONCAGE_OUTPUT_MAX_BYTES``, set by the sandbox launcher): the rest is counted and dropped in the
+kernel, and buffered output is flushed in pieces of at most ``FLUSH_CHARS``. The wrapper's output
+firewall stays the authority (it truncates and shows the notice whatever the child sends); this cap only
+keeps a benign flood from costing the child and the wrapper memory and time.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 from typing import Any
 
 import zmq
 
 IOPUB_QUEUE = 200_000
+#: Characters a stream buffers before it is flushed without waiting for ipykernel's 0.2 s timer.
+FLUSH_CHARS = 1 << 20
+#: Characters kept beyond the wrapper's limit, so the wrapper sees the overflow and shows its notice.
+CAP_SLACK = 1 << 16
+OUTPUT_LIMIT_ENV = "IRONCAGE_OUTPUT_MAX_BYTES"
+
+
+def install_output_cap(limit: int) -> None:
+    """Patch ipykernel's OutStream: keep at most ``limit + CAP_SLACK`` characters of stdout + stderr
+    per request, and flush every ``FLUSH_CHARS`` buffered characters."""
+    from ipykernel.iostream import OutStream
+
+    cap = limit + CAP_SLACK
+    lock = threading.Lock()
+    state: dict[str, Any] = {"parent": None, "kept": 0, "dropped": 0}
+    pending: dict[int, int] = {}  # id(stream) -> characters buffered since its last forced flush
+    original_write = OutStream.write
+
+    def write(self: OutStream, string: str) -> int | None:
+        if not isinstance(string, str):
+            return original_write(self, string)  # raises ipykernel's own TypeError
+        header = self.parent_header or {}
+        parent = header.get("msg_id") if isinstance(header, dict) else None
+        notice = None
+        with lock:
+            if parent != state["parent"]:
+                state.update(parent=parent, kept=0, dropped=0)
+            room = cap - state["kept"]
+            if len(string) > room:
+                kept = string[: max(room, 0)]
+                if state["dropped"] == 0:
+                    notice = (
+                        f"\n[ironcage] output cut in the kernel after {cap:,} characters "
+                        "(limits.output_max_bytes); the rest was dropped\n"
+                    )
+                state["dropped"] += len(string) - len(kept)
+            else:
+                kept = string
+            state["kept"] += len(kept)
+            buffered = pending.get(id(self), 0) + len(kept)
+            flush_now = buffered >= FLUSH_CHARS
+            pending[id(self)] = 0 if flush_now else buffered
+        if kept:
+            original_write(self, kept)
+        if notice:
+            original_write(self, notice)
+        if flush_now and self.pub_thread is not None:
+            self.pub_thread.schedule(self._flush)
+        return len(string)
+
+    OutStream.write = write  # type: ignore[method-assign]
+
+
+#: Seconds input() waits for the wrapper's stdin connection before it fails (see StdinRouter).
+STDIN_CONNECT_WAIT = 30.0
+
+
+class StdinRouter(zmq.Socket):  # type: ignore[type-arg]
+    """The child's stdin ROUTER, made to wait for its peer instead of dropping.
+
+    A ROUTER silently drops a message addressed to a peer that is not connected yet. The wrapper's
+    relay connects its channels while the child starts and declares the child ready once shell and
+    iopub answer, but zmq connects each channel on its own reconnect timer: right after a (re)start,
+    the stdin connection can still be missing, and an ``input()`` in the first cell was then lost
+    for good (the cell waited until its timeout). With ROUTER_MANDATORY the send fails instead
+    (EHOSTUNREACH) and POLLOUT fires once the peer is there: the send is retried then.
+    """
+
+    def send_multipart(self, msg_parts: Any, flags: int = 0, copy: bool = True, track: bool = False, **kw: Any) -> Any:
+        try:
+            return super().send_multipart(msg_parts, flags, copy, track, **kw)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+        # Short slices keep KeyboardInterrupt (the wrapper's interrupt) deliverable while waiting.
+        waited = 0.0
+        while waited < STDIN_CONNECT_WAIT:
+            _, writable, _ = zmq.select([], [self], [], 0.1)
+            if writable:
+                try:
+                    return super().send_multipart(msg_parts, flags, copy, track, **kw)
+                except zmq.ZMQError as exc:
+                    if exc.errno != zmq.EHOSTUNREACH:
+                        raise
+            waited += 0.1
+        raise ConnectionError("the wrapper's stdin channel is not connected; input() cannot be answered")
+
+
+def _wait_for_stdin_peer() -> None:
+    """Make IPKernelApp's stdin socket a StdinRouter (same libzmq socket, ROUTER_MANDATORY on)."""
+    from ipykernel.kernelapp import IPKernelApp
+
+    original = IPKernelApp.init_sockets
+
+    def init_sockets(self: IPKernelApp) -> None:
+        original(self)
+        plain = self.stdin_socket
+        plain.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._ironcage_stdin_plain = plain  # type: ignore[attr-defined]  # keeps the owning socket alive
+        self.stdin_socket = StdinRouter.shadow(plain.underlying)
+
+    IPKernelApp.init_sockets = init_sockets  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -23,6 +138,10 @@ def main() -> None:
         self.setsockopt(zmq.SNDHWM, IOPUB_QUEUE)
 
     zmq.Context.__init__ = init  # type: ignore[method-assign]
+    limit = os.environ.get(OUTPUT_LIMIT_ENV, "")
+    if limit.isdigit() and int(limit) > 0:
+        install_output_cap(int(limit))
+    _wait_for_stdin_peer()
     from ipykernel.kernelapp import launch_new_instance
 
     sys.argv[0] = "ipykernel_launcher"

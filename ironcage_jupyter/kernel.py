@@ -401,6 +401,10 @@ class IronCageKernel(Kernel):
                 self.ui.isolation.layers = self.sandbox.ui_layers()
                 self.ui.isolation.sandbox_enabled = not self.sandbox.isolation.unsafe
                 self.ui.publish_status()
+            # The verdict (each layer, the unsafe opt-in, a refusal) is on disk before any cell runs.
+            await self.audit.ready()
+            if self.sandbox.audit_verdict(self.audit.record) == "unsafe":
+                self.log.warning("UNSAFE MODE: cells run without required isolation: %s", "; ".join(reasons))
             if not ok:
                 raise RuntimeError("isolation unavailable: " + "; ".join(reasons))
             client = self.child.km.client() if self.child.km else None

@@ -61,6 +61,14 @@ EXAMPLES: dict[str, dict] = {
     },
     "violation": {"kind": "sandbox_denial", "layer": "network", "message": "connect refused"},
     "policy_change": {"old_policy": "default", "new_policy": "strict", "changed_by": "ada"},
+    "isolation": {
+        "outcome": "degraded",
+        "mode": "bubblewrap",
+        "layers": {"process": "active", "filesystem": "active", "network": "degraded", "syscall": "active"},
+        "reasons": {"network": "held by netns, seccomp; missing landlock"},
+        "required_layers": ["process", "filesystem", "network", "syscall"],
+        "selftest_ms": 96.0,
+    },
     "session_end": {"status": "normal", "cells_run": 1},
 }
 

@@ -8,7 +8,8 @@ import os
 import pytest
 from sandbox_support import ATTACKS, Bait, SandboxedKernel, leaks, run_battery
 
-from ironcage_jupyter.sandbox.settings import IsolationSettings
+from ironcage_jupyter.sandbox.launcher import address_space_mb, sandbox_cgroup_dirs
+from ironcage_jupyter.sandbox.settings import IsolationSettings, ResourceLimits
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -103,10 +104,26 @@ def test_resource_limits_reach_the_kernel(kernel, bait):
         "import resource, json; print(json.dumps([resource.getrlimit(resource.RLIMIT_AS)[0], "
         "resource.getrlimit(resource.RLIMIT_CORE)[0], open('/proc/self/cgroup').read()]))"
     )
-    assert limits[0] == 2048 * 1024 * 1024
+    name = f"ironcage-{kernel.spec.sandbox_name}"
+    memory_dirs = [d for d in sandbox_cgroup_dirs(kernel.spec) if _memory_limit(d) is not None]
+    in_memory_cgroup = any(name in line and "memory" in line.split(":")[1] for line in limits[2].splitlines())
+    # Real memory is held by the memory cgroup where there is one; RLIMIT_AS is then only a backstop.
+    assert limits[0] == address_space_mb(ResourceLimits(memory_mb=2048), memory_cgroup=bool(memory_dirs)) << 20
     assert limits[1] == 0
     if os.getuid() == 0:  # cgroups are created by the (root) wrapper here
-        assert f"ironcage-{kernel.spec.sandbox_name}" in limits[2]
+        assert name in limits[2]
+        assert in_memory_cgroup == bool(memory_dirs)
+    for directory in memory_dirs:
+        assert _memory_limit(directory) == 2048 << 20
+
+
+def _memory_limit(directory) -> int | None:
+    for limit_file in ("memory.max", "memory.limit_in_bytes"):
+        try:
+            return int((directory / limit_file).read_text())
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def test_shutdown_leaves_no_process_behind(bait, tmp_path):

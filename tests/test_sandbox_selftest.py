@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ironcage_jupyter.sandbox import bootstrap, cli
+from ironcage_jupyter.sandbox import bootstrap, cli, launcher
 from ironcage_jupyter.sandbox.launcher import SandboxSpec, run_selftest
 from ironcage_jupyter.sandbox.selftest import status_lines
 from ironcage_jupyter.sandbox.settings import IsolationSettings, ResourceLimits
@@ -120,6 +120,57 @@ def test_bootstrap_fails_closed_when_a_required_mechanism_cannot_apply(tmp_path)
     )
     assert proc.returncode == bootstrap.EXIT_SETUP_FAILED
     assert "refusing to start the kernel" in proc.stderr and "cgroups" in proc.stderr
+
+
+def _bootstrap(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ironcage_jupyter.sandbox.bootstrap", *args],
+        capture_output=True, text=True, timeout=30,
+    )
+
+
+def test_cgroups_joined_on_the_early_thread_fail_closed_too(tmp_path):
+    """The --cgroup files are written by a thread started before the bootstrap's imports; its failure
+    still stops the kernel when cgroups are required."""
+    missing = str(tmp_path / "missing" / "cgroup.procs")
+    proc = _bootstrap("--cgroup", missing, "--config", json.dumps({"require": ["cgroups"]}), "--", "true")
+    assert proc.returncode == bootstrap.EXIT_SETUP_FAILED
+    assert "cgroups" in proc.stderr and "missing" in proc.stderr
+
+
+def test_cgroups_joined_on_the_early_thread(tmp_path):
+    """A writable stand-in for cgroup.procs receives the bootstrap's pid before the kernel starts."""
+    procs = tmp_path / "cgroup.procs"
+    procs.write_text("")
+    proc = _bootstrap("--cgroup", str(procs), "--config", json.dumps({"require": ["cgroups"]}), "--",
+                      sys.executable, "-c", "import os; print(os.environ['IRONCAGE_SANDBOX_APPLIED'])")
+    assert proc.returncode == 0, proc.stderr
+    assert procs.read_text().strip().isdigit()
+    assert "cgroups" in proc.stdout.split(",")[-1]  # waited for and reported as applied
+
+
+def test_precompiled_seccomp_filter_is_loaded_and_refuses():
+    """The wrapper compiles the filter once; the bootstrap loads the BPF and the calls are refused."""
+    program = launcher.compiled_seccomp_filter(False)
+    assert program
+    config = {"require": ["seccomp"], "seccomp": True, "seccomp_bpf": program}
+    check = (
+        "import ctypes, errno, socket\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "rc = libc.unshare(0x40000000); print('unshare', rc, errno.errorcode.get(ctypes.get_errno()))\n"
+        "try:\n    socket.socket(socket.AF_INET, socket.SOCK_DGRAM); print('udp ok')\n"
+        "except OSError as exc:\n    print('udp', errno.errorcode.get(exc.errno))\n"
+        "print('Seccomp', [l.split()[1] for l in open('/proc/self/status') if l.startswith('Seccomp:')][0])\n"
+    )
+    proc = _bootstrap("--config", json.dumps(config), "--", sys.executable, "-c", check)
+    assert proc.returncode == 0, proc.stderr
+    assert "unshare -1 EPERM" in proc.stdout and "udp EPERM" in proc.stdout and "Seccomp 2" in proc.stdout
+
+
+def test_malformed_seccomp_program_fails_closed():
+    config = {"require": ["seccomp"], "seccomp": True, "seccomp_bpf": "AAAA"}  # 3 bytes: no instruction
+    proc = _bootstrap("--config", json.dumps(config), "--", "true")
+    assert proc.returncode == bootstrap.EXIT_SETUP_FAILED and "seccomp" in proc.stderr
 
 
 def test_bootstrap_rejects_malformed_config():

@@ -38,6 +38,7 @@ class EventType(StrEnum):
     TOOL_CALL = "tool_call"
     VIOLATION = "violation"
     POLICY_CHANGE = "policy_change"
+    ISOLATION = "isolation"
 
 
 # Events that gate an action or report a breach are committed before `record` returns, whatever the
@@ -51,6 +52,7 @@ ALWAYS_DURABLE: frozenset[str] = frozenset(
         EventType.CREDENTIAL_ACCESS,
         EventType.VIOLATION,
         EventType.POLICY_CHANGE,
+        EventType.ISOLATION,
     }
 )
 
@@ -217,6 +219,25 @@ class PolicyChangeDetail(_Detail):
     source: str | None = Field(default=None, description="File path or UI that made the change.")
 
 
+class IsolationDetail(_Detail):
+    """The sandbox's self-test verdict when a child kernel is started (one event per verdict)."""
+
+    outcome: Literal["active", "degraded", "unsafe", "refused"] = Field(
+        description="active: every layer held; degraded: cells run with degraded layers; unsafe: cells "
+        "run under the policy's `unsafe` opt-in although layers are missing; refused: a required layer "
+        "is missing and no cell runs."
+    )
+    mode: str | None = Field(default=None, description="bubblewrap, degraded (no namespaces), failed")
+    layers: dict[str, str] = Field(default_factory=dict, description="Layer -> active/degraded/missing.")
+    reasons: dict[str, str] = Field(default_factory=dict, description="Layer -> why, in words.")
+    mechanisms: dict[str, list[str]] = Field(default_factory=dict, description="Layer -> mechanisms held.")
+    required_layers: list[str] = Field(default_factory=list)
+    missing_required: list[str] = Field(default_factory=list)
+    unsafe: bool = False
+    selftest_ms: float | None = None
+    error: str | None = Field(default=None, description="Why the self-test itself could not run.")
+
+
 DETAIL_MODELS: dict[str, type[_Detail]] = {
     EventType.SESSION_START: SessionStartDetail,
     EventType.SESSION_END: SessionEndDetail,
@@ -230,6 +251,7 @@ DETAIL_MODELS: dict[str, type[_Detail]] = {
     EventType.TOOL_CALL: ToolCallDetail,
     EventType.VIOLATION: ViolationDetail,
     EventType.POLICY_CHANGE: PolicyChangeDetail,
+    EventType.ISOLATION: IsolationDetail,
 }
 
 
@@ -251,6 +273,7 @@ NAME_FIELDS: dict[str, str] = {
     EventType.TOOL_CALL: "gen_ai.tool.name",
     EventType.VIOLATION: "kind",
     EventType.POLICY_CHANGE: "new_policy",
+    EventType.ISOLATION: "outcome",
 }
 
 

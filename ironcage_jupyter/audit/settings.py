@@ -20,6 +20,7 @@ class AuditSettings(BaseModel):
             "credential_access": 365,
             "violation": 365,
             "policy_change": 365,
+            "isolation": 365,
         },
         description=(
             "Days to keep each event class (an event type name, or `default`); applied by "

@@ -14,8 +14,9 @@ import dataclasses
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from ironcage_jupyter.sandbox.launcher import (
     SandboxSpec,
@@ -49,6 +50,7 @@ class SandboxController:
         self._lock = threading.Lock()
         self._seen_hits: dict[Path, dict[str, int]] = {}
         self._last_hits: list[str] = []
+        self._audited: SelfTestReport | None = None
 
     def configure(self, isolation: IsolationSettings, limits: ResourceLimits) -> None:
         """Apply the policy's sections (before the first child starts; the selftest re-runs)."""
@@ -111,6 +113,68 @@ class SandboxController:
     def check(self) -> tuple[bool, list[str]]:
         """May cells run? (False, reasons) when a required layer is missing: fail closed."""
         return self.selftest().ok_for(self.isolation.required_layers)
+
+    def audit_verdict(self, record: Callable[..., Any]) -> str | None:
+        """Record the self-test's verdict in the audit log, once per self-test run (the report is
+        cached across child restarts): ``record`` is ``KernelAudit.record``.
+
+        One ``isolation`` event (outcome active / degraded / unsafe / refused, each layer's state and
+        reason); a refusal is a ``deny`` naming the missing required layers and each missing required
+        layer is also a ``violation`` of kind ``selftest_failure``; the ``unsafe`` opt-in is an
+        ``allow`` under rule ``isolation.unsafe``. Raises when the audit cannot record it, so the
+        caller refuses to run cells (fail closed). Returns the outcome recorded (None: nothing new).
+        """
+        report = self._report
+        if report is None or report is self._audited:
+            return None
+        required = list(self.isolation.required_layers)
+        ok, reasons = report.ok_for(required)
+        missing = [
+            name for name in required if name not in report.layers or report.layers[name].state == "missing"
+        ]
+        if report.error and not missing:
+            missing = required
+        degraded = any(s.state != "active" for s in report.layers.values())
+        decision: str | None = None
+        rule: str | None = None
+        reason: str | None = None
+        if not ok:
+            outcome, decision, rule = "refused", "deny", "isolation.required_layers"
+            reason = "; ".join(reasons)
+        elif report.unsafe and (missing or report.error):
+            outcome, decision, rule = "unsafe", "allow", "isolation.unsafe"
+            reason = "; ".join(reasons)
+        else:
+            outcome = "degraded" if degraded else "active"
+        detail: dict[str, Any] = {
+            "outcome": outcome,
+            "mode": report.mode,
+            "layers": {name: s.state for name, s in report.layers.items()},
+            "reasons": {name: s.reason for name, s in report.layers.items()},
+            "mechanisms": {name: list(s.mechanisms) for name, s in report.layers.items()},
+            "required_layers": required,
+            "missing_required": missing,
+            "unsafe": report.unsafe,
+            "selftest_ms": round(report.duration_ms, 1),
+            "error": report.error or None,
+        }
+        record("isolation", decision=decision, rule=rule, reason=reason, detail=detail)
+        if outcome == "refused":
+            for name in missing:
+                status = report.layers.get(name)
+                record(
+                    "violation",
+                    decision="deny",
+                    rule="isolation.required_layers",
+                    reason=f"required isolation layer '{name}' is missing: no cell runs",
+                    detail={
+                        "kind": "selftest_failure",
+                        "layer": name,
+                        "message": status.reason if status is not None else (report.error or "not tested"),
+                    },
+                )
+        self._audited = report
+        return outcome
 
     def status_lines(self) -> list[str]:
         if self._report is None:

@@ -195,6 +195,12 @@ def _package_env(env: dict[str, str]) -> dict[str, str]:
 
 def interpreter_paths() -> list[str]:
     """Trees the interpreter and its packages live in (bound back even when they are under $HOME)."""
+    return list(_interpreter_paths())
+
+
+@functools.lru_cache(maxsize=1)
+def _interpreter_paths() -> tuple[str, ...]:
+    # Fixed for the life of this interpreter: computed once per wrapper process.
     import site
     import sysconfig
 
@@ -204,7 +210,7 @@ def interpreter_paths() -> list[str]:
     candidates.update(site.getsitepackages())
     candidates.add(str(Path(sys.executable).resolve().parent.parent))
     existing = sorted({str(Path(p).resolve()) for p in candidates if p and os.path.exists(p)})
-    return _outermost(existing)
+    return tuple(_outermost(existing))
 
 
 def _outermost(paths: list[str]) -> list[str]:
@@ -330,6 +336,7 @@ def build_sandboxed_command(
             memory_bytes=spec.limits.memory_mb * 1024 * 1024,
         )
 
+    tcp_ports = sorted(set(spec.isolation.loopback_ports)) if use_bwrap and "netns" not in disabled else []
     outer: list[str] = []
     if use_bwrap:
         outer += ["userns", "session", "die_with_parent", "ipcns"]
@@ -340,6 +347,8 @@ def build_sandboxed_command(
         "outer": outer,
         "own_session": not use_bwrap,
         "seccomp": "seccomp" not in disabled,
+        # The filter compiled by the wrapper (cached per rule set): the bootstrap only loads it.
+        "seccomp_bpf": None if "seccomp" in disabled else compiled_seccomp_filter(bool(tcp_ports)),
         "landlock": None
         if "landlock" in disabled
         else {
@@ -350,10 +359,10 @@ def build_sandboxed_command(
             "read_write": (read_write if mounts else carve(read_write, landlock_hidden)) + devices_rw,
         },
         # Loopback TCP ports (tool egress bridge) only where the loopback is the sandbox's own.
-        "tcp_ports": sorted(set(spec.isolation.loopback_ports))
-        if use_bwrap and "netns" not in disabled
-        else [],
-        "rlimits": {} if "limits" in disabled else _rlimits(spec.limits),
+        "tcp_ports": tcp_ports,
+        "rlimits": {}
+        if "limits" in disabled
+        else _rlimits(spec.limits, memory_cgroup=cg is not None and "memory" in cg.controllers),
         "cgroup_procs": cg.procs_files if cg else [],
         "pythonpath_entry": _package_root(),
         # jupyter_client's launch_kernel sets JPY_PARENT_PID after we return; inside a pid namespace that
@@ -370,6 +379,8 @@ def build_sandboxed_command(
         sys.executable,
         "-m",
         "ironcage_jupyter.sandbox.bootstrap",
+        # Joined on a thread that starts before the bootstrap's imports (an RCU grace period).
+        *[arg for procs in (cg.procs_files if cg else []) for arg in ("--cgroup", procs)],
         "--config",
         json.dumps(config),
         "--",
@@ -380,6 +391,22 @@ def build_sandboxed_command(
     elif bwrap_reason and not spec.isolation.allow_degraded and not spec.isolation.unsafe:
         raise SandboxError(f"bubblewrap unavailable and degraded mode not allowed: {bwrap_reason}")
     return argv, child_env
+
+
+@functools.lru_cache(maxsize=4)
+def compiled_seccomp_filter(allow_tcp: bool) -> str | None:
+    """The sandbox's seccomp filter as BPF compiled by libseccomp here (base64), or None when it
+    cannot be compiled in the wrapper (the bootstrap then compiles it itself, and fails closed if it
+    cannot). The same rule set always compiles to the same program: cached for the process."""
+    import base64
+
+    from ironcage_jupyter.sandbox import _seccomp
+
+    try:
+        program = _seccomp.export_filter(_seccomp.sandbox_rules(allow_tcp=allow_tcp))
+    except (OSError, AttributeError):
+        return None
+    return base64.b64encode(program).decode("ascii")
 
 
 def _required_mechanisms(spec: SandboxSpec, use_bwrap: bool, disabled: frozenset[str]) -> set[str]:
@@ -396,9 +423,23 @@ def _required_mechanisms(spec: SandboxSpec, use_bwrap: bool, disabled: frozenset
     return required
 
 
-def _rlimits(limits: ResourceLimits) -> dict[str, int]:
+def address_space_mb(limits: ResourceLimits, *, memory_cgroup: bool) -> int:
+    """RLIMIT_AS for the child, in MB.
+
+    Address space is not memory: an idle ipykernel reserves about 0.8 GB of it (thread stacks, one
+    malloc arena per thread) with about 50 MB resident, and a 64 MB output burst briefly maps 1.9 GB.
+    Where a memory cgroup holds ``memory_mb`` of real memory, RLIMIT_AS is only a backstop against
+    huge reservations: ``memory_mb + max(memory_mb, 2048)``. Without the cgroup it is the only memory
+    limit and stays ``memory_mb`` (reservations count against it).
+    """
+    if memory_cgroup:
+        return limits.memory_mb + max(limits.memory_mb, 2048)
+    return limits.memory_mb
+
+
+def _rlimits(limits: ResourceLimits, *, memory_cgroup: bool = False) -> dict[str, int]:
     out = {
-        "as": limits.memory_mb * 1024 * 1024,
+        "as": address_space_mb(limits, memory_cgroup=memory_cgroup) * 1024 * 1024,
         "nproc": limits.max_processes,
         "core": 0,
         "nofile": limits.max_open_files,
@@ -444,6 +485,8 @@ def _child_env(
     out["TMPDIR"] = tmp
     out["PYTHONNOUSERSITE"] = "1"
     out["IRONCAGE_SANDBOX"] = spec.sandbox_name  # names this sandbox's processes (cleanup, tests)
+    # The child's entry point cuts a flood of stream output shortly after the wrapper's own limit.
+    out["IRONCAGE_OUTPUT_MAX_BYTES"] = str(spec.limits.output_max_bytes)
     return _package_env(out)
 
 
@@ -475,17 +518,18 @@ def _bwrap_args(
         for root in SYSTEM_READ_ROOTS:
             if os.path.islink(root):  # merged /usr: /bin -> usr/bin
                 args += ["--symlink", os.readlink(root), root]
+        under_tmpfs = [r for r in read_only if _is_within(r, home) or _is_within(r, "/tmp")]
         for root in read_only:
-            args += ["--ro-bind", root, root]
+            if root not in under_tmpfs:  # those are bound after their tmpfs below (once is enough)
+                args += ["--ro-bind", root, root]
             binds.append(root)
         args += ["--ro-bind", "/sys", "/sys", "--dev", "/dev"]
         args += ["--proc", "/proc"] if "pidns" not in disabled else ["--ro-bind", "/proc", "/proc"]
         args += ["--tmpfs", "/tmp", "--perms", "0700", "--tmpfs", home]
         # Re-bind what lives under home or /tmp after their tmpfs (a venv or a checkout in either),
         # then the writable trees.
-        for root in read_only:
-            if _is_within(root, home) or _is_within(root, "/tmp"):
-                args += ["--ro-bind", root, root]
+        for root in under_tmpfs:
+            args += ["--ro-bind", root, root]
         args += ["--bind", str(workspace), str(workspace), "--bind", str(socket_dir), str(socket_dir)]
         binds += [str(workspace), str(socket_dir), "/sys"]
         for path in hidden:

@@ -1,0 +1,119 @@
+"""Sandbox events land in the session's DuckDB audit log, through the real ironcage kernel: the
+self-test's verdict (each layer active / degraded / missing), a refusal when a required layer is
+missing, and the `unsafe` opt-in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sandbox_support import Bait
+from sandbox_wrapper import Wrapper, write_kernelspec
+
+from ironcage_jupyter.audit import AuditQuery
+
+pytestmark = pytest.mark.timeout(240)
+LAYERS = {"process", "filesystem", "network", "syscall"}
+
+
+@pytest.fixture(scope="module")
+def bait(tmp_path_factory, ironcage_jupyter_path):
+    write_kernelspec(ironcage_jupyter_path)
+    bait = Bait.create(tmp_path_factory.mktemp("sandbox-audit"))
+    yield bait
+    bait.close()
+
+
+def _session(w: Wrapper) -> str:
+    return w.status()["audit"]["session_id"]
+
+
+def _rows(bait: Bait, session_id: str, sql_where: str) -> list[dict]:
+    with AuditQuery(Path(bait.root / "ironcage-audit")) as query:
+        result = query.run_trusted(
+            "SELECT event_type, decision, rule, reason, name, detail FROM events "
+            f"WHERE session_id = ? AND {sql_where} ORDER BY seq",
+            [session_id],
+        )
+    out = []
+    for event_type, decision, rule, reason, name, detail in result.rows:
+        out.append({"event_type": event_type, "decision": decision, "rule": rule, "reason": reason,
+                    "name": name, "detail": json.loads(detail) if isinstance(detail, str) else detail})
+    return out
+
+
+def test_selftest_verdict_is_audited_once_per_session(bait):
+    w = Wrapper(bait)
+    try:
+        assert w.run("print(6 * 7)").stdout.strip() == "42"
+        status = w.status()
+        session = status["audit"]["session_id"]
+        # A crash and restart reuse the cached self-test: no second verdict.
+        w.run("import os\nos.kill(os.getpid(), 9)", timeout=60)
+        assert w.responsive()
+    finally:
+        w.close()
+    events = _rows(bait, session, "event_type = 'isolation'")
+    assert len(events) == 1, events
+    event = events[0]
+    detail = event["detail"]
+    assert set(detail["layers"]) == LAYERS
+    assert detail["layers"] == status["isolation"]  # what %ironcage status shows, on the record
+    expected = "active" if set(detail["layers"].values()) == {"active"} else "degraded"
+    assert event["name"] == detail["outcome"] == expected
+    assert event["decision"] is None and detail["unsafe"] is False
+    assert detail["mode"] == "bubblewrap" and detail["missing_required"] == []
+    assert set(detail["required_layers"]) == LAYERS
+    assert all(detail["reasons"][layer] for layer in LAYERS)
+    assert "seccomp" in detail["mechanisms"]["syscall"]
+    assert detail["selftest_ms"] > 0
+
+
+def test_missing_required_layer_is_audited_as_a_refusal(bait):
+    w = Wrapper(bait, sandbox={"disabled": ["filesystem"]})
+    try:
+        ex = w.run("print('should not run')")
+        assert ex.status == "error" and ex.error["ename"] == "IronCageUnavailable"
+        session = _session(w)
+    finally:
+        w.close()
+    events = _rows(bait, session, "event_type = 'isolation'")
+    assert len(events) == 1, events
+    event = events[0]
+    assert event["name"] == "refused" and event["decision"] == "deny"
+    assert event["rule"] == "isolation.required_layers"
+    assert "required layer 'filesystem' is missing" in event["reason"]
+    assert event["detail"]["layers"]["filesystem"] == "missing"
+    assert event["detail"]["missing_required"] == ["filesystem"]
+    violations = _rows(bait, session, "event_type = 'violation'")
+    assert [(v["name"], v["detail"]["layer"], v["decision"]) for v in violations] == [
+        ("selftest_failure", "filesystem", "deny")
+    ]
+    assert "canary" in violations[0]["detail"]["message"]  # the probe's evidence, in words
+    # The refused cell is on the record as not run.
+    executions = _rows(bait, session, "event_type = 'execution'")
+    statuses = [e["detail"]["status"] for e in executions]
+    assert statuses and "ok" not in statuses, statuses
+
+
+def test_unsafe_opt_in_is_audited_loudly(bait):
+    w = Wrapper(bait, sandbox={"disabled": ["filesystem"], "isolation": {"unsafe": True}})
+    try:
+        assert w.run("print('runs anyway')").stdout.strip() == "runs anyway"
+        session = _session(w)
+    finally:
+        w.close()
+    events = _rows(bait, session, "event_type = 'isolation'")
+    assert len(events) == 1, events
+    event = events[0]
+    assert event["name"] == "unsafe" and event["decision"] == "allow" and event["rule"] == "isolation.unsafe"
+    assert event["reason"].startswith("UNSAFE MODE")
+    assert "required layer 'filesystem' is missing" in event["reason"]
+    assert event["detail"]["unsafe"] is True and event["detail"]["missing_required"] == ["filesystem"]
+    # The opt-in is a decision: it shows up with the other decisions of the session.
+    with AuditQuery(Path(bait.root / "ironcage-audit")) as query:
+        decisions = query.run_trusted(
+            "SELECT rule FROM decisions WHERE session_id = ? AND event_type = 'isolation'", [session]
+        ).rows
+    assert decisions == [("isolation.unsafe",)]
