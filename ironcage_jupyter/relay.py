@@ -152,8 +152,6 @@ class Relay:
 
     #: How many finished requests keep their route, so late output from threads still finds its cell.
     ROUTE_MEMORY = 256
-    #: Stream text longer than this (characters) is screened and published in pieces of about this size.
-    STREAM_PIECE = 1 << 20
 
     def __init__(
         self,
@@ -177,6 +175,9 @@ class Relay:
         #: Messages received from the child and published to the frontend, for %ironcage status.
         self.received = 0
         self.published = 0
+        #: Stream output longer than this (bytes or characters) is decoded, screened and published in
+        #: pieces of about this size (the kernel's ``stream_piece_bytes``).
+        self.stream_piece = 1 << 20
 
     # -- connection ----------------------------------------------------------------------------
     def attach(self, client: Any) -> None:
@@ -268,8 +269,8 @@ class Relay:
         }
         raw = head[4]
         lazy = None
-        if len(raw) > 2 * self.STREAM_PIECE and isinstance(header, dict) and header.get("msg_type") == "stream":
-            lazy = _lazy_stream(raw, self.STREAM_PIECE, unpack)
+        if len(raw) > 2 * self.stream_piece and isinstance(header, dict) and header.get("msg_type") == "stream":
+            lazy = _lazy_stream(raw, self.stream_piece, unpack)
         if lazy is None:
             msg["content"] = unpack(bytes(raw))
         else:
@@ -358,7 +359,7 @@ class Relay:
             # A large stream message, decoded piece by piece (see _lazy_stream).
             try:
                 for text in pieces:
-                    for piece in stream_pieces(text, self.STREAM_PIECE):
+                    for piece in stream_pieces(text, self.stream_piece):
                         self._forward(msg_type, {**content, "text": piece}, route, metadata, buffers)
             except ValueError:
                 # Everything already published was screened; the malformed rest is dropped.
@@ -366,11 +367,11 @@ class Relay:
             return
         if msg_type == "stream" and not buffers:
             text = content.get("text")
-            if isinstance(text, str) and len(text) > self.STREAM_PIECE:
+            if isinstance(text, str) and len(text) > self.stream_piece:
                 # One huge stream message (ipykernel flushes everything written since the last flush
                 # as one): relayed as consecutive pieces of the same stream, each screened and sent
                 # while the next is screened, so the frontend starts receiving at once.
-                for piece in stream_pieces(text, self.STREAM_PIECE):
+                for piece in stream_pieces(text, self.stream_piece):
                     self._forward(msg_type, {**content, "text": piece}, route, metadata, buffers)
                 return
         self._forward(msg_type, content, route, metadata, buffers)
