@@ -64,6 +64,7 @@ def _frame_view(part: Any) -> Any:
 _STREAM_HEAD = re.compile(rb'\{\s*"name"\s*:\s*"(stdout|stderr)"\s*,\s*"text"\s*:\s*"')
 _STREAM_TAIL = re.compile(rb'"\s*\}\s*\Z')
 _BACKSLASH = 0x5C
+_IN_PLACE = 1 << 16  # content frames larger than this are not copied out of the zmq frame
 
 
 def _lazy_stream(
@@ -255,16 +256,21 @@ class Relay:
         _idents, parts = session.feed_identities(frames, copy=False)
         if len(parts) < 5:
             raise ValueError("malformed message from the child: fewer than 5 frames")
-        # The content frame is read in place (a memoryview): a stream message can be tens of MB.
-        head = [_frame_view(p) for p in parts[:5]]
-        if session.auth is not None and not compare_digest(bytes(head[0]), session.sign(head[1:5])):
+        head: list[Any] = [bytes(p.bytes) if hasattr(p, "bytes") else bytes(p) for p in parts[:4]]
+        # A large content frame is read in place (a memoryview): a stream message can be tens of MB.
+        content: Any = parts[4]
+        if len(content) > _IN_PLACE:
+            head.append(_frame_view(content))
+        else:
+            head.append(bytes(content.bytes) if hasattr(content, "bytes") else bytes(content))
+        if session.auth is not None and not compare_digest(head[0], session.sign(head[1:5])):
             raise ValueError("invalid signature on a message from the child")
         unpack = session.unpack
-        header = unpack(bytes(head[1]))
+        header = unpack(head[1])
         msg = {
             "header": header,
-            "parent_header": unpack(bytes(head[2])),
-            "metadata": unpack(bytes(head[3])),
+            "parent_header": unpack(head[2]),
+            "metadata": unpack(head[3]),
             "buffers": [p.buffer if hasattr(p, "buffer") else p for p in parts[5:]],
         }
         raw = head[4]
@@ -272,7 +278,7 @@ class Relay:
         if len(raw) > 2 * self.stream_piece and isinstance(header, dict) and header.get("msg_type") == "stream":
             lazy = _lazy_stream(raw, self.stream_piece, unpack)
         if lazy is None:
-            msg["content"] = unpack(bytes(raw))
+            msg["content"] = unpack(bytes(raw) if isinstance(raw, memoryview) else raw)
         else:
             msg["content"], msg["text_pieces"] = lazy
         return msg
