@@ -87,6 +87,38 @@ def run_cell(kc: BlockingKernelClient, code: str, collect: bool = False) -> tupl
     return time.perf_counter() - t0, received
 
 
+def process_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) used so far by process ``pid`` and by all its descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def own(p: int) -> float:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    def children(p: int) -> list[int]:
+        found = []
+        for task in Path(f"/proc/{p}/task").iterdir():
+            try:
+                found += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+        return found
+
+    try:
+        top = own(pid)
+    except OSError:
+        return 0.0, 0.0
+    rest, todo = 0.0, children(pid)
+    while todo:
+        p = todo.pop()
+        try:
+            rest += own(p)
+            todo += children(p)
+        except OSError:
+            pass
+    return top, rest
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
@@ -161,7 +193,7 @@ def main() -> None:
                 f"for _ in range({args.stream_mb}):\n    sys.stdout.write(chunk)\n    sys.stdout.flush()\n"
             )
             for name in kernels:
-                for row in ("outputs", "stream", "flushed"):
+                for row in ("outputs", "stream", "flushed", "stream_cpu", "flushed_cpu"):
                     results[name][row] = []
             for _ in range(args.repeats):
                 for name in kernels:
@@ -172,8 +204,14 @@ def main() -> None:
                         results[name]["outputs"].append(seconds)
                     for row, code in (("stream", stream_code), ("flushed", flushed_code)):
                         if row in only:
+                            pid = clients[name][0].provisioner.process.pid  # type: ignore[union-attr]
+                            before, client_before = process_cpu(pid), time.process_time()
                             seconds, received = run_cell(kc, code, collect=True)
+                            after, client_after = process_cpu(pid), time.process_time()
                             results[name][row].append((seconds, received))
+                            results[name][f"{row}_cpu"].append(
+                                (after[0] - before[0], after[1] - before[1], client_after - client_before)
+                            )
         finally:
             for km, kc, _ in clients.values():
                 kc.stop_channels()
@@ -212,7 +250,10 @@ def main() -> None:
             "MB/s", ">= 0.7x", higher_is_better=True)
         for k in kernels:
             runs = ", ".join(f"{r[0]:.3f} s" for r in results[k][row])
-            print(f"{row} runs {k}: {runs}; bytes received {max(r[1] for r in results[k][row])}", file=sys.stderr)
+            cpu = [statistics.median(r[i] for r in results[k][f"{row}_cpu"]) for i in range(3)]
+            print(f"{row} runs {k}: {runs}; bytes received {max(r[1] for r in results[k][row])}; "
+                  f"median CPU per run: kernel process {cpu[0]:.3f} s, its descendants {cpu[1]:.3f} s, "
+                  f"client {cpu[2]:.3f} s", file=sys.stderr)
 
     if args.markdown:
         print("| metric | plain ipykernel | Iron Cage | unit | ratio (Iron Cage / plain) | target |")

@@ -31,7 +31,25 @@ PACKERS: dict[str, Callable[[Any], bytes]] = {
     "json": json_packer,  # jupyter_client's fallback: spaces after separators, non-ASCII as is
     "json_ascii": lambda obj: json.dumps(obj).encode(),  # \uXXXX escapes, surrogate pairs
 }
-ALPHABET = ["a", "b", " ", "\n", "\r", "\\", '"', "/", "\t", "é", "€", "😀", "\u2028", "\x00", "\x1f", "\\n", "x" * 40]
+ALPHABET = [
+    "a",
+    "b",
+    " ",
+    "\n",
+    "\r",
+    "\\",
+    '"',
+    "/",
+    "\t",
+    "é",
+    "€",
+    "😀",
+    "\u2028",
+    "\x00",
+    "\x1f",
+    "\\n",
+    "x" * 40,
+]
 
 
 @pytest.mark.parametrize("packer", sorted(PACKERS))
@@ -83,7 +101,9 @@ class Harness:
 
     def __init__(self, piece: int, limit: int = 10**9) -> None:
         self.child = Session(key=b"child-key", packer="orjson")
-        self.firewall = CredentialSession(outputs=OutputSettings(), limits=ResourceLimits(output_max_bytes=limit))
+        self.firewall = CredentialSession(
+            outputs=OutputSettings(), limits=ResourceLimits(output_max_bytes=limit)
+        )
         self.firewall.firewall.add_secret("DB_PASSWORD", SECRET)
         self.published: list[tuple[str, dict[str, Any]]] = []
         self.relay = Relay(publish=self._publish, on_input_request=self._no_input)
@@ -97,7 +117,9 @@ class Harness:
     async def _no_input(self, route: Route, msg: dict[str, Any]) -> None:
         raise AssertionError("no input expected")
 
-    def _publish(self, msg_type: str, content: dict[str, Any], parent: Any, metadata: Any, buffers: Any) -> None:
+    def _publish(
+        self, msg_type: str, content: dict[str, Any], parent: Any, metadata: Any, buffers: Any
+    ) -> None:
         self.published.append((msg_type, content))
 
     def _screen(self, msg_type: str, content: dict[str, Any], route: Route) -> dict[str, Any] | None:
@@ -131,7 +153,7 @@ def run(test: Callable[[], None]) -> None:
 def test_a_large_clean_stream_arrives_whole_in_pieces():
     def test() -> None:
         h = Harness(piece=64 * 1024)
-        text = "".join(f"line {i}: {'é' if i % 7 == 0 else 'e'} \\ \"q\" 😀\n" for i in range(40_000))
+        text = "".join(f'line {i}: {"é" if i % 7 == 0 else "e"} \\ "q" 😀\n' for i in range(40_000))
         h.child_sends(text)
         h.end_cell()
         pieces = [c["text"] for t, c in h.published if t == "stream"]

@@ -372,7 +372,9 @@ class OutputFirewall:
             if not state.held:
                 emit_data, emit_found = encoded, found
             else:
-                held_bytes = len(state.held) if buffer.isascii() else len(state.held.encode("utf-8", "surrogatepass"))
+                held_bytes = (
+                    len(state.held) if buffer.isascii() else len(state.held.encode("utf-8", "surrogatepass"))
+                )
                 emit_data = encoded[: len(encoded) - held_bytes]
                 # Keywords wholly inside the emitted part are exactly what a scan of it would find.
                 emit_found = [hit for hit in found if hit[2] <= len(emit_data)]
@@ -434,7 +436,9 @@ class OutputFirewall:
                 red.add(detector, kind, n)
         return text
 
-    def _stream_result(self, name: str, emit: str, red: _Redactions, size: int | None = None) -> ScreenedOutput:
+    def _stream_result(
+        self, name: str, emit: str, red: _Redactions, size: int | None = None
+    ) -> ScreenedOutput:
         if red.counts:
             self._note_known_value_use(red)
         if not emit:
