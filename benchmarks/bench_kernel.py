@@ -64,11 +64,16 @@ def start(name: str, workspace: Path, first_cell: list[float] | None = None
     return km, kc, elapsed
 
 
+STREAM_MESSAGES: list[int] = []  # stream messages received by the last run_cell with collect
+
+
 def run_cell(kc: BlockingKernelClient, code: str, collect: bool = False) -> tuple[float, int]:
-    """Seconds from send to reply-and-idle; with collect, also the bytes of output received."""
+    """Seconds from send to reply-and-idle; with collect, also the bytes of output received (and the
+    number of stream messages in ``STREAM_MESSAGES[0]``)."""
     t0 = time.perf_counter()
     msg_id = kc.execute(code, store_history=False)
     received = 0
+    STREAM_MESSAGES[:] = [0]
     idle = False
     while not idle:
         msg = kc.get_iopub_msg(timeout=300)
@@ -79,6 +84,7 @@ def run_cell(kc: BlockingKernelClient, code: str, collect: bool = False) -> tupl
             idle = True
         elif collect and msg_type == "stream":
             received += len(msg["content"]["text"])
+            STREAM_MESSAGES[0] += 1
         elif collect and msg_type == "display_data":
             received += 1
     reply = kc.get_shell_msg(timeout=300)
@@ -210,7 +216,8 @@ def main() -> None:
                             after, client_after = process_cpu(pid), time.process_time()
                             results[name][row].append((seconds, received))
                             results[name][f"{row}_cpu"].append(
-                                (after[0] - before[0], after[1] - before[1], client_after - client_before)
+                                (after[0] - before[0], after[1] - before[1], client_after - client_before,
+                                 STREAM_MESSAGES[0])
                             )
         finally:
             for km, kc, _ in clients.values():
@@ -250,10 +257,10 @@ def main() -> None:
             "MB/s", ">= 0.7x", higher_is_better=True)
         for k in kernels:
             runs = ", ".join(f"{r[0]:.3f} s" for r in results[k][row])
-            cpu = [statistics.median(r[i] for r in results[k][f"{row}_cpu"]) for i in range(3)]
+            cpu = [statistics.median(r[i] for r in results[k][f"{row}_cpu"]) for i in range(4)]
             print(f"{row} runs {k}: {runs}; bytes received {max(r[1] for r in results[k][row])}; "
                   f"median CPU per run: kernel process {cpu[0]:.3f} s, its descendants {cpu[1]:.3f} s, "
-                  f"client {cpu[2]:.3f} s", file=sys.stderr)
+                  f"client {cpu[2]:.3f} s; stream messages received {cpu[3]:.0f}", file=sys.stderr)
 
     if args.markdown:
         print("| metric | plain ipykernel | Iron Cage | unit | ratio (Iron Cage / plain) | target |")
