@@ -55,6 +55,7 @@ class Route:
         await asyncio.gather(self.reply, self.idle)
         return self.reply.result()
 
+
 def _frame_view(part: Any) -> Any:
     """A received frame's bytes without copying them (zmq.Frame: its buffer)."""
     return part.buffer if hasattr(part, "buffer") else part
@@ -82,11 +83,12 @@ def _lazy_stream(
     start, end = head.end(), tail_at + tail.start()
     if end <= start:
         return None
-    run = 0
-    while run < end - start and raw[end - 1 - run] == _BACKSLASH:
-        run += 1
-    if run % 2:
-        return None  # the closing quote is escaped: malformed, let the whole decode fail
+    window = bytes(raw[max(start, end - 4096) : end])
+    run = len(window) - len(window.rstrip(b"\\"))
+    if run % 2 or run == len(window):
+        # The closing quote is escaped (malformed: the whole decode fails), or the text ends in a run
+        # of backslashes too long to count cheaply: decoded whole.
+        return None
 
     def pieces() -> Iterator[str]:
         at = start
@@ -117,11 +119,14 @@ def _json_string_cut(buf: bytearray, lo: int) -> int:
     without splitting an escape sequence or a UTF-8 sequence: after an escaped newline if there is
     one, else a point with no backslash in the 6 bytes before it. -1 if none is found."""
     q = buf.rfind(b"\\n", lo)
-    while q >= lo:
-        k = q
-        while buf[k - 1] == _BACKSLASH:  # buf[0] is the opening quote: the loop stops there
-            k -= 1
-        if (q - k) % 2 == 0:  # an even run of backslashes before q: q starts an escape
+    for _ in range(64):  # a few candidates: text full of literal backslashes falls through below
+        if q < lo:
+            break
+        first = max(1, q - 256)  # buf[0] is the opening quote
+        before = buf[first:q]
+        run = len(before) - len(before.rstrip(b"\\"))
+        # An even run of backslashes before q (counted to its start): q starts an escape.
+        if run % 2 == 0 and (run < len(before) or first == 1):
             return q + 2
         q = buf.rfind(b"\\n", lo, q)
     for p in range(len(buf) - 1, max(lo, len(buf) - 4096) - 1, -1):

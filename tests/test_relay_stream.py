@@ -67,6 +67,28 @@ def test_lazy_decoding_gives_back_exactly_the_text(packer):
 
 
 @pytest.mark.parametrize(
+    "text",
+    ["\\" * 5000, "\\" * 4999 + "n", "\\n" * 3000, "\\\n" * 2000, "😀" * 3000, "\n" * 6000, "é\\" * 3000],
+    ids=[
+        "backslashes",
+        "backslashes_n",
+        "literal_backslash_n",
+        "backslash_newline",
+        "emoji",
+        "newlines",
+        "mixed",
+    ],
+)
+def test_lazy_decoding_of_escape_heavy_text_is_exact(text):
+    for packer in PACKERS.values():
+        raw = packer({"name": "stdout", "text": text})
+        for size in (7, 64, 1000):
+            lazy = _lazy_stream(memoryview(raw), size, orjson_unpacker)
+            if lazy is not None:  # None: decoded whole by the caller
+                assert "".join(lazy[1]) == text
+
+
+@pytest.mark.parametrize(
     "raw",
     [
         b'{"name":"stdout","text":"abc","text":"def"}',  # a second key: an unescaped quote inside
