@@ -1,9 +1,11 @@
 """Plain ipykernel vs Iron Cage, side by side in one run, with the same client.
 
-    python benchmarks/bench_kernel.py [--cells 300] [--starts 5] [--markdown]
+    python benchmarks/bench_kernel.py [--cells 300] [--starts 5] [--markdown] [--only stream,outputs]
 
 Measures cold start to the first kernel_info_reply, the trivial-cell round trip (p50/p99), 10,000
 small outputs in one cell (display_data messages) and a 50 MB stdout stream, and prints the ratios.
+The stream is measured twice: written in 1 MB writes with one flush at the end (ipykernel sends it as
+one 50 MB message) and flushed after every 1 MB write (50 messages of 1 MB).
 Kernels alternate so that machine noise hits both alike.
 """
 
@@ -62,11 +64,16 @@ def start(name: str, workspace: Path, first_cell: list[float] | None = None
     return km, kc, elapsed
 
 
+STREAM_MESSAGES: list[int] = []  # stream messages received by the last run_cell with collect
+
+
 def run_cell(kc: BlockingKernelClient, code: str, collect: bool = False) -> tuple[float, int]:
-    """Seconds from send to reply-and-idle; with collect, also the bytes of output received."""
+    """Seconds from send to reply-and-idle; with collect, also the bytes of output received (and the
+    number of stream messages in ``STREAM_MESSAGES[0]``)."""
     t0 = time.perf_counter()
     msg_id = kc.execute(code, store_history=False)
     received = 0
+    STREAM_MESSAGES[:] = [0]
     idle = False
     while not idle:
         msg = kc.get_iopub_msg(timeout=300)
@@ -77,12 +84,45 @@ def run_cell(kc: BlockingKernelClient, code: str, collect: bool = False) -> tupl
             idle = True
         elif collect and msg_type == "stream":
             received += len(msg["content"]["text"])
+            STREAM_MESSAGES[0] += 1
         elif collect and msg_type == "display_data":
             received += 1
     reply = kc.get_shell_msg(timeout=300)
     while reply["parent_header"].get("msg_id") != msg_id:
         reply = kc.get_shell_msg(timeout=300)
     return time.perf_counter() - t0, received
+
+
+def process_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) used so far by process ``pid`` and by all its descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def own(p: int) -> float:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    def children(p: int) -> list[int]:
+        found = []
+        for task in Path(f"/proc/{p}/task").iterdir():
+            try:
+                found += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+        return found
+
+    try:
+        top = own(pid)
+    except OSError:
+        return 0.0, 0.0
+    rest, todo = 0.0, children(pid)
+    while todo:
+        p = todo.pop()
+        try:
+            rest += own(p)
+            todo += children(p)
+        except OSError:
+            pass
+    return top, rest
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -103,7 +143,18 @@ def main() -> None:
         "limit, so the stream benchmark measures relaying, not truncation)",
     )
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument(
+        "--only", default="start,cell,outputs,stream,flushed",
+        help="comma-separated rows to measure: start (cold start, first cell), cell (round trip), "
+        "outputs (10,000 display outputs), stream (50 MB stdout, one flush), flushed (50 MB stdout, "
+        "flushed every MB); default: all",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the outputs and stream cells")
     args = parser.parse_args()
+    only = {part.strip() for part in args.only.split(",") if part.strip()}
+    unknown = only - {"start", "cell", "outputs", "stream", "flushed"}
+    if unknown:
+        parser.error(f"--only: unknown rows {sorted(unknown)}")
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -114,7 +165,7 @@ def main() -> None:
         kernels = ("plain-python", "ironcage")
         results: dict[str, dict[str, Any]] = {k: {"start": [], "first_cell": []} for k in kernels}
 
-        for _ in range(args.starts):
+        for _ in range(args.starts if "start" in only else 0):
             for name in kernels:
                 km, kc, elapsed = start(name, workspace, results[name]["first_cell"])
                 results[name]["start"].append(elapsed)
@@ -128,7 +179,7 @@ def main() -> None:
                 for _ in range(20):  # warm up both
                     run_cell(kc, "1")
                 results[name]["cell"] = []
-            for _ in range(args.cells):
+            for _ in range(args.cells if "cell" in only else 0):
                 for name in kernels:
                     results[name]["cell"].append(run_cell(clients[name][1], "1")[0])
             outputs_code = (
@@ -142,18 +193,32 @@ def main() -> None:
                 f"for _ in range({args.stream_mb}):\n    sys.stdout.write(chunk)\n"
                 "sys.stdout.flush()\n"
             )
+            flushed_code = (
+                "import sys\n"
+                f"chunk = {line!r} * 1024\n"
+                f"for _ in range({args.stream_mb}):\n    sys.stdout.write(chunk)\n    sys.stdout.flush()\n"
+            )
             for name in kernels:
-                kc = clients[name][1]
-                results[name]["outputs"] = []
-                results[name]["stream"] = []
-            for _ in range(3):
+                for row in ("outputs", "stream", "flushed", "stream_cpu", "flushed_cpu"):
+                    results[name][row] = []
+            for _ in range(args.repeats):
                 for name in kernels:
                     kc = clients[name][1]
-                    seconds, count = run_cell(kc, outputs_code, collect=True)
-                    assert count == args.outputs, (name, count)
-                    results[name]["outputs"].append(seconds)
-                    seconds, received = run_cell(kc, stream_code, collect=True)
-                    results[name]["stream"].append((seconds, received))
+                    if "outputs" in only:
+                        seconds, count = run_cell(kc, outputs_code, collect=True)
+                        assert count == args.outputs, (name, count)
+                        results[name]["outputs"].append(seconds)
+                    for row, code in (("stream", stream_code), ("flushed", flushed_code)):
+                        if row in only:
+                            pid = clients[name][0].provisioner.process.pid  # type: ignore[union-attr]
+                            before, client_before = process_cpu(pid), time.process_time()
+                            seconds, received = run_cell(kc, code, collect=True)
+                            after, client_after = process_cpu(pid), time.process_time()
+                            results[name][row].append((seconds, received))
+                            results[name][f"{row}_cpu"].append(
+                                (after[0] - before[0], after[1] - before[1], client_after - client_before,
+                                 STREAM_MESSAGES[0])
+                            )
         finally:
             for km, kc, _ in clients.values():
                 kc.stop_channels()
@@ -166,24 +231,36 @@ def main() -> None:
         rows.append((metric, plain, cage, unit, ratio, target))
 
     p, c = results["plain-python"], results["ironcage"]
-    add("cold start to kernel_info_reply (median)", statistics.median(p["start"]) * 1e3,
-        statistics.median(c["start"]) * 1e3, "ms", "<= 1.3x")
-    add("start to first cell result (median)", statistics.median(p["first_cell"]) * 1e3,
-        statistics.median(c["first_cell"]) * 1e3, "ms", "-")
-    add(f"trivial cell round trip p50 ({args.cells} cells)", percentile(p["cell"], 50) * 1e3,
-        percentile(c["cell"], 50) * 1e3, "ms", "<= 1.3x")
-    add("trivial cell round trip p99", percentile(p["cell"], 99) * 1e3, percentile(c["cell"], 99) * 1e3, "ms", "-")
-    add(f"{args.outputs:,} display outputs in one cell (median)", statistics.median(p["outputs"]) * 1e3,
-        statistics.median(c["outputs"]) * 1e3, "ms", "-")
+    if "start" in only:
+        add("cold start to kernel_info_reply (median)", statistics.median(p["start"]) * 1e3,
+            statistics.median(c["start"]) * 1e3, "ms", "<= 1.3x")
+        add("start to first cell result (median)", statistics.median(p["first_cell"]) * 1e3,
+            statistics.median(c["first_cell"]) * 1e3, "ms", "-")
+    if "cell" in only:
+        add(f"trivial cell round trip p50 ({args.cells} cells)", percentile(p["cell"], 50) * 1e3,
+            percentile(c["cell"], 50) * 1e3, "ms", "<= 1.3x")
+        add("trivial cell round trip p99", percentile(p["cell"], 99) * 1e3,
+            percentile(c["cell"], 99) * 1e3, "ms", "-")
+    if "outputs" in only:
+        add(f"{args.outputs:,} display outputs in one cell (median)", statistics.median(p["outputs"]) * 1e3,
+            statistics.median(c["outputs"]) * 1e3, "ms", "-")
 
     def throughput(runs: list[tuple[float, int]]) -> float:
         seconds = statistics.median(r[0] for r in runs)
         received = max(r[1] for r in runs)
         return received / seconds / 1e6
 
-    add(f"{args.stream_mb} MB stdout stream throughput", throughput(p["stream"]), throughput(c["stream"]),
-        "MB/s", ">= 0.7x", higher_is_better=True)
-    streamed = {k: max(r[1] for r in results[k]["stream"]) for k in kernels}
+    for row, label in (("stream", "one flush"), ("flushed", "flushed every MB")):
+        if row not in only:
+            continue
+        add(f"{args.stream_mb} MB stdout stream throughput ({label})", throughput(p[row]), throughput(c[row]),
+            "MB/s", ">= 0.7x", higher_is_better=True)
+        for k in kernels:
+            runs = ", ".join(f"{r[0]:.3f} s" for r in results[k][row])
+            cpu = [statistics.median(r[i] for r in results[k][f"{row}_cpu"]) for i in range(4)]
+            print(f"{row} runs {k}: {runs}; bytes received {max(r[1] for r in results[k][row])}; "
+                  f"median CPU per run: kernel process {cpu[0]:.3f} s, its descendants {cpu[1]:.3f} s, "
+                  f"client {cpu[2]:.3f} s; stream messages received {cpu[3]:.0f}", file=sys.stderr)
 
     if args.markdown:
         print("| metric | plain ipykernel | Iron Cage | unit | ratio (Iron Cage / plain) | target |")
@@ -194,7 +271,6 @@ def main() -> None:
         for metric, plain, cage, unit, ratio, target in rows:
             print(f"{metric:50s} plain {plain:9.2f} {unit:5s} ironcage {cage:9.2f} {unit:5s} "
                   f"ratio {ratio:5.2f}x  target {target}")
-    print(f"bytes streamed: {streamed}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -167,6 +167,13 @@ class IronCageKernel(Kernel):
         help="Messages from the child that may wait for the relay before zmq drops output (0: unbounded).",
     ).tag(config=True)
 
+    stream_piece_bytes = Int(
+        1 << 20,
+        min=1024,
+        help="Stream output longer than this (bytes) is screened and relayed in pieces of about this "
+        "size, so the frontend receives the first piece while the rest is screened.",
+    ).tag(config=True)
+
     # -- lifecycle -----------------------------------------------------------------------------
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -183,6 +190,7 @@ class IronCageKernel(Kernel):
             on_input_request=self._forward_input_request,
         )
         self.relay.screen = self._screen_output
+        self.relay.stream_piece = self.stream_piece_bytes
         self.relay.screen_buffers = self._screen_buffers
         self._child_ready: asyncio.Future[None] | None = None
         self._child_error: str | None = None

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from hmac import compare_digest
 from typing import Any
@@ -55,6 +56,103 @@ class Route:
         return self.reply.result()
 
 
+def _frame_view(part: Any) -> Any:
+    """A received frame's bytes without copying them (zmq.Frame: its buffer)."""
+    return part.buffer if hasattr(part, "buffer") else part
+
+
+# A stream message's content as jupyter_client packs it (orjson or json): {"name": ..., "text": "..."}.
+_STREAM_HEAD = re.compile(rb'\{\s*"name"\s*:\s*"(stdout|stderr)"\s*,\s*"text"\s*:\s*"')
+_STREAM_TAIL = re.compile(rb'"\s*\}\s*\Z')
+_BACKSLASH = 0x5C
+_IN_PLACE = 1 << 16  # content frames larger than this are not copied out of the zmq frame
+
+
+def _lazy_stream(
+    raw: Any, size: int, unpack: Callable[[Any], Any]
+) -> tuple[dict[str, Any], Iterator[str]] | None:
+    """A large stream message's content without decoding it whole: ``({"name": name}, pieces)``,
+    where ``pieces`` decodes the JSON string of ``text`` about ``size`` bytes at a time, cutting only
+    between escape sequences and UTF-8 sequences. ``None`` when the content is not laid out as
+    expected (the caller then decodes it whole). A piece that does not decode raises ValueError."""
+    head = _STREAM_HEAD.match(bytes(raw[:64]))
+    tail_at = max(0, len(raw) - 16)
+    tail = _STREAM_TAIL.search(bytes(raw[tail_at:]))
+    if head is None or tail is None:
+        return None
+    start, end = head.end(), tail_at + tail.start()
+    if end <= start:
+        return None
+    window = bytes(raw[max(start, end - 4096) : end])
+    run = len(window) - len(window.rstrip(b"\\"))
+    if run % 2 or run == len(window):
+        # The closing quote is escaped (malformed: the whole decode fails), or the text ends in a run
+        # of backslashes too long to count cheaply: decoded whole.
+        return None
+
+    def pieces() -> Iterator[str]:
+        at = start
+        while at < end:
+            hi = min(end, at + size)
+            buf = bytearray(b'"')
+            buf += raw[at:hi]
+            if hi < end:
+                cut = _json_string_cut(buf, max(2, 1 + size // 2))
+                if cut < 0:
+                    buf += raw[hi:end]  # no safe cut: decode the rest at once
+                    hi = end
+                else:
+                    del buf[cut:]
+                    hi = at + cut - 1
+            buf += b'"'
+            text = unpack(buf)
+            if not isinstance(text, str):
+                raise ValueError("malformed stream text from the child")
+            yield text
+            at = hi
+
+    return {"name": head.group(1).decode()}, pieces()
+
+
+def _json_string_cut(buf: bytearray, lo: int) -> int:
+    """An index >= ``lo`` at which the JSON string body ``buf`` (after its opening quote) may be cut
+    without splitting an escape sequence or a UTF-8 sequence: after an escaped newline if there is
+    one, else a point with no backslash in the 6 bytes before it. -1 if none is found."""
+    q = buf.rfind(b"\\n", lo)
+    for _ in range(64):  # a few candidates: text full of literal backslashes falls through below
+        if q < lo:
+            break
+        first = max(1, q - 256)  # buf[0] is the opening quote
+        before = buf[first:q]
+        run = len(before) - len(before.rstrip(b"\\"))
+        # An even run of backslashes before q (counted to its start): q starts an escape.
+        if run % 2 == 0 and (run < len(before) or first == 1):
+            return q + 2
+        q = buf.rfind(b"\\n", lo, q)
+    for p in range(len(buf) - 1, max(lo, len(buf) - 4096) - 1, -1):
+        if buf[p] & 0xC0 != 0x80 and _BACKSLASH not in buf[max(0, p - 6) : p]:
+            return p
+    return -1
+
+
+def stream_pieces(text: str, size: int) -> Iterator[str]:
+    """``text`` as consecutive pieces of at most ``size`` characters, cut after a line end when one
+    falls in the second half of a piece, and never between ``\\r`` and ``\\n``. Frontends join
+    consecutive messages of a stream, so the cut changes nothing they show."""
+    start, end = 0, len(text)
+    while end - start > size:
+        cut = text.rfind("\n", start + size // 2, start + size)
+        if cut >= 0:
+            cut += 1
+        else:
+            cut = start + size
+            if text[cut - 1] == "\r" and cut - 1 > start:
+                cut -= 1
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
 class Relay:
     """Holds the child's sockets and routes its messages to the wrapper's sockets."""
 
@@ -83,6 +181,9 @@ class Relay:
         #: Messages received from the child and published to the frontend, for %ironcage status.
         self.received = 0
         self.published = 0
+        #: Stream output longer than this (bytes or characters) is decoded, screened and published in
+        #: pieces of about this size (the kernel's ``stream_piece_bytes``).
+        self.stream_piece = 1 << 20
 
     # -- connection ----------------------------------------------------------------------------
     def attach(self, client: Any) -> None:
@@ -165,17 +266,32 @@ class Relay:
         _idents, parts = session.feed_identities(frames, copy=False)
         if len(parts) < 5:
             raise ValueError("malformed message from the child: fewer than 5 frames")
-        head = [bytes(p.bytes) if hasattr(p, "bytes") else bytes(p) for p in parts[:5]]
+        head: list[Any] = [bytes(p.bytes) if hasattr(p, "bytes") else bytes(p) for p in parts[:4]]
+        # A large content frame is read in place (a memoryview): a stream message can be tens of MB.
+        content: Any = parts[4]
+        if len(content) > _IN_PLACE:
+            head.append(_frame_view(content))
+        else:
+            head.append(bytes(content.bytes) if hasattr(content, "bytes") else bytes(content))
         if session.auth is not None and not compare_digest(head[0], session.sign(head[1:5])):
             raise ValueError("invalid signature on a message from the child")
         unpack = session.unpack
-        return {
-            "header": unpack(head[1]),
+        header = unpack(head[1])
+        msg = {
+            "header": header,
             "parent_header": unpack(head[2]),
             "metadata": unpack(head[3]),
-            "content": unpack(head[4]),
             "buffers": [p.buffer if hasattr(p, "buffer") else p for p in parts[5:]],
         }
+        raw = head[4]
+        lazy = None
+        if len(raw) > 2 * self.stream_piece and isinstance(header, dict) and header.get("msg_type") == "stream":
+            lazy = _lazy_stream(raw, self.stream_piece, unpack)
+        if lazy is None:
+            msg["content"] = unpack(bytes(raw) if isinstance(raw, memoryview) else raw)
+        else:
+            msg["content"], msg["text_pieces"] = lazy
+        return msg
 
     # -- sending -------------------------------------------------------------------------------
     def send(
@@ -253,6 +369,32 @@ class Relay:
         if msg_type == "execute_result" and route.execution_count is not None:
             content["execution_count"] = route.execution_count
         buffers = msg.get("buffers") or []
+        metadata = msg.get("metadata") or {}
+        pieces = msg.get("text_pieces")
+        if pieces is not None:
+            # A large stream message, decoded piece by piece (see _lazy_stream).
+            try:
+                for text in pieces:
+                    for piece in stream_pieces(text, self.stream_piece):
+                        self._forward(msg_type, {**content, "text": piece}, route, metadata, buffers)
+            except ValueError:
+                # Everything already published was screened; the malformed rest is dropped.
+                log.warning("dropped the rest of a malformed stream message from the child", exc_info=True)
+            return
+        if msg_type == "stream" and not buffers:
+            text = content.get("text")
+            if isinstance(text, str) and len(text) > self.stream_piece:
+                # One huge stream message (ipykernel flushes everything written since the last flush
+                # as one): relayed as consecutive pieces of the same stream, each screened and sent
+                # while the next is screened, so the frontend starts receiving at once.
+                for piece in stream_pieces(text, self.stream_piece):
+                    self._forward(msg_type, {**content, "text": piece}, route, metadata, buffers)
+                return
+        self._forward(msg_type, content, route, metadata, buffers)
+
+    def _forward(
+        self, msg_type: str, content: dict[str, Any], route: Route, metadata: dict[str, Any], buffers: list[Any]
+    ) -> None:
         screen = self.screen
         if screen is not None:
             screened = screen(msg_type, content, route)
@@ -263,7 +405,7 @@ class Relay:
             if buffers and (self.screen_buffers is None or not self.screen_buffers(msg_type, buffers, route)):
                 return
         self.published += 1
-        self.publish(msg_type, content, route.parent, msg.get("metadata") or {}, buffers)
+        self.publish(msg_type, content, route.parent, metadata, buffers)
 
     async def _on_stdin(self, msg: dict[str, Any]) -> None:
         if msg["header"].get("msg_type") != "input_request":

@@ -67,7 +67,9 @@ def kernel(tmp_path_factory):
         workspace,
         env=env,
         extra_arguments=[
-            "--IPKernelApp.kernel_class=tests.creds_kernel.creds_test_kernel.CredentialsTestKernel"
+            "--IPKernelApp.kernel_class=tests.creds_kernel.creds_test_kernel.CredentialsTestKernel",
+            # Small pieces: every output over 8 KiB takes the relay's piece-by-piece stream path.
+            "--IronCageKernel.stream_piece_bytes=4096",
         ],
     )
     try:
@@ -235,6 +237,18 @@ def test_oversized_output_is_truncated(kernel):
     assert len(ex.stdout) < 210_000 and "output truncated" in ex.stdout
 
 
+def test_large_stream_relayed_in_pieces_is_screened(kernel):
+    kc, _ = kernel
+    setup = execute(kc, "%%ironcage with-secret DB_PASSWORD\nimport os\nSECRET = os.environ['DB_PASSWORD']")
+    assert setup.status == "ok", setup.text
+    # About 150 KB in one stream message, cut into 4 KiB pieces: some copies straddle a cut.
+    ex = execute(kc, "print(('word ' * 999 + SECRET + ' ') * 30)")
+    seen = everything(ex)
+    assert seen.count("[REDACTED:DB_PASSWORD]") == 30
+    assert_clean(seen)
+    assert sum(1 for m in ex.messages if m["header"]["msg_type"] == "stream") > 10
+
+
 def test_audit_log_has_names_and_never_values(kernel):
     kc, audit_log = kernel
     execute(kc, "print(SECRET)")
@@ -264,7 +278,9 @@ def test_restart_after_injection_policy(tmp_path):
         tmp_path,
         env={"IRONCAGE_POLICY": "observe", "IRONCAGE_TEST_CREDENTIALS": str(config), "IRONCAGE_TEST_DB": DB},
         extra_arguments=[
-            "--IPKernelApp.kernel_class=tests.creds_kernel.creds_test_kernel.CredentialsTestKernel"
+            "--IPKernelApp.kernel_class=tests.creds_kernel.creds_test_kernel.CredentialsTestKernel",
+            # Small pieces: every output over 8 KiB takes the relay's piece-by-piece stream path.
+            "--IronCageKernel.stream_piece_bytes=4096",
         ],
     )
     try:

@@ -107,6 +107,25 @@ def test_detect_secrets_plugins_contribute_formats(kind, line, secret):
     assert records[0].detector == "token"
 
 
+def test_token_right_after_a_long_streamed_private_key_is_caught():
+    # A key block longer than the stream window is redacted while it streams; the chunk carrying its
+    # END marker is rewritten before the token detectors run on it, which must see the new text.
+    fw = typed(private_keys=True, tokens=True)
+    fw.start_cell("c")
+    body = (PRIVATE_KEY.splitlines()[1] + "\n") * 1200  # > 64 KiB
+    token = TOKENS["github_token"]
+    chunks = [
+        "-----BEGIN RSA PRIVATE KEY-----\n" + body,
+        body,
+        "-----END RSA PRIVATE KEY-----\n" + "é" * 10 + " x" * 3000 + " token " + token + " done\n",
+    ]
+    shown = [o.content["text"] for o in (fw.screen("stream", {"name": "stdout", "text": c}) for c in chunks) if o.content]
+    shown += [o.content["text"] for o in fw.flush_all() if o.content]
+    joined = "".join(shown)
+    assert token not in joined and "[REDACTED:github_token] done" in joined
+    assert "b3BlbnNzaC1rZXkt" not in joined
+
+
 def test_token_split_across_stream_chunks_is_caught():
     fw = typed(tokens=True)
     token = TOKENS["github_token"]

@@ -259,9 +259,10 @@ def luhn_valid(digits: str) -> bool:
 
 
 class _KeywordIndex:
-    """One automaton over the keywords of the enabled patterns."""
+    """One automaton over the keywords of the enabled patterns (and ``markers``: literal strings,
+    matched exactly as written, that select no pattern but that callers ask about)."""
 
-    def __init__(self, patterns: list[Pattern], digits: bool) -> None:
+    def __init__(self, patterns: list[Pattern], digits: bool, markers: Iterable[str] = ()) -> None:
         keywords: dict[str, list[Pattern]] = {}
         for pattern in patterns:
             if pattern.digits != digits:
@@ -275,9 +276,12 @@ class _KeywordIndex:
                     bucket = keywords.setdefault(variant, [])
                     if pattern not in bucket:
                         bucket.append(pattern)
+        for marker in markers:
+            keywords.setdefault(marker, [])
         self.digits = digits
         self.keywords = list(keywords)
         self.patterns = [keywords[k] for k in self.keywords]
+        self.markers = frozenset(self.keywords.index(m) for m in markers)
         self.automaton = (
             ahocorasick_rs.BytesAhoCorasick(
                 [k.encode() for k in self.keywords], implementation=ahocorasick_rs.Implementation.DFA
@@ -286,13 +290,20 @@ class _KeywordIndex:
             else None
         )
 
-    def hits(self, data: bytes) -> list[tuple[int, int]]:
+    def find(self, data: bytes) -> list[tuple[int, int, int]]:
+        """(keyword index, start, end) of every keyword occurrence, in byte offsets."""
         if self.automaton is None:
             return []
         # Overlapping for text keywords ("sk-" inside "sk-ant-"); digit runs would give one hit per
         # position, and one window covers them.
-        found = self.automaton.find_matches_as_indexes(data, overlapping=not self.digits)
-        return [(i, start) for i, start, _ in found]
+        return self.automaton.find_matches_as_indexes(data, overlapping=not self.digits)
+
+    def hits(self, data: bytes) -> list[tuple[int, int]]:
+        return [(i, start) for i, start, _ in self.find(data)]
+
+
+#: The literal every private-key block has: found by the keyword pass, so no separate scan looks for it.
+PRIVATE_KEY_MARKER = "PRIVATE KEY"
 
 
 class TypedDetectors:
@@ -308,7 +319,9 @@ class TypedDetectors:
         }
         self.private_keys = enabled.private_keys
         self.patterns = [p for p in PATTERNS if families[p.family]]
-        self._text_index = _KeywordIndex(self.patterns, digits=False)
+        self._text_index = _KeywordIndex(
+            self.patterns, digits=False, markers=(PRIVATE_KEY_MARKER,) if self.private_keys else ()
+        )
         self._digit_index = _KeywordIndex(self.patterns, digits=True)
         self._b64_entropy = Base64HighEntropyString(limit=settings.entropy_limit_base64)
         self._hex_entropy = HexHighEntropyString(limit=settings.entropy_limit_hex)
@@ -316,6 +329,17 @@ class TypedDetectors:
     @property
     def active(self) -> bool:
         return self.private_keys or bool(self.patterns)
+
+    def scan(self, data: bytes) -> list[tuple[int, int, int]]:
+        """The keyword pass over UTF-8 ``data``: (keyword, start, end) byte offsets. Hand the result to
+        ``redact`` (for the same bytes, or a prefix of them with the hits that end inside it) and to
+        ``private_key_marker`` instead of scanning again."""
+        return self._text_index.find(data)
+
+    def private_key_marker(self, found: list[tuple[int, int, int]]) -> bool:
+        """Whether ``found`` (from ``scan``) holds the private-key marker (only when that detector is on)."""
+        markers = self._text_index.markers
+        return bool(markers) and any(i in markers for i, _, _ in found)
 
     def high_entropy(self, value: str) -> bool:
         """detect-secrets' entropy limits, applied whether or not the value was quoted."""
@@ -327,19 +351,30 @@ class TypedDetectors:
             return self._hex_entropy.calculate_shannon_entropy(value) > self._hex_entropy.entropy_limit
         return self._b64_entropy.calculate_shannon_entropy(value) > self._b64_entropy.entropy_limit
 
-    def redact(self, text: str, data: bytes | None = None) -> tuple[str, Counter[tuple[str, str]]]:
+    def redact(
+        self, text: str, data: bytes | None = None, found: list[tuple[int, int, int]] | None = None
+    ) -> tuple[str, Counter[tuple[str, str]]]:
         """Counts are keyed by (detector family, type). ``data``: ``text`` already encoded (UTF-8,
-        surrogatepass), when the caller has it."""
+        surrogatepass), when the caller has it; ``found``: ``scan(data)``, when the caller has it.
+        Returns ``text`` itself (the same object) when nothing was redacted."""
         counts: Counter[tuple[str, str]] = Counter()
-        if self.private_keys and "PRIVATE KEY" in text:
+        if not self.active or not text:
+            return text, counts
+        if data is None:
+            data = text.encode("utf-8", "surrogatepass")
+            found = None
+        if found is None:
+            found = self.scan(data)
+        if self.private_key_marker(found):
             text, n = PRIVATE_KEY_RE.subn("[REDACTED:private_key]", text)
             if n:
                 counts["private_key", "private_key"] += n
-        if not self.patterns or not text:
+                data = text.encode("utf-8", "surrogatepass")
+                found = self.scan(data)
+        if not self.patterns:
             return text, counts
-        if data is None or counts:
-            data = text.encode("utf-8", "surrogatepass")
-        hits = [(p, start) for i, start in self._text_index.hits(data) for p in self._text_index.patterns[i]]
+        patterns = self._text_index.patterns
+        hits = [(p, start) for i, start, _ in found for p in patterns[i]]
         if self._digit_index.automaton is not None:
             digit_view = data.translate(_DIGITS_TO_ZERO)
             hits += [

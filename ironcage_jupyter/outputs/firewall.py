@@ -358,7 +358,14 @@ class OutputFirewall:
                 red.add("sentinel", secret, n)
             if counts:
                 encoded = None
-        may_hold_key = self.settings.detectors.private_keys and "PRIVATE KEY" in buffer
+        # One keyword pass over the buffer serves the private-key check here and the typed detectors
+        # on the part emitted below (a prefix of the buffer).
+        found: list[tuple[int, int, int]] | None = None
+        if self._typed.active:
+            if encoded is None:
+                encoded = buffer.encode("utf-8", "surrogatepass")
+            found = self._typed.scan(encoded)
+        may_hold_key = found is not None and self._typed.private_key_marker(found)
         hold = self._hold_index(buffer, state, may_hold_key)
         emit, state.held = buffer[:hold], buffer[hold:]
         if emit:
@@ -366,10 +373,23 @@ class OutputFirewall:
                 state.released = emit[-_RELEASED_CONTEXT:]
             else:
                 state.released = (state.released + emit)[-_RELEASED_CONTEXT:]
-        emit = self._redact_stream_segment(
-            emit, state, red, encoded if hold == len(buffer) else None, may_hold_key or state.in_private_key
+        emit_data: bytes | None = None
+        emit_found: list[tuple[int, int, int]] | None = None
+        if encoded is not None and found is not None:
+            if not state.held:
+                emit_data, emit_found = encoded, found
+            else:
+                held_bytes = (
+                    len(state.held) if buffer.isascii() else len(state.held.encode("utf-8", "surrogatepass"))
+                )
+                emit_data = encoded[: len(encoded) - held_bytes]
+                # Keywords wholly inside the emitted part are exactly what a scan of it would find.
+                emit_found = [hit for hit in found if hit[2] <= len(emit_data)]
+        screened = self._redact_stream_segment(
+            emit, state, red, emit_data, may_hold_key or state.in_private_key, emit_found
         )
-        return self._stream_result(name, emit, red)
+        size = len(emit_data) if screened is emit and emit_data is not None else None
+        return self._stream_result(name, screened, red, size)
 
     def _hold_index(self, buffer: str, state: _StreamState, may_hold_key: bool = True) -> int:
         hold = len(buffer)
@@ -399,8 +419,12 @@ class OutputFirewall:
         red: _Redactions,
         encoded: bytes | None = None,
         may_hold_key: bool = True,
+        found: list[tuple[int, int, int]] | None = None,
     ) -> str:
+        """Typed detectors over a stream's emitted text. ``encoded``/``found``: ``text`` as UTF-8 and
+        its keyword hits, when the caller has them (dropped here if ``text`` changes first)."""
         if state.in_private_key:
+            encoded = found = None  # the text changes below: the caller's bytes no longer match it
             end = re.search(r"-----END[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----", text)
             if end is None:
                 red.add("private_key", "private_key", 1)
@@ -414,18 +438,20 @@ class OutputFirewall:
             if open_private_key_start(text) is not None:
                 state.in_private_key = True
         if self._typed.active:
-            text, typed = self._typed.redact(text, encoded)
+            text, typed = self._typed.redact(text, encoded, found)
             for (detector, kind), n in typed.items():
                 red.add(detector, kind, n)
         return text
 
-    def _stream_result(self, name: str, emit: str, red: _Redactions) -> ScreenedOutput:
+    def _stream_result(
+        self, name: str, emit: str, red: _Redactions, size: int | None = None
+    ) -> ScreenedOutput:
         if red.counts:
             self._note_known_value_use(red)
         if not emit:
             return ScreenedOutput(content=None, redactions=red.records())
         result = ScreenedOutput(content={"name": name, "text": emit}, redactions=red.records())
-        return self._enforce_size("stream", result)
+        return self._enforce_size("stream", result, size)
 
     def flush(self, stream_name: str) -> ScreenedOutput | None:
         """Release what a stream held back (end of cell). ``None`` if nothing was held."""
@@ -466,13 +492,15 @@ class OutputFirewall:
 
     # -- size limit -----------------------------------------------------------------------------------
 
-    def _enforce_size(self, msg_type: str, result: ScreenedOutput) -> ScreenedOutput:
+    def _enforce_size(self, msg_type: str, result: ScreenedOutput, size: int | None = None) -> ScreenedOutput:
+        """``size``: the content's size in bytes, when the caller knows it."""
         limit = self.limits.output_max_bytes
         content = result.content
         assert content is not None
         if self._cell_truncated:
             return ScreenedOutput(content=None, redactions=result.redactions, withheld=True)
-        size = _content_size(msg_type, content)
+        if size is None:
+            size = _content_size(msg_type, content)
         if self._cell_bytes + size <= limit:
             self._cell_bytes += size
             return result
@@ -514,7 +542,8 @@ def _cut(text: str, max_bytes: int) -> str:
 
 def _content_size(msg_type: str, content: dict[str, Any]) -> int:
     if msg_type == "stream":
-        return len(content.get("text", "").encode("utf-8", "surrogatepass"))
+        text = content.get("text", "")
+        return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
     total = 0
     stack: list[Any] = [content.get("data", {}) if msg_type != "error" else content.get("traceback", [])]
     while stack:
