@@ -11,10 +11,10 @@ zmq sockets are not thread-safe, so only the loop's thread touches the socket:
 * sends from the loop's thread go out at once;
 * sends from any other thread (the control thread publishes busy/idle around interrupt and
   shutdown requests) are handed to the loop with ``call_soon_threadsafe``, which keeps their order;
-* XPUB subscriptions are read on the loop too, to answer each with ``iopub_welcome`` (JEP 65).
-  They are read through a ``zmq.asyncio`` shadow of the socket and sends go through it as well:
-  it re-checks the socket's events after every send, so a subscription that arrives while a
-  message is being sent is not stranded by zmq's edge-triggered file descriptor.
+* XPUB subscriptions are read on the loop too (a reader on the socket's file descriptor), to
+  answer each with ``iopub_welcome`` (JEP 65). zmq's descriptor is edge-triggered and a send can
+  consume the edge of a subscription that arrived meanwhile, so every send re-checks the socket's
+  events and drains pending subscriptions if there are any.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import threading
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 log = logging.getLogger("ironcage.iopub")
 
@@ -36,10 +35,10 @@ class LoopIOPub:
     def __init__(self, socket: zmq.Socket[Any], session: Any) -> None:
         self.socket: zmq.Socket[Any] | None = socket
         self.session = session
-        self._async: zmq.asyncio.Socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._owner: int | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._fd: int | None = None
+        self._drain_scheduled = False
 
     # -- lifecycle -----------------------------------------------------------------------------
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -47,8 +46,9 @@ class LoopIOPub:
         assert self.socket is not None
         self._loop = loop
         self._owner = threading.get_ident()
-        self._async = zmq.asyncio.Socket.from_socket(self.socket)
-        self._reader = loop.create_task(self._read_subscriptions(), name="ironcage-iopub-subscriptions")
+        fd = self._fd = int(self.socket.getsockopt(zmq.FD))
+        loop.add_reader(fd, self._drain)
+        self._schedule_drain()  # subscriptions that arrived before the loop existed
 
     @property
     def closed(self) -> bool:
@@ -56,18 +56,19 @@ class LoopIOPub:
 
     def stop(self) -> None:
         """ipykernel's app calls this at exit (IOPubThread API)."""
-        reader, self._reader = self._reader, None
-        if reader is None or reader.done() or self._loop is None:
+        fd, self._fd = self._fd, None
+        if fd is None or self._loop is None or self._loop.is_closed():
             return
         if threading.get_ident() == self._owner:
-            reader.cancel()
+            self._loop.remove_reader(fd)
         else:
             try:
-                self._loop.call_soon_threadsafe(reader.cancel)
+                self._loop.call_soon_threadsafe(self._loop.remove_reader, fd)
             except RuntimeError:
                 pass  # the loop is closed
 
     def close(self) -> None:
+        self.stop()
         socket, self.socket = self.socket, None
         if socket is not None and not socket.closed:
             socket.close()
@@ -90,22 +91,28 @@ class LoopIOPub:
         socket = self.socket
         if socket is None or socket.closed:
             return
-        if self._async is None:  # before the loop is attached nothing reads the socket
-            socket.send_multipart(msg, **kwargs)
+        try:
+            socket.send_multipart(msg, **kwargs)  # XPUB never blocks: a full queue drops
+        except zmq.ZMQError as exc:
+            log.warning("could not publish on iopub: %s", exc)
             return
-        # XPUB never blocks a send (a full queue drops), so this completes at once.
-        sent: asyncio.Future[Any] = self._async.send_multipart(msg, **kwargs)  # type: ignore[assignment]
-        if sent.done() and sent.exception() is not None:
-            log.warning("could not publish on iopub: %s", sent.exception())
+        if self._fd is not None and int(socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            self._schedule_drain()
 
     # -- subscriptions -------------------------------------------------------------------------
-    async def _read_subscriptions(self) -> None:
-        assert self._async is not None
-        while True:
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled and self._loop is not None:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        socket = self.socket
+        while socket is not None and not socket.closed:
             try:
-                frames = await self._async.recv_multipart()
-            except asyncio.CancelledError:
-                raise
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
             except zmq.ZMQError:
                 return  # closed
             for frame in frames:
