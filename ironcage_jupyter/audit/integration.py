@@ -5,9 +5,9 @@
                               records the policy decision (durable) or, without one, commits what is
                               buffered: one fsync, and the cell runs only after it succeeded
     record stage (last, always runs)
-                              `execution` (+ `violation` for timeouts / child crashes); it joins the
-                              journal with the next decision, and DuckDB in a background flush every
-                              100 cells or once the kernel is idle for 0.25 s
+                              `execution` (+ `violation` for timeouts / child crashes), journaled by a
+                              background thread so the reply does not wait for the disk; DuckDB
+                              ingests in the background every 100 cells or when idle for 0.25 s
 
 Any `AuditWriteError` leaves the `KernelAudit` failed: every later cell and tool call is refused with
 the reason, until the kernel is restarted (fail closed). Other components record through
@@ -91,6 +91,7 @@ class KernelAudit:
         self.started = time.monotonic()
         self._idle_ingest: asyncio.TimerHandle | None = None
         self._cells_buffered = 0
+        self._committer: concurrent.futures.ThreadPoolExecutor | None = None
         executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-open")
         self._opening = executor.submit(self._open, session_start)
         executor.shutdown(wait=False)
@@ -184,6 +185,8 @@ class KernelAudit:
     def close(self, *, status: str = "normal", reason: str | None = None) -> None:
         if self._idle_ingest is not None:
             self._idle_ingest.cancel()  # closing the store ingests everything
+        if self._committer is not None:
+            self._committer.shutdown(wait=True)
         self.wait_opened()
         if self.store is None:
             return
@@ -462,11 +465,12 @@ class KernelAudit:
 
         Ingesting after every cell cost more CPU than the whole plain kernel spends on a trivial
         cell (~2.8 ms of a background thread per cell, competing with the relay for the cores).
-        Nothing depends on it being per cell: decisions are in the fdatasync'ed journal before
-        their cell runs, the cell's other events join the journal with the next decision, and
-        queries through this kernel flush first. A burst of cells is ingested every
-        `INGEST_EVERY_CELLS` cells, and the rest `INGEST_IDLE_S` after the last cell (a timer on the
-        event loop, re-armed per cell; no polling)."""
+        Durability and visibility do not need it: decisions are in the fdatasync'ed journal before
+        their cell runs, the cell's remaining events are appended to the journal by a background
+        thread as the cell ends (readers in other processes replay the journal; the reply does not
+        wait for the disk), and queries through this kernel flush first. A burst of cells is
+        ingested every `INGEST_EVERY_CELLS` cells, the rest `INGEST_IDLE_S` after the last cell (a
+        timer on the event loop, re-armed per cell; no polling)."""
         store = self.store
         if store is None:
             return
@@ -480,9 +484,21 @@ class KernelAudit:
         except RuntimeError:  # not on an event loop (tests, scripts): ingest now, as before
             store.flush(wait=False)
             return
+        if self._committer is None:
+            self._committer = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="audit-commit"
+            )
+        self._committer.submit(self._commit_quietly, store)
         if self._idle_ingest is not None:
             self._idle_ingest.cancel()
         self._idle_ingest = loop.call_later(self.INGEST_IDLE_S, self._ingest_idle)
+
+    @staticmethod
+    def _commit_quietly(store: AuditStore) -> None:
+        try:
+            store.commit()
+        except AuditWriteError:
+            pass  # the store is failed: the next cell is refused with the reason
 
     def _ingest_idle(self) -> None:
         self._idle_ingest = None
