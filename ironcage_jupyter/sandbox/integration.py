@@ -50,8 +50,9 @@ class SandboxController:
         self._lock = threading.Lock()
         self._seen_hits: dict[Path, dict[str, int]] = {}
         self._last_hits: list[str] = []
-        #: Each live sandbox's cgroup directories, found once (locating them parses the mount table).
-        self._hit_dirs: dict[Path, list[Path]] = {}
+        #: Each live sandbox's cgroup directories and their counter files, found once (locating them
+        #: parses the mount table).
+        self._hit_dirs: dict[Path, list[tuple[Path, tuple[tuple[str, str], ...]]]] = {}
 
     def configure(self, isolation: IsolationSettings, limits: ResourceLimits) -> None:
         """Apply the policy's sections (before the first child starts; the selftest re-runs)."""
@@ -143,10 +144,12 @@ class SandboxController:
         for spec in specs:
             directories = self._hit_dirs.get(spec.socket_dir)
             if directories is None:  # created with the child's command, so present after it started
-                directories = self._hit_dirs[spec.socket_dir] = sandbox_cgroup_dirs(spec)
+                directories = self._hit_dirs[spec.socket_dir] = [
+                    (directory, cgroups.hit_files(directory)) for directory in sandbox_cgroup_dirs(spec)
+                ]
             counts: dict[str, int] = {}
-            for directory in directories:
-                for key, value in cgroups.hits(directory).items():
+            for directory, files in directories:
+                for key, value in cgroups.hits(directory, files).items():
                     counts[key] = counts.get(key, 0) + value
             seen = self._seen_hits.get(spec.socket_dir, {})
             self._seen_hits[spec.socket_dir] = counts
