@@ -1088,18 +1088,6 @@ def make_app_class() -> Any:
             "dropped output a plain kernel would have delivered.",
         ).tag(config=True)
 
-        def init_control(self, context: Any) -> None:
-            super().init_control(context)
-            # ipykernel 7 reads the shell socket in a "shell channel" thread and hands every request
-            # to the main thread over an inproc socket pair (and every reply back), for subshells.
-            # The wrapper refuses subshells and runs one cell at a time on its event loop, so the
-            # shell socket is read and written by the main thread alone (ipykernel's own
-            # no-subshell path): two thread wake-ups fewer per request.
-            thread = self.shell_channel_thread
-            if thread is not None:
-                thread.io_loop.close()
-                self.shell_channel_thread = None
-
         def init_iopub(self, context: Any) -> None:
             # ipykernel's IOPub thread is replaced by a publisher on the event loop (see iopub.py).
             socket = context.socket(zmq.XPUB)

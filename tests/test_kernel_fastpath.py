@@ -1,6 +1,6 @@
 """The wrapper's per-cell fast path: iopub published from the event loop (subscriptions welcomed,
-messages from the control thread delivered), the screening cache, and DuckDB ingestion batched off
-the per-cell path without losing events."""
+messages from the control thread delivered), queued requests still aborted after an error, the
+screening cache, and DuckDB ingestion batched off the per-cell path without losing events."""
 
 from __future__ import annotations
 
@@ -206,3 +206,20 @@ def test_queries_through_the_kernel_see_the_latest_cell(kernel):
                  "AND detail->>'status' = 'ok'")
     assert ex.status == "ok", ex.error
     assert "seen-1" in ex.text
+
+
+def test_an_error_aborts_the_requests_queued_behind_it(kernel):
+    """A failing cell aborts every execute request already waiting behind it (ipykernel's
+    thread-less shell path, tried here for speed, aborted only the first of them), and the kernel
+    runs the next one normally."""
+    _, kc = kernel
+    failing = kc.execute("import time; time.sleep(0.5); 1/0")
+    queued = [kc.execute("print('must not run')") for _ in range(3)]
+    replies = {}
+    while len(replies) < 4:
+        reply = kc.get_shell_msg(timeout=30)
+        replies[reply["parent_header"]["msg_id"]] = reply["content"]["status"]
+    assert replies[failing] == "error"
+    assert [replies[msg_id] for msg_id in queued] == ["aborted", "aborted", "aborted"]
+    after = execute(kc, "print('runs again')")
+    assert after.status == "ok" and after.stdout == "runs again\n"
