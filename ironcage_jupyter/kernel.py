@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import importlib
+import logging
 import os
 import sys
 import time
@@ -25,6 +26,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from . import __version__
 from .child import ChildDied, ChildKernel
+from .iopub import LoopIOPub
 from .magics import MagicResult, is_ironcage_magic, run_magic
 from .pipeline import Block, CellRequest, Pipeline, Stage
 from .relay import Relay, Route
@@ -63,6 +65,17 @@ RESET = "\x1b[0m"
 
 def _env_default(name: str, fallback: str = "") -> str:
     return os.environ.get(name, fallback)
+
+
+def _skip_unprinted_debug(logger: Any) -> None:
+    """traitlets leaves the application's logger at DEBUG and filters in its handlers, so each of
+    ipykernel's per-message ``log.debug`` calls builds a record that no handler prints. Raise the
+    logger to its handlers' lowest level (nothing printed before is lost)."""
+    if not isinstance(logger, logging.Logger) or logger.propagate or not logger.handlers:
+        return
+    lowest = min(handler.level for handler in logger.handlers)
+    if lowest > logger.level:
+        logger.setLevel(lowest)
 
 
 class ExecuteStage:
@@ -344,8 +357,11 @@ class IronCageKernel(Kernel):
         ]
 
     def start(self) -> None:
+        if isinstance(self.iopub_thread, LoopIOPub):
+            self.iopub_thread.attach(asyncio.get_event_loop())
         super().start()
         self._main_loop = asyncio.get_event_loop()
+        _skip_unprinted_debug(self.log)
         stdin_stream = ZMQStream(self.stdin_socket)
         stdin_stream.on_recv(self._on_frontend_stdin, copy=False)
         self._stdin_stream = stdin_stream
@@ -1164,11 +1180,17 @@ def make_app_class() -> Any:
         ).tag(config=True)
 
         def init_iopub(self, context: Any) -> None:
-            context.setsockopt(zmq.SNDHWM, self.iopub_queue)
-            try:
-                super().init_iopub(context)
-            finally:
-                context.setsockopt(zmq.SNDHWM, 1000)
+            # ipykernel's IOPub thread is replaced by a publisher on the event loop (see iopub.py).
+            socket = context.socket(zmq.XPUB)
+            socket.setsockopt(zmq.SNDHWM, self.iopub_queue)
+            socket.linger = 1000
+            curve = getattr(self, "_apply_curve_server_options", None)
+            if curve is not None:  # CurveZMQ keys from the connection file, as on ipykernel's sockets
+                curve(socket)
+            self.iopub_port = self._bind_socket(socket, self.iopub_port)
+            self.configure_tornado_logger()
+            self.iopub_thread = LoopIOPub(socket, self.session)
+            self.iopub_socket = self.iopub_thread
 
         def load_config_file(self, *args: Any, **kwargs: Any) -> None:
             super().load_config_file(*args, **kwargs)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,12 +53,17 @@ class EscalationRecord:
 
 
 class PolicySession:
+    #: Recent screen results kept (see `screen`).
+    SCREEN_CACHE_SIZE = 256
+    SCREEN_CACHE_MAX_CHARS = 20_000
+
     def __init__(self, policy: Policy, context: PolicyContext, source: str = "") -> None:
         self.context = context
         self.source = source
         self.engine = PolicyEngine(policy, context)
         #: Policy changes and failed loads, for the audit log (bounded; the audit stage drains them).
         self.events: list[dict[str, Any]] = []
+        self._screens: OrderedDict[str, tuple[Any, ScreenResult]] = OrderedDict()
 
     def drain_events(self) -> list[dict[str, Any]]:
         events, self.events = self.events, []
@@ -74,7 +80,24 @@ class PolicySession:
 
     # -- cells
     def screen(self, code: str) -> ScreenResult:
-        return screen_cell(code, self.policy.firewall)
+        """The firewall's findings for the cell. Screening is a pure function of the exact source and
+        the firewall settings, and notebooks re-run the same cells, so recent results are kept by
+        source (cells up to `SCREEN_CACHE_MAX_CHARS`, entries valid only for the settings object
+        they were computed with). Each caller gets its own copy of the lists."""
+        settings = self.policy.firewall
+        if len(code) > self.SCREEN_CACHE_MAX_CHARS:  # also keeps worker threads off the cache
+            return screen_cell(code, settings)
+        cached = self._screens.get(code)
+        if cached is not None and cached[0] is settings:
+            self._screens.move_to_end(code)
+            result = cached[1]
+        else:
+            result = screen_cell(code, settings)
+            self._screens[code] = (settings, result)
+            if len(self._screens) > self.SCREEN_CACHE_SIZE:
+                self._screens.popitem(last=False)
+        return ScreenResult(raw=result.raw, transformed=result.transformed, findings=list(result.findings),
+                            magics=list(result.magics), paths=list(result.paths), parsed=result.parsed)
 
     def decide(self, screen: ScreenResult) -> Decision:
         return self.engine.decide_cell(screen)

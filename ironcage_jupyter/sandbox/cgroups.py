@@ -126,14 +126,20 @@ def _collect_stale(base: Path, min_age_s: float = 120.0) -> None:
             continue
 
 
-def hits(directory: Path) -> dict[str, int]:
-    """How often this cgroup's limits were hit: {"processes": fork failures, "oom_kills": kills}."""
+#: The counter files of limit hits (cgroup v2 and v1 names) and the field counting the hits.
+HIT_FILES = (("pids.events", "max"), ("memory.events", "oom_kill"), ("memory.oom_control", "oom_kill"))
+
+
+def hit_files(directory: Path) -> tuple[tuple[str, str], ...]:
+    """The entries of `HIT_FILES` present in this cgroup (a controller's directory has only its own)."""
+    return tuple((name, key) for name, key in HIT_FILES if (directory / name).is_file())
+
+
+def hits(directory: Path, files: tuple[tuple[str, str], ...] = HIT_FILES) -> dict[str, int]:
+    """How often this cgroup's limits were hit: {"processes": fork failures, "oom_kills": kills}.
+    `files`: the counter files to read (default: all of `HIT_FILES`, skipping absent ones)."""
     out: dict[str, int] = {}
-    for name, key in (
-        ("pids.events", "max"),
-        ("memory.events", "oom_kill"),
-        ("memory.oom_control", "oom_kill"),
-    ):
+    for name, key in files:
         try:
             for line in (directory / name).read_text().splitlines():
                 field, _, value = line.partition(" ")

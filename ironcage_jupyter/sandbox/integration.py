@@ -18,11 +18,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from ironcage_jupyter.sandbox import cgroups
 from ironcage_jupyter.sandbox.launcher import (
     SandboxSpec,
     build_sandboxed_command,
-    limit_hits,
     release_sandbox,
+    sandbox_cgroup_dirs,
 )
 from ironcage_jupyter.sandbox.selftest import SelfTestReport, run_selftest, status_lines
 from ironcage_jupyter.sandbox.settings import IsolationSettings, ResourceLimits
@@ -51,6 +52,9 @@ class SandboxController:
         self._seen_hits: dict[Path, dict[str, int]] = {}
         self._last_hits: list[str] = []
         self._audited: SelfTestReport | None = None
+        #: Each live sandbox's cgroup directories and their counter files, found once (locating them
+        #: parses the mount table).
+        self._hit_dirs: dict[Path, list[tuple[Path, tuple[tuple[str, str], ...]]]] = {}
 
     def configure(self, isolation: IsolationSettings, limits: ResourceLimits) -> None:
         """Apply the policy's sections (before the first child starts; the selftest re-runs)."""
@@ -92,6 +96,7 @@ class SandboxController:
         with self._lock:
             previous = list(self._specs.values())
             self._specs = {spec.socket_dir: spec}
+            self._hit_dirs = {}
         if previous:
             threading.Thread(
                 target=lambda: [release_sandbox(old) for old in previous],
@@ -195,13 +200,21 @@ class SandboxController:
     def limits_hit(self) -> list[str]:
         """Resource limits the current child ran into since the last call, as sentences (empty: none).
 
-        Call after each cell (~0.05 ms: reads two cgroup files). A process-cap hit leaves the
+        Call after each cell (reads the cgroup counter files; their directories are found once). A process-cap hit leaves the
         fork bomb's children holding every slot, so the child should then be restarted."""
         found: list[str] = []
         with self._lock:
             specs = list(self._specs.values())
         for spec in specs:
-            counts = limit_hits(spec)
+            directories = self._hit_dirs.get(spec.socket_dir)
+            if directories is None:  # created with the child's command, so present after it started
+                directories = self._hit_dirs[spec.socket_dir] = [
+                    (directory, cgroups.hit_files(directory)) for directory in sandbox_cgroup_dirs(spec)
+                ]
+            counts: dict[str, int] = {}
+            for directory, files in directories:
+                for key, value in cgroups.hits(directory, files).items():
+                    counts[key] = counts.get(key, 0) + value
             seen = self._seen_hits.get(spec.socket_dir, {})
             self._seen_hits[spec.socket_dir] = counts
             if counts.get("processes", 0) > seen.get("processes", 0):
@@ -237,4 +250,5 @@ class SandboxController:
         with self._lock:
             specs = list(self._specs.values())
             self._specs.clear()
+            self._hit_dirs = {}
         return sum(release_sandbox(spec) for spec in specs)

