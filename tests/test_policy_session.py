@@ -149,3 +149,28 @@ async def test_magic_events_are_kept_for_the_audit_log(session):
     events = session.drain_events()
     assert [e["event"] for e in events] == ["policy_change", "policy_load_failed"]
     assert session.drain_events() == []
+
+
+@pytest.mark.parametrize("isolation", [
+    "pass_env: [AWS_SECRET_ACCESS_KEY]",  # a host variable the child never had
+    "loopback_ports: [8888]",  # a TCP port the child may bind and connect to
+])
+async def test_policy_load_that_widens_the_sandbox_needs_a_human(session, tmp_path, isolation):
+    # `%ironcage policy load` now applies the isolation section at the child's next start: a policy
+    # that only widens the sandbox is loosening, refused without a human.
+    wider = tmp_path / "wider.yaml"
+    wider.write_text(f"extends: default\nname: wider\nisolation:\n  {isolation}\n")
+    ask, asked = answers("y")
+    out = await session.magic("policy", f"load {wider}", ask=ask, allow_stdin=False)
+    assert out.error and session.policy.name == "default"
+    assert "isolation" in out.error
+
+
+async def test_policy_load_that_allows_a_degraded_sandbox_needs_a_human(tmp_path):
+    strictest = tmp_path / "nodegrade.yaml"
+    strictest.write_text("extends: default\nname: nodegrade\nisolation:\n  allow_degraded: false\n")
+    session = PolicySession.open(str(strictest), PolicyContext.create(tmp_path))
+    wider = tmp_path / "wider.yaml"
+    wider.write_text("extends: default\nname: wider\nisolation:\n  allow_degraded: true\n")
+    out = await session.magic("policy", f"load {wider}", allow_stdin=False)
+    assert out.error and session.policy.name == "nodegrade"

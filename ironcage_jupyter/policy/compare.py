@@ -214,8 +214,16 @@ def _section_tighter(section: str, old: dict[str, Any], new: dict[str, Any]) -> 
                 return False
         return True
     if section == "isolation":
+        # Every field is judged (a loaded policy's isolation applies at the child's next start): a field
+        # this check does not know must be unchanged.
+        known = {"required_layers", "unsafe", "read_only_paths", "allow_degraded", "loopback_ports", "pass_env"}
+        if any(old.get(key) != new.get(key) for key in (set(old) | set(new)) - known):
+            return False
         return (set(new["required_layers"]) >= set(old["required_layers"]) and not (new["unsafe"] and not old["unsafe"])
-                and set(new["read_only_paths"]) <= set(old["read_only_paths"]))
+                and set(new["read_only_paths"]) <= set(old["read_only_paths"])
+                and not (new["allow_degraded"] and not old["allow_degraded"])
+                and set(new["loopback_ports"]) <= set(old["loopback_ports"])
+                and set(new["pass_env"]) <= set(old["pass_env"]))
     return False
 
 
