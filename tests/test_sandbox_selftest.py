@@ -197,3 +197,24 @@ def test_no_linux_no_isolation_unless_unsafe(spec_for, monkeypatch):
     )
     assert argv == ["python", "-m", "ipykernel_launcher"]
     assert "AWS_SECRET_ACCESS_KEY" not in env
+
+
+def test_address_space_limit_stays_at_memory_mb_when_the_memory_cgroup_is_not_joined(spec_for, tmp_path, monkeypatch):
+    """RLIMIT_AS is relaxed only because a memory cgroup holds the real memory: when the child cannot
+    join that cgroup (the join is best effort), its address space falls back to limits.memory_mb."""
+    from ironcage_jupyter.sandbox import cgroups
+
+    gone = tmp_path / "gone-cgroup"  # a memory cgroup the bootstrap cannot join
+    monkeypatch.setattr(cgroups, "create", lambda name, **kw: cgroups.CgroupSet(name, (gone,), ("memory",)))
+    spec = spec_for(isolation=IsolationSettings(unsafe=True))
+    argv, _env = launcher.build_sandboxed_command([sys.executable, "-c", "pass"], {}, spec)
+    at = argv.index("ironcage_jupyter.sandbox.bootstrap")
+    config = json.loads(argv[argv.index("--config", at) + 1])
+    memory = spec.limits.memory_mb * 1024 * 1024
+    assert config["rlimits"]["as"] > memory  # relaxed: the cgroup was to hold the memory
+    keep = {key: value for key, value in config.items() if key.startswith("rlimits")}
+    check = "import resource; print(resource.getrlimit(resource.RLIMIT_AS)[0])"
+    proc = _bootstrap("--cgroup", str(gone / "cgroup.procs"), "--config", json.dumps(keep), "--",
+                      sys.executable, "-c", check)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.split()[-1]) == memory

@@ -219,6 +219,10 @@ def apply(config: dict, cgroup_join: _CgroupJoin | None = None) -> list[str]:
         attempt("seccomp", _seccomp.install_filter, rules)
     if cgroup_join is not None:
         attempt("cgroups", _wait_cgroups, cgroup_join)
+    if (config.get("cgroup_procs") or cgroup_join is not None) and "cgroups" not in applied:
+        # Not in the cgroups: no memory cgroup holds the child, so RLIMIT_AS falls back to the memory limit.
+        if config.get("rlimits_without_cgroups"):
+            attempt("rlimits", _apply_rlimits, config["rlimits_without_cgroups"])
     if failures:
         sys.stderr.write("ironcage sandbox: not applied: " + "; ".join(failures) + "\n")
     return applied

@@ -363,6 +363,9 @@ def build_sandboxed_command(
         "rlimits": {}
         if "limits" in disabled
         else _rlimits(spec.limits, memory_cgroup=cg is not None and "memory" in cg.controllers),
+        # What the bootstrap applies instead when it could not join the cgroups (best effort): RLIMIT_AS
+        # was relaxed only because the memory cgroup holds the real memory.
+        "rlimits_without_cgroups": {} if "limits" in disabled else {"as": spec.limits.memory_mb * 1024 * 1024},
         "cgroup_procs": cg.procs_files if cg else [],
         "pythonpath_entry": _package_root(),
         # jupyter_client's launch_kernel sets JPY_PARENT_PID after we return; inside a pid namespace that
