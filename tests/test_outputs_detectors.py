@@ -126,6 +126,24 @@ def test_token_right_after_a_long_streamed_private_key_is_caught():
     assert "b3BlbnNzaC1rZXkt" not in joined
 
 
+@pytest.mark.parametrize("cut", [
+    "-----BEGI|N| RSA |PRIVATE KEY----|-|\n",  # the header cut before its keyword
+    "-----BEGIN RSA |PRIVATE KEY-----\n",
+    "-----BEGIN RSA PRIVATE K|EY-----\n",
+])
+def test_private_key_with_its_header_split_across_stream_chunks_is_caught(cut):
+    """The child decides where its stream is cut: a BEGIN header released before its "PRIVATE KEY"
+    arrived must not let the key body through."""
+    fw = typed(private_keys=True)
+    fw.start_cell("c")
+    body = PRIVATE_KEY.splitlines()[1]
+    chunks = ["out:\n", *cut.split("|"), body + "\n", "-----END RSA PRIVATE KEY-----\n", "after\n"]
+    shown = [o.content["text"] for o in (fw.screen("stream", {"name": "stdout", "text": c}) for c in chunks) if o.content]
+    shown += [o.content["text"] for o in fw.flush_all() if o.content]
+    joined = "".join(shown)
+    assert body not in joined and "[REDACTED:private_key]" in joined and joined.endswith("after\n"), joined
+
+
 def test_token_split_across_stream_chunks_is_caught():
     fw = typed(tokens=True)
     token = TOKENS["github_token"]
@@ -138,6 +156,23 @@ def test_token_split_across_stream_chunks_is_caught():
                 shown.append(out.content["text"])
         shown += [o.content["text"] for o in fw.flush_all() if o.content]
         assert "".join(shown) == "auth [REDACTED:github_token] ok\n", split
+
+
+def test_token_split_into_three_or_more_stream_chunks_is_caught():
+    """The child decides where its stream is cut: a token held back at one chunk's end stays held
+    while the next chunks extend it (the buffer is all token characters but shorter than the
+    window), until it is complete."""
+    fw = typed(tokens=True)
+    token = TOKENS["github_token"]
+    for cuts in ((4, 9), (1, 2, 3), (10, 20, 30)):
+        fw.start_cell()
+        pieces = [token[a:b] for a, b in zip((0, *cuts), (*cuts, len(token)))]
+        chunks = ["auth ." + pieces[0], *pieces[1:-1], pieces[-1] + " ok\n"]
+        shown = [o.content["text"] for o in (fw.screen("stream", {"name": "stdout", "text": c}) for c in chunks)
+                 if o.content]
+        shown += [o.content["text"] for o in fw.flush_all() if o.content]
+        assert token not in "".join(shown), cuts
+        assert "[REDACTED:github_token]" in "".join(shown), cuts
 
 
 def test_high_entropy_assignment_quoted_and_unquoted():

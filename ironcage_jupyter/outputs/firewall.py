@@ -41,6 +41,10 @@ TEXT_MIME_TYPES = {
 PASS_THROUGH_TYPES = {"status", "execute_input", "clear_output", "comm_close_ack"}
 _RELEASED_CONTEXT = 4096
 _NON_TOKEN_CHAR = re.compile(r"[^A-Za-z0-9+/=_\-.~@%:]")
+#: The start of a private-key header still being written at the end of a stream chunk ("-----BEGIN RSA "
+#: before its "PRIVATE KEY" arrives): held back, or the header and the key after it would go out.
+_PARTIAL_KEY_HEADER = re.compile(r"-{1,5}(?:B(?:E(?:G(?:I(?:N[ A-Z0-9-]{0,70})?)?)?)?)?\Z")
+_PARTIAL_KEY_HEADER_SPAN = 5 + 5 + 70
 
 
 def is_text_mime(mime: str) -> bool:
@@ -404,11 +408,18 @@ class OutputFirewall:
                 start = open_private_key_start(buffer)
                 if start is not None and len(buffer) - start <= max(window, 65536):
                     hold = min(hold, start)
+            if self._typed.private_keys and not state.in_private_key:
+                partial = _PARTIAL_KEY_HEADER.search(buffer, max(0, len(buffer) - _PARTIAL_KEY_HEADER_SPAN))
+                if partial is not None:
+                    hold = min(hold, partial.start())
             # A token cut by the chunk boundary: hold the trailing run of token characters.
             tail = buffer[-window:]
             boundary = _NON_TOKEN_CHAR.search(tail[::-1])
             if boundary is not None:
                 hold = min(hold, len(buffer) - boundary.start())
+            elif len(buffer) < window:
+                # All token characters (a run held back before, extended by this chunk): keep holding.
+                hold = 0
             # else: a run longer than the window (a blob): emit it rather than stall the stream.
         return max(0, hold)
 
