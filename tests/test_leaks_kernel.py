@@ -249,6 +249,22 @@ def test_large_stream_relayed_in_pieces_is_screened(kernel):
     assert sum(1 for m in ex.messages if m["header"]["msg_type"] == "stream") > 10
 
 
+def test_key_and_token_cut_by_the_childs_own_flushes_are_redacted(kernel):
+    """The child decides where its stream is cut: a private-key header and a token written across
+    flushes (one stream message each) are redacted all the same."""
+    kc, _ = kernel
+    body = "MIIEowIBAAKCAQEAq3zXk9Lw2Rt7Yp4Vc8Bn1Mh6Jd0Fs5Ga"
+    token = "ghp_" + "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5"
+    parts = ["key:\n-----BEGIN RSA ", "PRIVATE KEY-----\n" + body + "\n", "-----END RSA PRIVATE KEY-----\n",
+             "tok ." + token[:6], token[6:20], token[20:] + " ok\n"]
+    ex = execute(kc, f"import sys\nfor part in {parts!r}:\n    sys.stdout.write(part); sys.stdout.flush()")
+    assert ex.status == "ok", ex.text
+    assert sum(1 for m in ex.messages if m["header"]["msg_type"] == "stream") >= 3
+    seen = json.dumps([m["content"] for m in ex.messages if m["header"]["msg_type"] == "stream"])
+    assert body not in seen and token[4:20] not in seen and token[20:] not in seen, seen
+    assert "[REDACTED:private_key]" in seen and "[REDACTED:github_token]" in seen
+
+
 def test_audit_log_has_names_and_never_values(kernel):
     kc, audit_log = kernel
     execute(kc, "print(SECRET)")
