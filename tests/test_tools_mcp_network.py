@@ -156,3 +156,26 @@ async def test_servers_proxy_without_a_policy_engine_uses_its_allowlist_and_the_
         await session.close()
         allowed.close()
         other.close()
+
+
+async def test_a_policy_reloaded_in_the_notebook_governs_running_servers_egress(setup):
+    """`%ironcage policy load` reloads the session's engine in place: a network deny rule it adds
+    applies to the proxies of servers already running, not only to cells."""
+    import ironcage_jupyter.policy as policy_pkg
+
+    session, _store, _base, allowed, _other = setup
+    engine = session.broker.policy.engine
+    original = engine.policy
+    rules = [*original.rules, policy_pkg.Rule.model_validate({
+        "id": "no-allowed-any-more", "subject": "network", "effect": "deny",
+        "match": {"addresses": ["127.0.0.1/32"], "ports": [allowed.port]}})]
+    engine.reload(original.model_copy(update={"rules": rules}))
+    try:
+        before = len(allowed.seen)
+        text = await fetch(session, "net", f"http://127.0.0.1:{allowed.port}/after-reload")
+        assert text == "refused 403 no-allowed-any-more", text
+        assert len(allowed.seen) == before
+    finally:
+        engine.reload(original)
+    text = await fetch(session, "net", f"http://127.0.0.1:{allowed.port}/restored")
+    assert text.startswith("200 "), text

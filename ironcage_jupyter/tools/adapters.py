@@ -69,10 +69,22 @@ def engine_server_network_decider(engine: Any) -> Callable[[str, Sequence[str]],
     from .netguard import AllowEntry
 
     def for_server(server: str, hosts: Sequence[str]) -> Callable[..., Any]:
+        # Derived from the session engine's current policy, and derived again when that engine is
+        # reloaded (`%ironcage policy load`): a running server's proxy follows the policy in force.
+        derived: list[Any] = [engine.policy, _derive(server, hosts, engine.policy)]  # [policy, its decider]
+
+        def decide(host: str, port: int, resolved_ip: str | None = None) -> Any:
+            policy = engine.policy
+            if derived[0] is not policy:
+                derived[:] = [policy, _derive(server, hosts, policy)]
+            return derived[1](host, port, resolved_ip)
+
+        return decide
+
+    def _derive(server: str, hosts: Sequence[str], policy: Any) -> Callable[..., Any]:
         from ..policy.engine import PolicyEngine
         from ..policy.models import NetworkSettings, Rule
 
-        policy = engine.policy
         kept = [r for r in policy.rules if r.subject == "network" and r.effect != "allow"]
         tag = re.sub(r"[^A-Za-z0-9_:-]", "_", server)[:40]
         rules = []
