@@ -370,3 +370,19 @@ def test_binary_buffers_of_a_secret_using_cell_follow_the_image_policy():
         fw.mark_cell_used_secret()
         out = fw.screen_buffers("comm_msg", [b"\x89PNG..."])
         assert (out.withheld, out.flagged) == (withheld, flagged), rule
+
+
+def test_stream_names_other_than_stdout_and_stderr_keep_no_state_of_their_own(fw):
+    """The child chooses a stream's name: a name per message (or a megabyte-long one) must not grow
+    the wrapper's per-stream state without bound, and a secret split across such names is still
+    reassembled and redacted (jupyter only has stdout and stderr)."""
+    for i in range(2000):
+        fw.screen("stream", {"name": f"s{i}-" + "n" * 1000, "text": "x"})
+    assert len(fw._streams) <= 2
+    half = len(SECRET) // 2
+    shown = [fw.screen("stream", {"name": name, "text": text}).content
+             for name, text in (("one", "key " + SECRET[:half]), ("two", SECRET[half:] + " end\n"))]
+    shown += [r.content for r in fw.flush_all()]
+    joined = "".join(c["text"] for c in shown if c)
+    assert SECRET[:half] not in joined and MARK in joined
+    assert {c["name"] for c in shown if c} <= {"stdout", "stderr"}

@@ -345,6 +345,10 @@ class OutputFirewall:
         text = content.get("text", "")
         if not isinstance(name, str) or not isinstance(text, str):
             raise TypeError("malformed stream message")
+        if name not in ("stdout", "stderr"):
+            # Jupyter streams are stdout and stderr; any other name the child sends is shown (and held,
+            # and screened) as stdout, so names cannot grow the per-stream state without bound.
+            name = "stdout"
         state = self._streams.setdefault(name, _StreamState())
         buffer = state.held + text
         red = _Redactions()
