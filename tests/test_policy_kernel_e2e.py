@@ -116,3 +116,28 @@ def test_policy_loaded_from_the_notebook_governs_grants_and_output_limits(tmp_pa
         assert refused_cells and "cells_per_minute" in refused_cells[0].text, [ex.text for ex in outcomes]
     finally:
         stop_kernel(km, kc)
+
+
+SECRET_FILES = {
+    "fake_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAAB\n"
+                "notreallyakeybutlooksliketheonejustfortesting1234567890abc\n-----END OPENSSH PRIVATE KEY-----\n",
+    "credentials": "[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\n"
+                   "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n",
+    "settings.yaml": "password: hunter2-very-secret-value\nuser: bob\n",
+    "list.yaml": "- hunter2-very-secret-value\n- other\n",
+    "wrong_types.yaml": "name: [hunter2-very-secret-value]\nrules: hunter2-very-secret-value\n"
+                        "limits:\n  memory_mb: hunter2-very-secret-value\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SECRET_FILES))
+def test_policy_load_of_a_file_that_is_not_a_policy_echoes_none_of_it(kernel, tmp_path, name):
+    """The wrapper reads the file the magic names (outside the sandbox): an error about a file that is
+    not a policy names the file and what is wrong, never its contents."""
+    kc, _ = kernel
+    path = tmp_path / name
+    path.write_text(SECRET_FILES[name])
+    ex = execute(kc, f"%ironcage policy load {path}")
+    assert ex.status == "error"
+    for token in ("notreallyakey", "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI", "hunter2", "bob"):
+        assert token not in ex.text, ex.text
