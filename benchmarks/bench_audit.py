@@ -36,6 +36,7 @@ from ironcage_jupyter.audit import AuditQuery, AuditStore, run_audit_magic  # no
 from ironcage_jupyter.audit.events import NAME_FIELDS, canonical_json, event_hash, format_ts, genesis_hash  # noqa: E402
 from ironcage_jupyter.audit.paths import ensure_private_dir, session_path  # noqa: E402
 from ironcage_jupyter.audit.schema import SESSION_DDL  # noqa: E402
+from ironcage_jupyter.audit.store import promoted_values  # noqa: E402
 from ironcage_jupyter.audit.verify import verify  # noqa: E402
 
 ROWS: list[tuple[str, str]] = []
@@ -144,6 +145,7 @@ def synth_rows(session_id: str, count: int, start: datetime) -> list[tuple]:
                 digest,
                 canonical,
                 None,
+                *promoted_values(detail),
             )
         )
         prev = digest

@@ -84,6 +84,8 @@ def test_views_span_closed_and_live_sessions(live_store) -> None:
         assert columns == [
             "event_id", "ts", "session_id", "seq", "event_type", "decision", "rule", "reason", "cell_id",
             "name", "detail", "prev_hash", "hash",
+            # detail fields promoted to typed columns at write time (verify checks them too)
+            "tool_call_id", "status", "duration_ms", "result_size_bytes", "granted", "scope", "target", "layer",
         ]  # fmt: skip
         detail = query.sql("SELECT detail FROM events WHERE event_type = 'output_redaction'").rows[0][0]
         assert json.loads(detail) == {"action": "redacted", "count": 1, "detector": "github_token"}

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
+from math import isfinite
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION = 1
@@ -56,7 +59,8 @@ ALWAYS_DURABLE: frozenset[str] = frozenset(
 
 
 class _Detail(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    # allow_inf_nan=False: JSON has no NaN/Infinity, and the canonical bytes must be plain JSON.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
 
 
 class SessionStartDetail(_Detail):
@@ -276,9 +280,47 @@ class AuditEvent(BaseModel):
         return canonical_json(self.model_dump(exclude={"hash"}, mode="json"))
 
 
+_ORJSON_OPTIONS = orjson.OPT_SORT_KEYS
+
+
+def canonical_bytes(envelope: dict[str, Any]) -> bytes:
+    """Sorted-key compact JSON, UTF-8 (not ASCII-escaped): the bytes that are hashed and stored.
+
+    orjson writes exactly this form (sorted keys, no whitespace, raw UTF-8, the shortest round-trip
+    float), ~10x faster than `json.dumps`. Values orjson refuses (integers beyond 64 bits, non-string
+    keys) fall back to `json.dumps` with the same options; either way the hash is over the stored
+    bytes, never a re-derivation. Non-finite floats are refused (typed fields by the detail models;
+    free-form fields here), as JSON has no NaN/Infinity. (An envelope's own fields are strings,
+    integers and null; with a `detail`, only the detail is searched for floats.)"""
+    try:
+        data = orjson.dumps(envelope, option=_ORJSON_OPTIONS)
+    except TypeError:
+        data = json.dumps(
+            envelope, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode("utf-8")
+    else:
+        if _has_non_finite(envelope.get("detail", envelope)):  # orjson writes NaN/Infinity as null
+            raise ValueError("Out of range float values are not JSON compliant")
+    return data
+
+
+def _has_non_finite(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list or kind is tuple:
+            stack.extend(item)
+        elif kind is float and not isfinite(item):
+            return True
+    return False
+
+
 def canonical_json(envelope: dict[str, Any]) -> str:
-    """Sorted-key compact JSON; its UTF-8 bytes are hashed and stored."""
-    return json.dumps(envelope, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """`canonical_bytes` as text."""
+    return canonical_bytes(envelope).decode("utf-8")
 
 
 # Control characters other than \b \t \n \f \r: JSON escapes them as \u00XX, and DuckDB's to_json
@@ -304,7 +346,19 @@ def genesis_hash(session_id: str) -> str:
 
 
 def format_ts(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """`YYYY-MM-DDTHH:MM:SS.ffffffZ` in UTC."""
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID as text, without the `uuid` module's per-call overhead."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def validate_detail(event_type: str, detail: Mapping[str, Any] | BaseModel) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from .paths import SNAPSHOTS_SUBDIR, ensure_private_dir, session_files, session_id_of
-from .schema import EVENT_COLUMNS, EVENTS_TABLE, VIEWS_SQL
+from .schema import EVENT_COLUMNS, EVENT_COLUMNS_V1, VIEWS_SQL, events_source, events_table_ddl
 from .store import is_open_in_process, journal_path, replay_journal
 
 if TYPE_CHECKING:
@@ -73,6 +73,13 @@ class AttachedSession:
     path: Path
     live: bool
     """True when the file was held by a writer and a snapshot copy was attached instead."""
+    source: str = ""
+    """SQL relation with every `EVENT_COLUMNS` column (format-1 files get the promoted ones computed)."""
+
+    @property
+    def promoted_stored(self) -> bool:
+        """True when the file stores the promoted detail columns (format 2), so `verify` checks them."""
+        return self.source == f"{self.alias}.events"
 
 
 @dataclass
@@ -138,11 +145,10 @@ class AuditQuery:
                     continue
                 alias = f"s{index}"
                 live = self._attach(path, alias)
-                if live is not None and not self._has_expected_schema(path, alias):
-                    live = None
-                if live is not None:
-                    sources.append(alias)
-                    self.attached[session_id_of(path)] = AttachedSession(alias, path, live)
+                source = self._events_source(path, alias) if live is not None else None
+                if live is not None and source is not None:
+                    sources.append(source)
+                    self.attached[session_id_of(path)] = AttachedSession(alias, path, live, source)
             self.session_count = len(sources)
             self._create_views(sources)
             if lock_down:
@@ -182,8 +188,9 @@ class AuditQuery:
         self.unreadable[session_id_of(path)] = "kept changing while being copied"
         return None
 
-    def _has_expected_schema(self, path: Path, alias: str) -> bool:
-        """A file in sessions/ that is not an audit file of this format is reported, not queried."""
+    def _events_source(self, path: Path, alias: str) -> str | None:
+        """The relation to read `alias`'s events from; a file in sessions/ that is not an audit file
+        of a known format is reported, not queried (None)."""
         columns = [
             row[0]
             for row in self._con.execute(
@@ -192,13 +199,13 @@ class AuditQuery:
                 [alias],
             ).fetchall()
         ]
-        if columns == list(EVENT_COLUMNS):
-            return True
+        if tuple(columns) in (EVENT_COLUMNS, EVENT_COLUMNS_V1):
+            return events_source(alias, columns)
         self._con.execute(f"DETACH {alias}")
         reason = f"not an Iron Cage audit file of this format (events columns: {columns or 'none'})"
         self.notes.append(f"skipped {path.name}: {reason}")
         self.unreadable[session_id_of(path)] = reason
-        return False
+        return None
 
     def _snapshot(self, path: Path) -> Path | None:
         if self._snapshot_dir is None:
@@ -233,12 +240,10 @@ class AuditQuery:
     def _create_views(self, sources: list[str]) -> None:
         columns = ", ".join(EVENT_COLUMNS)
         if sources:
-            union = " UNION ALL ".join(f"SELECT {columns} FROM {alias}.events" for alias in sources)  # noqa: S608
+            union = " UNION ALL ".join(f"SELECT {columns} FROM {source}" for source in sources)  # noqa: S608
             self._con.execute(f"CREATE TEMP VIEW all_events_raw AS {union}")
         else:
-            self._con.execute(
-                EVENTS_TABLE.format(name="no_sessions").replace("CREATE TABLE", "CREATE TEMP TABLE")
-            )
+            self._con.execute(events_table_ddl("no_sessions").replace("CREATE TABLE", "CREATE TEMP TABLE"))
             self._con.execute(f"CREATE TEMP VIEW all_events_raw AS SELECT {columns} FROM temp.no_sessions")  # noqa: S608
         self._con.execute(VIEWS_SQL)
 
