@@ -61,6 +61,14 @@ EXAMPLES: dict[str, dict] = {
     },
     "violation": {"kind": "sandbox_denial", "layer": "network", "message": "connect refused"},
     "policy_change": {"old_policy": "default", "new_policy": "strict", "changed_by": "ada"},
+    "audit_query": {
+        "interface": "sql_magic",
+        "sql_redacted": "SELECT count(*) FROM events",
+        "sql_sha256": "0" * 64,
+        "status": "ok",
+        "row_count": 1,
+        "duration_ms": 3.5,
+    },
     "session_end": {"status": "normal", "cells_run": 1},
 }
 

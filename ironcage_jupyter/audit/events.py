@@ -41,6 +41,7 @@ class EventType(StrEnum):
     TOOL_CALL = "tool_call"
     VIOLATION = "violation"
     POLICY_CHANGE = "policy_change"
+    AUDIT_QUERY = "audit_query"
 
 
 # Events that gate an action or report a breach are committed before `record` returns, whatever the
@@ -54,6 +55,7 @@ ALWAYS_DURABLE: frozenset[str] = frozenset(
         EventType.CREDENTIAL_ACCESS,
         EventType.VIOLATION,
         EventType.POLICY_CHANGE,
+        EventType.AUDIT_QUERY,
     }
 )
 
@@ -220,6 +222,23 @@ class PolicyChangeDetail(_Detail):
     source: str | None = Field(default=None, description="File path or UI that made the change.")
 
 
+class AuditQueryDetail(_Detail):
+    """A read of the audit log itself (`%%ironcage sql`, `%ironcage audit`, `audit query`): recorded
+    before its result is shown. A refused query has decision `deny`."""
+
+    interface: Literal["sql_magic", "audit_magic", "cli"]
+    sql_redacted: str = Field(description="The query text after secret redaction (bounded).")
+    sql_sha256: str = Field(description="SHA-256 of the query text exactly as submitted.")
+    status: Literal["ok", "refused", "error"]
+    row_count: int | None = Field(default=None, description="Rows fetched (at most the fetch limit).")
+    truncated: bool | None = None
+    duration_ms: float | None = None
+    sessions: int | None = Field(default=None, description="Session files the query read.")
+    output_variable: str | None = Field(default=None, description="`-o NAME`: the DataFrame's name.")
+    error: str | None = None
+    cell_id: str | None = None
+
+
 DETAIL_MODELS: dict[str, type[_Detail]] = {
     EventType.SESSION_START: SessionStartDetail,
     EventType.SESSION_END: SessionEndDetail,
@@ -233,6 +252,7 @@ DETAIL_MODELS: dict[str, type[_Detail]] = {
     EventType.TOOL_CALL: ToolCallDetail,
     EventType.VIOLATION: ViolationDetail,
     EventType.POLICY_CHANGE: PolicyChangeDetail,
+    EventType.AUDIT_QUERY: AuditQueryDetail,
 }
 
 
@@ -254,6 +274,7 @@ NAME_FIELDS: dict[str, str] = {
     EventType.TOOL_CALL: "gen_ai.tool.name",
     EventType.VIOLATION: "kind",
     EventType.POLICY_CHANGE: "new_policy",
+    EventType.AUDIT_QUERY: "interface",
 }
 
 

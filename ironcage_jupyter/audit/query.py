@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
+from .errors import AuditWriteError
 from .paths import SNAPSHOTS_SUBDIR, ensure_private_dir, session_files, session_id_of
 from .schema import EVENT_COLUMNS, EVENT_COLUMNS_V1, VIEWS_SQL, events_source, events_table_ddl
-from .store import is_open_in_process, journal_path, replay_journal
+from .store import is_open_in_process, journal_path, replay_journal, store_in_process
 
 if TYPE_CHECKING:
     from .store import AuditStore
@@ -165,7 +166,11 @@ class AuditQuery:
         """ATTACH in place (returns False) or via a snapshot (live: True); None if it cannot be read."""
         for _attempt in range(5):
             try:
-                if not _recover_journal_in_place(path):
+                # A file this process writes is never opened a second time here: DuckDB's lock is
+                # a POSIX record lock, which the kernel drops for the whole process as soon as any
+                # descriptor of the file is closed - even a failed in-process ATTACH's. Another
+                # process could then open the live file read-write (journal recovery checkpoints it).
+                if is_open_in_process(path) or not _recover_journal_in_place(path):
                     raise duckdb.IOException("Could not set lock: the session is live")
                 self._con.execute(f"ATTACH '{_sql_str(path)}' AS {alias} (READ_ONLY)")
                 return False
@@ -213,6 +218,13 @@ class AuditQuery:
             _remove_orphaned_snapshots(base)
             self._snapshot_dir = Path(tempfile.mkdtemp(prefix=f"q{os.getpid()}-", dir=base))
         target = self._snapshot_dir / f"{uuid.uuid4().hex}.duckdb"
+        own = store_in_process(path)
+        if own is not None:  # never open this process's own live file (see AuditStore.snapshot_to)
+            try:
+                own.snapshot_to(target)
+            except AuditWriteError:
+                return None
+            return target
         wal = Path(f"{path}.wal")
         journal = journal_path(path)
         target_journal = journal_path(target)

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,11 +63,17 @@ _LIVE_CHECKPOINT_THRESHOLD = "16GB"
 
 # Session files this process is writing: DuckDB would hand another in-process connect() the same
 # instance, so purge/repair code must consult this rather than rely on the file lock.
-_OPEN_IN_PROCESS: set[Path] = set()
+_OPEN_IN_PROCESS: dict[Path, weakref.ref[AuditStore]] = {}
 
 
 def is_open_in_process(path: Path) -> bool:
     return Path(path).resolve() in _OPEN_IN_PROCESS
+
+
+def store_in_process(path: Path) -> AuditStore | None:
+    """The live store of this process that writes `path`, if any."""
+    ref = _OPEN_IN_PROCESS.get(Path(path).resolve())
+    return ref() if ref is not None else None
 
 
 def _one(result: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:
@@ -152,20 +159,35 @@ _ARROW_TYPES = {
     },
 }
 _ARROW_SCHEMA = pa.schema([(c, _ARROW_TYPES.get(c, pa.string())) for c in EVENT_COLUMNS])
+_ARROW_TABLE_SCHEMA = _ARROW_SCHEMA.set(1, pa.field("ts", _TS)).set(13, pa.field("purged_at", _TS))
+
+
+# Below this many rows a batch goes through the Appender: a cell's handful of events costs no more
+# than with Arrow, and pyarrow's first `pa.array` imports pandas (~0.3 s, ~50 MB), which a kernel
+# wrapper that never sees a large batch should not pay.
+ARROW_MIN_ROWS = 256
 
 
 def insert_rows(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert store rows (EVENT_COLUMNS order, `ts` as microseconds since the epoch) in one statement.
+    """Insert store rows (EVENT_COLUMNS order, `ts` as microseconds since the epoch) in one statement:
+    in autocommit mode one atomic, durable transaction (a failure leaves nothing of it behind).
 
-    The batch is handed to DuckDB as Arrow columns built column-wise (no per-value conversion in the
-    DuckDB client), and one INSERT ... SELECT in autocommit mode is one atomic, durable transaction."""
+    A large batch is handed to DuckDB as Arrow columns built column-wise (no per-value conversion in
+    the DuckDB client); a small one goes through the Appender."""
+    if len(rows) < ARROW_MIN_ROWS:
+        appender = con.appender("events")
+        try:
+            appender.append_rows([(*row[:1], _EPOCH + _ONE_MICROSECOND * row[1], *row[2:]) for row in rows])
+            appender.flush()
+        except BaseException:
+            appender.clear()
+            raise
+        return
     columns = list(zip(*rows, strict=True))
     arrays = [pa.array(values, type=_ARROW_SCHEMA.field(i).type) for i, values in enumerate(columns)]
     arrays[1] = arrays[1].cast(_TS)
     arrays[13] = arrays[13].cast(_TS)
-    batch = pa.Table.from_arrays(
-        arrays, schema=_ARROW_SCHEMA.set(1, pa.field("ts", _TS)).set(13, pa.field("purged_at", _TS))
-    )
+    batch = pa.Table.from_arrays(arrays, schema=_ARROW_TABLE_SCHEMA)
     name = f"_ironcage_batch_{threading.get_ident()}"
     con.register(name, batch)
     try:
@@ -321,7 +343,7 @@ class AuditStore:
             self._identity = self._stat(self.path)
             self._journal_identity = self._stat(self.journal_path)
             self._journal_regular = self.journal_path.is_file()
-            _OPEN_IN_PROCESS.add(self.path.resolve())
+            _OPEN_IN_PROCESS[self.path.resolve()] = weakref.ref(self)
         except (duckdb.Error, OSError) as exc:
             raise AuditWriteError(f"cannot open audit log {self.path}: {exc}") from exc
 
@@ -519,6 +541,29 @@ class AuditStore:
                     ) from exc
         return len(batch)
 
+    def snapshot_to(self, target: Path) -> None:
+        """Write a copy of this session (everything recorded so far) to a new file `target`, through
+        the writer's own connection.
+
+        A query in the writer's process must not copy the live file itself: DuckDB's lock on it is
+        a POSIX record lock, and closing any descriptor of the file in this process - a copy's -
+        releases it, after which another process could open the live file read-write."""
+        with self._db_lock:
+            with self._lock:
+                self._check_usable()
+            self._ingest_locked()
+            try:
+                self._con.execute(
+                    f"ATTACH '{str(target).replace(chr(39), chr(39) * 2)}' AS ironcage_snapshot"
+                )
+                try:
+                    for table in ("events", "purge_log", "store_meta"):
+                        self._con.execute(f"CREATE TABLE ironcage_snapshot.{table} AS SELECT * FROM {table}")  # noqa: S608
+                finally:
+                    self._con.execute("DETACH ironcage_snapshot")
+            except duckdb.Error as exc:
+                raise AuditWriteError(f"cannot copy the live audit log {self.path}: {exc}") from exc
+
     def _request_background_flush(self) -> None:
         with self._flush_wanted:
             if self._flusher is None:
@@ -585,7 +630,7 @@ class AuditStore:
                 if self._journal_fd is not None:
                     os.close(self._journal_fd)
                     self._journal_fd = None
-                _OPEN_IN_PROCESS.discard(self.path.resolve())
+                _OPEN_IN_PROCESS.pop(self.path.resolve(), None)
             if self._failure is None:
                 with contextlib.suppress(FileNotFoundError):
                     self.journal_path.unlink()  # DuckDB has checkpointed all of it
