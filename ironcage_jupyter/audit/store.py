@@ -24,6 +24,7 @@ torn journal line is ignored).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -35,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 from pydantic import BaseModel
 
 from .errors import AuditWriteError
@@ -146,20 +146,18 @@ def _row_from_canonical(digest: str, canonical: str) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-_TS = pa.timestamp("us", tz="UTC")
-_ARROW_TYPES = {
-    "ts": pa.int64(),
-    "seq": pa.int64(),
-    "purged_at": pa.int64(),
-    **{
-        column: {"VARCHAR": pa.string(), "DOUBLE": pa.float64(), "BIGINT": pa.int64(), "BOOLEAN": pa.bool_()}[
-            t
-        ]
-        for column, t, _path in PROMOTED_FIELDS
-    },
-}
-_ARROW_SCHEMA = pa.schema([(c, _ARROW_TYPES.get(c, pa.string())) for c in EVENT_COLUMNS])
-_ARROW_TABLE_SCHEMA = _ARROW_SCHEMA.set(1, pa.field("ts", _TS)).set(13, pa.field("purged_at", _TS))
+@functools.cache
+def _arrow_schemas() -> tuple[Any, Any]:
+    """(schema of the built columns, schema of the inserted table); pyarrow is imported only when a
+    large batch first needs it."""
+    import pyarrow as pa
+
+    kinds = {"VARCHAR": pa.string(), "DOUBLE": pa.float64(), "BIGINT": pa.int64(), "BOOLEAN": pa.bool_()}
+    types = {"ts": pa.int64(), "seq": pa.int64(), "purged_at": pa.int64()}
+    types.update({column: kinds[sql_type] for column, sql_type, _path in PROMOTED_FIELDS})
+    built = pa.schema([(c, types.get(c, pa.string())) for c in EVENT_COLUMNS])
+    stamp = pa.timestamp("us", tz="UTC")
+    return built, built.set(1, pa.field("ts", stamp)).set(13, pa.field("purged_at", stamp))
 
 
 # Below this many rows a batch goes through the Appender: a cell's handful of events costs no more
@@ -184,10 +182,13 @@ def insert_rows(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> 
             raise
         return
     columns = list(zip(*rows, strict=True))
-    arrays = [pa.array(values, type=_ARROW_SCHEMA.field(i).type) for i, values in enumerate(columns)]
-    arrays[1] = arrays[1].cast(_TS)
-    arrays[13] = arrays[13].cast(_TS)
-    batch = pa.Table.from_arrays(arrays, schema=_ARROW_TABLE_SCHEMA)
+    import pyarrow as pa
+
+    built, inserted = _arrow_schemas()
+    arrays = [pa.array(values, type=built.field(i).type) for i, values in enumerate(columns)]
+    arrays[1] = arrays[1].cast(inserted.field(1).type)
+    arrays[13] = arrays[13].cast(inserted.field(13).type)
+    batch = pa.Table.from_arrays(arrays, schema=inserted)
     name = f"_ironcage_batch_{threading.get_ident()}"
     con.register(name, batch)
     try:
