@@ -273,6 +273,7 @@ def test_a_format_1_file_is_queried_and_verified(audit_dir) -> None:
     canonical bytes, verify checks its envelope columns."""
     from ironcage_jupyter.audit.query import AuditQuery
     from ironcage_jupyter.audit.schema import PROMOTED_COLUMNS
+    from ironcage_jupyter.audit.verify import _fast_fields
 
     path = audit_dir / "sessions" / "alpha.duckdb"
     tamper(audit_dir, "alpha", *(f"ALTER TABLE events DROP COLUMN {c}" for c in PROMOTED_COLUMNS))
@@ -281,6 +282,9 @@ def test_a_format_1_file_is_queried_and_verified(audit_dir) -> None:
     con.close()
     assert verify(audit_dir).exit_code == 0
     with AuditQuery(audit_dir) as query:
+        cursor = query.cursor()
+        assert _fast_fields(cursor, query.attached) == {"s0": 0, "s1": 0}  # proven without the fallback
+        cursor.close()
         rows = query.sql(
             "SELECT session_id, count(*) FROM events WHERE target LIKE 'host%' GROUP BY ALL ORDER BY 1"
         ).rows

@@ -123,7 +123,8 @@ _FAST_FIELDS_SQL = (
 SELECT '{alias}' AS alias, count(*) FILTER (WHERE NOT coalesce(CASE WHEN canonical IS NULL
        THEN purged_at IS NOT NULL ELSE purged_at IS NULL AND ("""  # noqa: S608
     + _FIELDS_OK.strip().replace("$session", "${alias}_session")
-    + """) END, FALSE)) AS bad
+    + """
+       ) END, FALSE)) AS bad
 FROM (
     SELECT *, CASE WHEN canonical IS NULL THEN NULL ELSE json_extract_string(canonical, """
     + _FIELD_PATHS
