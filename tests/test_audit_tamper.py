@@ -258,7 +258,12 @@ def test_clean_sessions_are_proven_by_the_fast_path(audit_dir) -> None:
 
 @pytest.mark.parametrize(
     ("column", "value"),
-    [("target", "'elsewhere.example:443'"), ("duration_ms", "1.5"), ("granted", "true")],
+    [
+        ("target", "'elsewhere.example:443'"),
+        ("duration_ms", "1.5"),
+        ("granted", "true"),
+        ("ts", "ts + INTERVAL 1 MICROSECOND"),  # the signed ts is compared in Arrow on the fast path
+    ],
 )
 def test_modified_promoted_detail_column_is_detected(audit_dir, column: str, value: str) -> None:
     # The typed copies of detail fields are what queries filter on: they must match the signed bytes.

@@ -115,14 +115,16 @@ ORDER BY pos
 # the signed content (or whose purge mark does not fit), on its own threads; meanwhile Python
 # streams (seq, hash, prev_hash, canonical) and checks the hashes and the links.
 _FAST_CHAIN_SQL = (
-    "SELECT seq, hash, prev_hash, coalesce(canonical, '')::BLOB AS data, canonical IS NULL AS tomb "
-    "FROM {alias}.events"
+    "SELECT seq, hash, prev_hash, coalesce(canonical, '')::BLOB AS data, canonical IS NULL AS tomb, "
+    "epoch_us(ts) AS ts_us FROM {alias}.events"
 )
 _FAST_FIELDS_SQL = (
     """
 SELECT '{alias}' AS alias, count(*) FILTER (WHERE NOT coalesce(CASE WHEN canonical IS NULL
        THEN purged_at IS NOT NULL ELSE purged_at IS NULL AND ("""  # noqa: S608
-    + _FIELDS_OK.strip().replace("$session", "${alias}_session")
+    + "\n".join(line for line in _FIELDS_OK.strip().splitlines() if "f[2]" not in line).replace(
+        "$session", "${alias}_session"
+    )
     + """
        ) END, FALSE)) AS bad
 FROM (
@@ -196,7 +198,7 @@ def _fast_chain(cursor: Any, attached: AttachedSession, session_id: str) -> tupl
             rows = batch.num_rows
             if not rows:
                 continue
-            seq, hashes, prevs, data, tomb = batch.columns
+            seq, hashes, prevs, data, tomb, ts_us = batch.columns
             if seq.null_count or tomb.null_count:
                 raise _NotProven("nulls")
             if head is None:
@@ -235,12 +237,39 @@ def _fast_chain(cursor: Any, attached: AttachedSession, session_id: str) -> tupl
                     patched[64 * i : 64 * i + 64] = hash_flat[64 * i : 64 * i + 64]
                 if bytes(patched) != hash_flat:
                     raise _NotProven("hash")
+            _check_ts(tomb, data, ts_us)
     except pa.ArrowException as exc:
         raise _NotProven(str(exc)) from exc
     finally:
         batches.close()
         reader.close()
     return head
+
+
+_TS_TYPE = pa.timestamp("us", tz="UTC")
+
+
+def _check_ts(tomb: pa.Array, data: pa.Array, ts_us: pa.Array) -> None:
+    """The signed `ts` equals the column, compared in Arrow (DuckDB's strftime of every row cost more
+    than the whole JSON comparison). In canonical bytes `ts` is the last top-level key, so they end
+    with `,"ts":"YYYY-MM-DDTHH:MM:SS.ffffffZ"}`; JSON strings cannot contain an unescaped `"`, so that
+    tail is the top-level member. Anything else (tampering, another layout) is left to the precise
+    path."""
+    live = pc.invert(tomb)
+    tails = pc.binary_slice(data.filter(live), -36).cast(pa.string())  # bytes: cheaper than SQL right()
+    if tails.null_count:
+        raise _NotProven("ts")
+    if not len(tails):
+        return
+    if not (
+        pc.all(pc.equal(pc.utf8_length(tails), 36)).as_py()
+        and pc.all(pc.starts_with(tails, ',"ts":"')).as_py()
+        and pc.all(pc.ends_with(tails, '"}')).as_py()
+    ):
+        raise _NotProven("ts layout")
+    signed = pc.cast(pc.cast(pc.utf8_slice_codeunits(tails, 7, 34), _TS_TYPE), pa.int64())
+    if not pc.all(pc.equal(signed, ts_us.filter(live))).as_py():
+        raise _NotProven("ts")
 
 
 def _prefetched(reader: Any, depth: int = 2) -> Generator[pa.RecordBatch, None, None]:
