@@ -95,6 +95,27 @@ def test_sql_magic_shows_a_table_and_refuses_writes(kernel) -> None:
     assert escape.status == "error" and "root:" not in escape.text
 
 
+def test_queries_of_the_audit_log_are_themselves_recorded(kernel, audit_dir) -> None:
+    _, kc = kernel
+    sql = "SELECT event_type, count(*) FROM events GROUP BY ALL"
+    assert run_cell(kc, f"%%ironcage sql\n{sql}", "cell-sql").status == "ok"
+    assert run_cell(kc, "%%ironcage sql\nUPDATE events SET rule = 'x'", "cell-sql-bad").status == "error"
+    assert run_cell(kc, "%ironcage audit --last 2 --denied", "cell-look").status == "ok"
+    session_id = status(kc)["audit"]["session_id"]
+    with AuditQuery(audit_dir) as query:
+        rows = query.run_trusted(
+            "SELECT name, decision, cell_id, status, detail->>'sql_redacted', "
+            "(detail->>'row_count')::INT > 0, duration_ms >= 0 "
+            "FROM events WHERE session_id = ? AND event_type = 'audit_query' ORDER BY seq",
+            [session_id],
+        ).rows
+    assert rows[-3:] == [
+        ("sql_magic", None, "cell-sql", "ok", sql, True, True),
+        ("sql_magic", "deny", "cell-sql-bad", "refused", "UPDATE events SET rule = 'x'", None, True),
+        ("audit_magic", None, "cell-look", "ok", "%ironcage audit --last 2 --denied", True, True),
+    ]
+
+
 def test_sql_magic_hands_a_dataframe_to_the_notebook(kernel) -> None:
     _, kc = kernel
     assert (

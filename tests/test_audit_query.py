@@ -19,6 +19,7 @@ from ironcage_jupyter.audit import (
     run_sql_magic,
 )
 from ironcage_jupyter.audit.query import check_read_only
+from ironcage_jupyter.audit.verify import verify
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,6 +85,8 @@ def test_views_span_closed_and_live_sessions(live_store) -> None:
         assert columns == [
             "event_id", "ts", "session_id", "seq", "event_type", "decision", "rule", "reason", "cell_id",
             "name", "detail", "prev_hash", "hash",
+            # detail fields promoted to typed columns at write time (verify checks them too)
+            "tool_call_id", "status", "duration_ms", "result_size_bytes", "granted", "scope", "target", "layer",
         ]  # fmt: skip
         detail = query.sql("SELECT detail FROM events WHERE event_type = 'output_redaction'").rows[0][0]
         assert json.loads(detail) == {"action": "redacted", "count": 1, "detector": "github_token"}
@@ -256,6 +259,17 @@ def test_cli_query_json(live_store) -> None:
         [*command[:-2], "DROP VIEW events"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert refused.returncode == 2 and "read-only" in refused.stderr
+    # Each CLI query is recorded (its own one-event session file) before anything is printed.
+    with AuditQuery(live_store.audit_dir) as query:
+        recorded = query.sql(
+            "SELECT decision, rule, status, detail->>'sql_redacted', (detail->>'row_count')::INT, "
+            "duration_ms > 0 FROM events WHERE event_type = 'audit_query' AND name = 'cli' ORDER BY ts"
+        ).rows
+    assert recorded == [
+        (None, None, "ok", command[-1], 2, True),
+        ("deny", "invariant.audit-read-only", "refused", "DROP VIEW events", None, True),
+    ]
+    assert verify(live_store.audit_dir).exit_code == 0
 
 
 def test_snapshots_of_dead_query_processes_are_removed(live_store) -> None:
@@ -268,3 +282,21 @@ def test_snapshots_of_dead_query_processes_are_removed(live_store) -> None:
         own = list((live_store.audit_dir / "snapshots").iterdir())
         assert len(own) == 1
     assert list((live_store.audit_dir / "snapshots").iterdir()) == []
+
+
+def test_querying_the_own_live_session_keeps_the_writers_lock(live_store) -> None:
+    """DuckDB's file lock is a POSIX record lock: any close of the file by the writer's process drops
+    it. A query of the process's own live session must therefore never open that file (it copies it
+    through the writer's connection), or another process could open the live file read-write."""
+    with AuditQuery(live_store.audit_dir, live_store=live_store) as query:
+        assert query.attached["live-1"].live
+        assert query.sql("SELECT count(*) FROM events WHERE session_id = 'live-1'").rows == [(4,)]
+    probe = (
+        "import duckdb, sys\n"
+        "try:\n    duckdb.connect(sys.argv[1]).close()\nexcept duckdb.Error as exc:\n    print(exc)\n"
+        "else:\n    print('OPENED')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(live_store.path)], capture_output=True, text=True, timeout=60
+    )
+    assert "OPENED" not in done.stdout and "lock" in done.stdout.lower(), done.stdout + done.stderr

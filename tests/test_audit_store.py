@@ -69,6 +69,14 @@ EXAMPLES: dict[str, dict] = {
         "required_layers": ["process", "filesystem", "network", "syscall"],
         "selftest_ms": 96.0,
     },
+    "audit_query": {
+        "interface": "sql_magic",
+        "sql_redacted": "SELECT count(*) FROM events",
+        "sql_sha256": "0" * 64,
+        "status": "ok",
+        "row_count": 1,
+        "duration_ms": 3.5,
+    },
     "session_end": {"status": "normal", "cells_run": 1},
 }
 

@@ -12,7 +12,11 @@ import duckdb
 import pytest
 
 from ironcage_jupyter.audit import AuditStore
+from ironcage_jupyter.audit.schema import EVENT_COLUMNS_V1
 from ironcage_jupyter.audit.verify import verify
+
+# The columns of format 1; a forged row copies the rest (the promoted detail columns) from its source.
+_V1 = "(" + ", ".join(f"'{c}'" for c in EVENT_COLUMNS_V1) + ")"
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,7 +137,7 @@ def test_inserted_event_with_a_duplicate_seq_is_detected(audit_dir) -> None:
         audit_dir,
         "alpha",
         "INSERT INTO events SELECT ?, ts, session_id, seq, event_type, 'allow', rule, reason, cell_id, name, "
-        "prev_hash, ?, ?, NULL FROM events WHERE seq = 7",
+        "prev_hash, ?, ?, NULL, COLUMNS(lambda c: c NOT IN " + _V1 + ") FROM events WHERE seq = 7",
         params=[forged["event_id"], _sha(canonical), canonical],
     )
     found = session_report(audit_dir)
@@ -150,7 +154,7 @@ def test_event_appended_after_close_is_detected_even_when_correctly_chained(audi
         audit_dir,
         "alpha",
         "INSERT INTO events SELECT ?, ts, session_id, 13, event_type, decision, rule, reason, cell_id, name, "
-        "?, ?, ?, NULL FROM events WHERE seq = 12",
+        "?, ?, ?, NULL, COLUMNS(lambda c: c NOT IN " + _V1 + ") FROM events WHERE seq = 12",
         params=[forged["event_id"], last["hash"], _sha(canonical), canonical],
     )
     assert session_report(audit_dir).inserted == [13]
@@ -173,7 +177,8 @@ def test_event_moved_from_another_session_is_detected(audit_dir) -> None:
     tamper(
         audit_dir,
         "alpha",
-        "INSERT INTO events VALUES (?, ?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+        f"INSERT INTO events ({', '.join(EVENT_COLUMNS_V1)}) "
+        "VALUES (?, ?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
         params=[
             foreign["event_id"],
             foreign["ts"],
@@ -236,3 +241,58 @@ def test_a_foreign_database_in_the_sessions_dir_is_reported_not_fatal(audit_dir)
     statuses = {s.session_id: s.status for s in report.sessions}
     assert statuses == {"alpha": "ok", "beta": "ok", "foreign": "error"}
     assert report.exit_code == 2
+
+
+def test_clean_sessions_are_proven_by_the_fast_path(audit_dir) -> None:
+    """The one-scan path must prove an untouched session by itself (the precise path is the fallback)."""
+    from ironcage_jupyter.audit.query import AuditQuery
+    from ironcage_jupyter.audit.verify import _fast_chain, _fast_fields
+
+    with AuditQuery(audit_dir) as query:
+        cursor = query.cursor()
+        assert _fast_fields(cursor, query.attached) == {"s0": 0, "s1": 0}
+        head = _fast_chain(cursor, query.attached["alpha"], "alpha")
+        cursor.close()
+    assert head is not None and head[0] == 1
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("target", "'elsewhere.example:443'"),
+        ("duration_ms", "1.5"),
+        ("granted", "true"),
+        ("ts", "ts + INTERVAL 1 MICROSECOND"),  # the signed ts is compared in Arrow on the fast path
+    ],
+)
+def test_modified_promoted_detail_column_is_detected(audit_dir, column: str, value: str) -> None:
+    # The typed copies of detail fields are what queries filter on: they must match the signed bytes.
+    tamper(audit_dir, "alpha", f"UPDATE events SET {column} = {value} WHERE seq = 4")  # noqa: S608
+    found = session_report(audit_dir)
+    assert found.modified == [4]
+    assert not found.deleted and not found.inserted and not found.reordered
+
+
+def test_a_format_1_file_is_queried_and_verified(audit_dir) -> None:
+    """A session file written before the promoted columns existed: the views compute them from the
+    canonical bytes, verify checks its envelope columns."""
+    from ironcage_jupyter.audit.query import AuditQuery
+    from ironcage_jupyter.audit.schema import PROMOTED_COLUMNS
+    from ironcage_jupyter.audit.verify import _fast_fields
+
+    path = audit_dir / "sessions" / "alpha.duckdb"
+    tamper(audit_dir, "alpha", *(f"ALTER TABLE events DROP COLUMN {c}" for c in PROMOTED_COLUMNS))
+    con = duckdb.connect(str(path), read_only=True)
+    assert [r[0] for r in con.execute("DESCRIBE events").fetchall()] == list(EVENT_COLUMNS_V1)
+    con.close()
+    assert verify(audit_dir).exit_code == 0
+    with AuditQuery(audit_dir) as query:
+        cursor = query.cursor()
+        assert _fast_fields(cursor, query.attached) == {"s0": 0, "s1": 0}  # proven without the fallback
+        cursor.close()
+        rows = query.sql(
+            "SELECT session_id, count(*) FROM events WHERE target LIKE 'host%' GROUP BY ALL ORDER BY 1"
+        ).rows
+    assert rows == [("alpha", 6), ("beta", 6)]
+    tamper(audit_dir, "alpha", "UPDATE events SET reason = 'benign' WHERE seq = 2")
+    assert session_report(audit_dir).modified == [2]

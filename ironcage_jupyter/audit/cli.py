@@ -78,14 +78,35 @@ def _audit_dir(args: argparse.Namespace) -> Path:
 
 
 def _query(args: argparse.Namespace) -> int:
+    """Run the query, then record it (its own one-event session file: the CLI has no kernel session)
+    before printing anything; a query that cannot be recorded prints no result (exit 2)."""
+    import time
+
+    from .errors import AuditWriteError
+    from .integration import new_session_id, record_query
     from .query import AuditQuery, AuditQueryError, query_json
     from .render import render_text
+    from .store import AuditStore
 
+    audit_dir = _audit_dir(args)
+    started = time.monotonic()
+    result = error = None
     try:
-        with AuditQuery(_audit_dir(args)) as query:
+        with AuditQuery(audit_dir) as query:
             result = query.sql(args.sql, limit=args.limit)
     except AuditQueryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        error = exc
+    try:
+        with AuditStore(audit_dir, new_session_id() + "-cli") as store:
+            record_query(
+                store.record, interface="cli", text=args.sql, started=started, output=result, error=error
+            )
+    except (AuditWriteError, ValueError) as exc:
+        print(f"error: the query could not be recorded in the audit log, so no result is shown: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if error is not None or result is None:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     print(query_json(result) if args.json else render_text(result, args.limit))
     return 0

@@ -300,6 +300,31 @@ class KernelAudit:
                 detail={"kind": "other", "message": f"{event_type}: {name}", **common},
             )
 
+    def audit_query(
+        self,
+        *,
+        interface: str,
+        text: str,
+        started: float,
+        output: Any = None,
+        error: BaseException | None = None,
+        output_variable: str | None = None,
+        cell_id: str | None = None,
+    ) -> None:
+        """Record a read of the audit log (durable) before its result is shown; raises
+        `AuditWriteError` if it cannot be recorded (the result is then not shown)."""
+        record_query(
+            self.record,
+            interface=interface,
+            text=text,
+            redact=self.redact,
+            started=started,
+            output=output,
+            error=error,
+            output_variable=output_variable,
+            cell_id=cell_id,
+        )
+
     def drain_policy_events(self, kernel: Any) -> None:
         """Record what the kernel's policy session queued (policy loads/changes) since the last call."""
         session = getattr(kernel, "policy_session", None)
@@ -511,6 +536,74 @@ class KernelAudit:
                 pass  # the store is failed: the next cell is refused with the reason
 
 
+def record_query(
+    record: Callable[..., Any],
+    *,
+    interface: str,
+    text: str,
+    redact: Callable[[str], str] = lambda text: text,
+    started: float,
+    output: Any = None,
+    error: BaseException | None = None,
+    output_variable: str | None = None,
+    cell_id: str | None = None,
+) -> None:
+    """One `audit_query` event: the text, how many rows, how long; a refused query as refused.
+    `output` is a `MagicOutput` or a `QueryResult`; `started` a `time.monotonic()` reading."""
+    import hashlib
+
+    from .query import ReadOnlyViolation
+
+    refused = isinstance(error, ReadOnlyViolation)
+    rows = getattr(output, "fetched", None)
+    if rows is None and output is not None:
+        rows = len(getattr(output, "rows", []))
+    result = getattr(output, "result", output)
+    record(
+        "audit_query",
+        decision="deny" if refused else None,
+        rule="invariant.audit-read-only" if refused else None,
+        reason=_text(error) if error is not None else None,
+        detail={
+            "interface": interface,
+            "sql_redacted": redact(text[:MAX_CODE_CHARS]),
+            "sql_sha256": hashlib.sha256(text.encode("utf-8", "replace")).hexdigest(),
+            "status": "refused" if refused else ("error" if error is not None else "ok"),
+            "row_count": rows if error is None else None,
+            "truncated": getattr(output, "truncated", None) if error is None else None,
+            "duration_ms": (time.monotonic() - started) * 1e3,
+            "sessions": getattr(result, "sessions", None) if error is None else None,
+            "output_variable": output_variable,
+            "error": _text(error, 1000) if error is not None and not refused else None,
+            "cell_id": cell_id,
+        },
+    )
+
+
+def _cell_id(kernel: Any) -> str | None:
+    """The front end's cell id of the request being handled, if it sent one."""
+    try:
+        parent = kernel.get_parent("shell") if hasattr(kernel, "get_parent") else {}
+        cell_id = ((parent or {}).get("metadata") or {}).get("cellId")
+    except Exception:  # no parent (tests calling the handler directly)
+        return None
+    return str(cell_id) if cell_id else None
+
+
+def _out_name(argstring: str) -> str | None:
+    """`-o NAME` / `--out NAME` of the magic line, for the record (None if absent or unparsable)."""
+    import shlex
+
+    try:
+        words = shlex.split(argstring)
+    except ValueError:
+        return None
+    for i, word in enumerate(words[:-1]):
+        if word in ("-o", "--out"):
+            return words[i + 1][:200]
+    return None
+
+
 class _AuditStage:
     def __init__(self, audit: KernelAudit) -> None:
         self.audit = audit
@@ -602,17 +695,35 @@ def register_magics() -> None:
                 "use the cell magic: %%ironcage sql [-o NAME] [--limit N], with the SQL below it",
                 "UsageError",
             )
+        if not audit.usable:  # every read of the log is recorded in it: no record, no read
+            return MagicResult.fail(
+                "the audit log cannot be written, so it is not queried: " + audit.failure_reason(),
+                "AuditUnavailable",
+            )
+        started = time.monotonic()
+        record: dict[str, Any] = {"interface": "sql_magic", "text": body, "started": started,
+                  "output_variable": _out_name(argstring), "cell_id": _cell_id(kernel)}  # fmt: skip
         try:
             output = await asyncio.to_thread(
                 run_sql_magic,
                 argstring,
                 body,
                 audit_dir=audit.audit_dir,
-                store=audit.store if audit.usable else None,
+                store=audit.store,
                 settings=audit.settings,
             )
         except AuditQueryError as exc:
+            try:
+                audit.audit_query(**record, error=exc)
+            except AuditWriteError as write_error:
+                return MagicResult.fail(f"the query could not be recorded: {write_error}", "AuditUnavailable")
             return MagicResult.fail(str(exc), "AuditQueryError")
+        try:
+            audit.audit_query(**record, output=output)
+        except AuditWriteError as exc:
+            return MagicResult.fail(
+                f"the query could not be recorded, so its result is not shown: {exc}", "AuditUnavailable"
+            )
         if output.child_code is not None:
             problem = await _transfer_to_child(kernel, audit, output.child_code, len(output.result.rows))
             if problem:
@@ -628,16 +739,33 @@ def register_magics() -> None:
         from .query import AuditQueryError
 
         await audit.ready()
+        if not audit.usable:  # every read of the log is recorded in it: no record, no read
+            return MagicResult.fail(
+                "the audit log cannot be written, so it is not queried: " + audit.failure_reason(),
+                "AuditUnavailable",
+            )
+        record: dict[str, Any] = {"interface": "audit_magic", "text": f"%ironcage audit {argstring}".strip(),
+                  "started": time.monotonic(), "cell_id": _cell_id(kernel)}  # fmt: skip
         try:
             output = await asyncio.to_thread(
                 run_audit_magic,
                 argstring,
                 audit_dir=audit.audit_dir,
-                store=audit.store if audit.usable else None,
+                store=audit.store,
                 settings=audit.settings,
             )
         except AuditQueryError as exc:
+            try:
+                audit.audit_query(**record, error=exc)
+            except AuditWriteError as write_error:
+                return MagicResult.fail(f"the query could not be recorded: {write_error}", "AuditUnavailable")
             return MagicResult.fail(str(exc), "AuditQueryError")
+        try:
+            audit.audit_query(**record, output=output)
+        except AuditWriteError as exc:
+            return MagicResult.fail(
+                f"the query could not be recorded, so its result is not shown: {exc}", "AuditUnavailable"
+            )
         return MagicResult(data=output.data)
 
 

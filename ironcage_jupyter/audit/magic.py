@@ -29,6 +29,10 @@ class MagicOutput:
     child_code: str | None
     """Source to run in the child (only with -o NAME), binding NAME to a pandas DataFrame."""
     result: QueryResult
+    fetched: int = 0
+    """Rows fetched (what `-o` transfers; at least what is shown)."""
+    truncated: bool = False
+    """True when the query had more rows than were fetched."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,7 +103,7 @@ def run_sql_magic(
     child_code = dataframe_code(args.out, full) if args.out else None
     if args.out and full.truncated:
         shown.notes.append(f"-o {args.out}: only the first {fetch} rows were transferred")
-    return MagicOutput(mimebundle(shown, limit), child_code, shown)
+    return MagicOutput(mimebundle(shown, limit), child_code, shown, len(full.rows), full.truncated)
 
 
 def audit_sql(event_type: str | None, denied: bool, session: str | None) -> tuple[str, list[object]]:
@@ -145,4 +149,4 @@ def run_audit_magic(
         timeout_s=settings.query_timeout_s,
     ) as query:
         result = query.run_trusted(sql, [*params, args.last])
-    return MagicOutput(mimebundle(result, args.last), None, result)
+    return MagicOutput(mimebundle(result, args.last), None, result, len(result.rows), result.truncated)

@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
+from .errors import AuditWriteError
 from .paths import SNAPSHOTS_SUBDIR, ensure_private_dir, session_files, session_id_of
-from .schema import EVENT_COLUMNS, EVENTS_TABLE, VIEWS_SQL
-from .store import is_open_in_process, journal_path, replay_journal
+from .schema import EVENT_COLUMNS, EVENT_COLUMNS_V1, VIEWS_SQL, events_source, events_table_ddl
+from .store import is_open_in_process, journal_path, replay_journal, store_in_process
 
 if TYPE_CHECKING:
     from .store import AuditStore
@@ -73,6 +74,13 @@ class AttachedSession:
     path: Path
     live: bool
     """True when the file was held by a writer and a snapshot copy was attached instead."""
+    source: str = ""
+    """SQL relation with every `EVENT_COLUMNS` column (format-1 files get the promoted ones computed)."""
+
+    @property
+    def promoted_stored(self) -> bool:
+        """True when the file stores the promoted detail columns (format 2), so `verify` checks them."""
+        return self.source == f"{self.alias}.events"
 
 
 @dataclass
@@ -138,11 +146,10 @@ class AuditQuery:
                     continue
                 alias = f"s{index}"
                 live = self._attach(path, alias)
-                if live is not None and not self._has_expected_schema(path, alias):
-                    live = None
-                if live is not None:
-                    sources.append(alias)
-                    self.attached[session_id_of(path)] = AttachedSession(alias, path, live)
+                source = self._events_source(path, alias) if live is not None else None
+                if live is not None and source is not None:
+                    sources.append(source)
+                    self.attached[session_id_of(path)] = AttachedSession(alias, path, live, source)
             self.session_count = len(sources)
             self._create_views(sources)
             if lock_down:
@@ -159,7 +166,11 @@ class AuditQuery:
         """ATTACH in place (returns False) or via a snapshot (live: True); None if it cannot be read."""
         for _attempt in range(5):
             try:
-                if not _recover_journal_in_place(path):
+                # A file this process writes is never opened a second time here: DuckDB's lock is
+                # a POSIX record lock, which the kernel drops for the whole process as soon as any
+                # descriptor of the file is closed - even a failed in-process ATTACH's. Another
+                # process could then open the live file read-write (journal recovery checkpoints it).
+                if is_open_in_process(path) or not _recover_journal_in_place(path):
                     raise duckdb.IOException("Could not set lock: the session is live")
                 self._con.execute(f"ATTACH '{_sql_str(path)}' AS {alias} (READ_ONLY)")
                 return False
@@ -182,8 +193,9 @@ class AuditQuery:
         self.unreadable[session_id_of(path)] = "kept changing while being copied"
         return None
 
-    def _has_expected_schema(self, path: Path, alias: str) -> bool:
-        """A file in sessions/ that is not an audit file of this format is reported, not queried."""
+    def _events_source(self, path: Path, alias: str) -> str | None:
+        """The relation to read `alias`'s events from; a file in sessions/ that is not an audit file
+        of a known format is reported, not queried (None)."""
         columns = [
             row[0]
             for row in self._con.execute(
@@ -192,13 +204,13 @@ class AuditQuery:
                 [alias],
             ).fetchall()
         ]
-        if columns == list(EVENT_COLUMNS):
-            return True
+        if tuple(columns) in (EVENT_COLUMNS, EVENT_COLUMNS_V1):
+            return events_source(alias, columns)
         self._con.execute(f"DETACH {alias}")
         reason = f"not an Iron Cage audit file of this format (events columns: {columns or 'none'})"
         self.notes.append(f"skipped {path.name}: {reason}")
         self.unreadable[session_id_of(path)] = reason
-        return False
+        return None
 
     def _snapshot(self, path: Path) -> Path | None:
         if self._snapshot_dir is None:
@@ -206,6 +218,13 @@ class AuditQuery:
             _remove_orphaned_snapshots(base)
             self._snapshot_dir = Path(tempfile.mkdtemp(prefix=f"q{os.getpid()}-", dir=base))
         target = self._snapshot_dir / f"{uuid.uuid4().hex}.duckdb"
+        own = store_in_process(path)
+        if own is not None:  # never open this process's own live file (see AuditStore.snapshot_to)
+            try:
+                own.snapshot_to(target)
+            except AuditWriteError:
+                return None
+            return target
         wal = Path(f"{path}.wal")
         journal = journal_path(path)
         target_journal = journal_path(target)
@@ -233,12 +252,10 @@ class AuditQuery:
     def _create_views(self, sources: list[str]) -> None:
         columns = ", ".join(EVENT_COLUMNS)
         if sources:
-            union = " UNION ALL ".join(f"SELECT {columns} FROM {alias}.events" for alias in sources)  # noqa: S608
+            union = " UNION ALL ".join(f"SELECT {columns} FROM {source}" for source in sources)  # noqa: S608
             self._con.execute(f"CREATE TEMP VIEW all_events_raw AS {union}")
         else:
-            self._con.execute(
-                EVENTS_TABLE.format(name="no_sessions").replace("CREATE TABLE", "CREATE TEMP TABLE")
-            )
+            self._con.execute(events_table_ddl("no_sessions").replace("CREATE TABLE", "CREATE TEMP TABLE"))
             self._con.execute(f"CREATE TEMP VIEW all_events_raw AS SELECT {columns} FROM temp.no_sessions")  # noqa: S608
         self._con.execute(VIEWS_SQL)
 

@@ -20,8 +20,9 @@ import duckdb
 
 from .events import EventType, genesis_hash
 from .paths import session_files, session_id_of
+from .schema import PROMOTED_COLUMNS
 from .settings import AuditSettings
-from .store import _one, is_open_in_process
+from .store import _one, is_open_in_process, upgrade_events_table
 from .verify import verify
 
 
@@ -97,11 +98,12 @@ def _purge_file(
         params: list[object] = []
         for event_type, cutoff in cutoffs.items():
             params += [event_type, cutoff]
+        upgrade_events_table(con)  # a format-1 file gets the promoted columns (cleared below too)
         con.execute("BEGIN TRANSACTION")
         expired = _one(
             con.execute(
                 "UPDATE events SET canonical = NULL, decision = NULL, rule = NULL, reason = NULL, cell_id = NULL, "  # noqa: S608
-                "name = NULL, purged_at = ? "
+                "name = NULL, " + ", ".join(f"{c} = NULL" for c in PROMOTED_COLUMNS) + ", purged_at = ? "
                 f"WHERE canonical IS NOT NULL AND ts < CASE event_type {cases} ELSE ? END",
                 [now, *params, default_cutoff],
             )

@@ -24,10 +24,12 @@ torn journal line is ignored).
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import threading
-import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,15 +45,15 @@ from .events import (
     AuditEvent,
     AuditEventError,
     EventType,
-    canonical_json,
+    canonical_bytes,
     envelope_text,
-    event_hash,
     format_ts,
     genesis_hash,
+    new_event_id,
     validate_detail,
 )
 from .paths import ANCHORS_FILE, SESSIONS_SUBDIR, check_session_id, ensure_private_dir, session_path
-from .schema import SESSION_DDL, STORE_FORMAT
+from .schema import EVENT_COLUMNS, PROMOTED_FIELDS, SESSION_DDL, STORE_FORMAT, promoted_expression
 
 _DECISIONS = {"allow", "deny", "escalate"}
 
@@ -61,11 +63,17 @@ _LIVE_CHECKPOINT_THRESHOLD = "16GB"
 
 # Session files this process is writing: DuckDB would hand another in-process connect() the same
 # instance, so purge/repair code must consult this rather than rely on the file lock.
-_OPEN_IN_PROCESS: set[Path] = set()
+_OPEN_IN_PROCESS: dict[Path, weakref.ref[AuditStore]] = {}
 
 
 def is_open_in_process(path: Path) -> bool:
     return Path(path).resolve() in _OPEN_IN_PROCESS
+
+
+def store_in_process(path: Path) -> AuditStore | None:
+    """The live store of this process that writes `path`, if any."""
+    ref = _OPEN_IN_PROCESS.get(Path(path).resolve())
+    return ref() if ref is not None else None
 
 
 def _one(result: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:
@@ -90,14 +98,123 @@ def journal_path(db_path: Path) -> Path:
     )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Promoted detail fields: (detail key, Python type the typed column holds).
+_PROMOTED_KEYS: tuple[tuple[str, type], ...] = tuple(
+    (path.strip('"'), {"VARCHAR": str, "DOUBLE": float, "BIGINT": int, "BOOLEAN": bool}[sql_type])
+    for _column, sql_type, path in PROMOTED_FIELDS
+)
+
+
+def promoted_values(detail: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The typed-column copies of the promoted detail fields (None where absent)."""
+    values = []
+    for key, kind in _PROMOTED_KEYS:
+        value = detail.get(key)
+        if value is not None:
+            if kind is bool:
+                value = value if isinstance(value, bool) else None
+            elif kind is float:
+                value = (
+                    float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+                )
+            elif kind is int:
+                value = value if isinstance(value, int) and not isinstance(value, bool) else None
+            else:
+                value = value if isinstance(value, str) else None
+        values.append(value)
+    return tuple(values)
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // _ONE_MICROSECOND
+
+
+_ONE_MICROSECOND = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC) - _EPOCH
+
+
 def _row_from_canonical(digest: str, canonical: str) -> tuple[Any, ...]:
     env = json.loads(canonical)
     moment = datetime.strptime(env["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    detail = env.get("detail")
     return (
-        env["event_id"], moment, env["session_id"], env["seq"], env["event_type"], env.get("decision"),
-        env.get("rule"), env.get("reason"), env.get("cell_id"), env.get("name"), env["prev_hash"], digest,
-        canonical, None,
+        env["event_id"], _micros(moment), env["session_id"], env["seq"], env["event_type"],
+        env.get("decision"), env.get("rule"), env.get("reason"), env.get("cell_id"), env.get("name"),
+        env["prev_hash"], digest, canonical, None,
+        *promoted_values(detail if isinstance(detail, dict) else {}),
     )  # fmt: skip
+
+
+@functools.cache
+def _arrow_schemas() -> tuple[Any, Any]:
+    """(schema of the built columns, schema of the inserted table); pyarrow is imported only when a
+    large batch first needs it."""
+    import pyarrow as pa
+
+    kinds = {"VARCHAR": pa.string(), "DOUBLE": pa.float64(), "BIGINT": pa.int64(), "BOOLEAN": pa.bool_()}
+    types = {"ts": pa.int64(), "seq": pa.int64(), "purged_at": pa.int64()}
+    types.update({column: kinds[sql_type] for column, sql_type, _path in PROMOTED_FIELDS})
+    built = pa.schema([(c, types.get(c, pa.string())) for c in EVENT_COLUMNS])
+    stamp = pa.timestamp("us", tz="UTC")
+    return built, built.set(1, pa.field("ts", stamp)).set(13, pa.field("purged_at", stamp))
+
+
+# Below this many rows a batch goes through the Appender: a cell's handful of events costs no more
+# than with Arrow, and pyarrow's first `pa.array` imports pandas (~0.3 s, ~50 MB), which a kernel
+# wrapper that never sees a large batch should not pay.
+ARROW_MIN_ROWS = 256
+
+
+def insert_rows(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert store rows (EVENT_COLUMNS order, `ts` as microseconds since the epoch) in one statement:
+    in autocommit mode one atomic, durable transaction (a failure leaves nothing of it behind).
+
+    A large batch is handed to DuckDB as Arrow columns built column-wise (no per-value conversion in
+    the DuckDB client); a small one goes through the Appender."""
+    if len(rows) < ARROW_MIN_ROWS:
+        appender = con.appender("events")
+        try:
+            appender.append_rows([(*row[:1], _EPOCH + _ONE_MICROSECOND * row[1], *row[2:]) for row in rows])
+            appender.flush()
+        except BaseException:
+            appender.clear()
+            raise
+        return
+    columns = list(zip(*rows, strict=True))
+    import pyarrow as pa
+
+    built, inserted = _arrow_schemas()
+    arrays = [pa.array(values, type=built.field(i).type) for i, values in enumerate(columns)]
+    arrays[1] = arrays[1].cast(inserted.field(1).type)
+    arrays[13] = arrays[13].cast(inserted.field(13).type)
+    batch = pa.Table.from_arrays(arrays, schema=inserted)
+    name = f"_ironcage_batch_{threading.get_ident()}"
+    con.register(name, batch)
+    try:
+        con.execute(f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT * FROM {name}")  # noqa: S608
+    finally:
+        con.unregister(name)
+
+
+def upgrade_events_table(con: duckdb.DuckDBPyConnection) -> None:
+    """Bring a format-1 session file (no promoted columns) to the current format, in place."""
+    present = {
+        row[0]
+        for row in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = 'events' AND database_name = current_database()"
+        ).fetchall()
+    }
+    missing = [(c, t) for c, t, _p in PROMOTED_FIELDS if c not in present]
+    if not missing:
+        return
+    con.execute("BEGIN TRANSACTION")
+    for column, sql_type in missing:
+        con.execute(f"ALTER TABLE events ADD COLUMN {column} {sql_type}")
+    assignments = ", ".join(f"{c} = {promoted_expression(c)}" for c, _t in missing)
+    con.execute(f"UPDATE events SET {assignments} WHERE canonical IS NOT NULL")  # noqa: S608
+    con.execute("UPDATE store_meta SET value = ? WHERE key = 'format'", [STORE_FORMAT])
+    con.execute("COMMIT")
 
 
 def replay_journal(con: duckdb.DuckDBPyConnection, journal: Path) -> int:
@@ -119,10 +236,14 @@ def replay_journal(con: duckdb.DuckDBPyConnection, journal: Path) -> int:
     expected = int(have[0] if have else 0) + 1
     rows = []
     for line in data.split(b"\n")[:-1]:  # the last piece is b"" or a torn line
-        digest, _, canonical_bytes = line.partition(b" ")
-        if event_hash(canonical_bytes.decode("utf-8", "replace")) != digest.decode("ascii", "replace"):
+        digest, _, raw = line.partition(b" ")
+        if hashlib.sha256(raw).hexdigest() != digest.decode("ascii", "replace"):
             break
-        row = _row_from_canonical(digest.decode(), canonical_bytes.decode())
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            break
+        row = _row_from_canonical(digest.decode(), text)
         if row[3] < expected:
             continue
         if row[3] != expected:
@@ -130,9 +251,8 @@ def replay_journal(con: duckdb.DuckDBPyConnection, journal: Path) -> int:
         rows.append(row)
         expected += 1
     if rows:
-        appender = con.appender("events")
-        appender.append_rows(rows)
-        appender.flush()
+        upgrade_events_table(con)
+        insert_rows(con, rows)
     return len(rows)
 
 
@@ -145,6 +265,20 @@ def append_anchor(audit_dir: Path, record: Mapping[str, Any]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_EVENT_FIELDS_SET = frozenset(AuditEvent.model_fields)
+
+
+def _event(fields: dict[str, Any]) -> AuditEvent:
+    """An `AuditEvent` from fields the store built itself (already valid): what `model_construct`
+    does, without its per-field default handling (every field is given)."""
+    event = AuditEvent.__new__(AuditEvent)
+    object.__setattr__(event, "__dict__", fields)
+    object.__setattr__(event, "__pydantic_fields_set__", set(_EVENT_FIELDS_SET))
+    object.__setattr__(event, "__pydantic_extra__", None)
+    object.__setattr__(event, "__pydantic_private__", None)
+    return event
 
 
 class AuditStore:
@@ -196,13 +330,13 @@ class AuditStore:
             self._con.execute(SESSION_DDL)
             if not self._con.execute("SELECT count(*) FROM store_meta").fetchall()[0][0]:
                 self._con.execute("INSERT INTO store_meta VALUES ('format', ?)", [STORE_FORMAT])
+            upgrade_events_table(self._con)  # a session file written by an earlier version
             replay_journal(self._con, self.journal_path)  # a crashed earlier run of this session
             # The schema goes into the main file now, so a live snapshot never depends on it in the WAL.
             self._con.execute("CHECKPOINT")
             os.chmod(self.path, 0o600)
             self._seq, self._prev_hash = self._chain_head()
             self._journaled_seq = self._ingested_seq = self._seq
-            self._appender = self._con.appender("events")
             self._journal_fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             if self.journal_path.is_file():
                 os.ftruncate(self._journal_fd, 0)  # everything in it is in DuckDB now
@@ -210,7 +344,7 @@ class AuditStore:
             self._identity = self._stat(self.path)
             self._journal_identity = self._stat(self.journal_path)
             self._journal_regular = self.journal_path.is_file()
-            _OPEN_IN_PROCESS.add(self.path.resolve())
+            _OPEN_IN_PROCESS[self.path.resolve()] = weakref.ref(self)
         except (duckdb.Error, OSError) as exc:
             raise AuditWriteError(f"cannot open audit log {self.path}: {exc}") from exc
 
@@ -280,12 +414,15 @@ class AuditStore:
                 self._failure = exc
                 raise
             moment = self._clock()
+            if moment.tzinfo is not UTC:
+                moment = moment.astimezone(UTC)
             seq = self._seq + 1
             rule, reason = envelope_text(rule), envelope_text(reason)
             cell_id = envelope_text(clean_detail.get("cell_id"))
             name = envelope_text(clean_detail.get(NAME_FIELDS[event_type]))
+            event_id = new_event_id()
             envelope = {
-                "event_id": str(uuid.uuid4()),
+                "event_id": event_id,
                 "ts": format_ts(moment),
                 "session_id": self.session_id,
                 "seq": seq,
@@ -299,25 +436,27 @@ class AuditStore:
                 "prev_hash": self._prev_hash,
             }
             try:
-                canonical = canonical_json(envelope)
+                data = canonical_bytes(envelope)
             except (TypeError, ValueError) as exc:
                 self._failure = exc
                 raise AuditEventError(f"event is not JSON-serialisable: {exc}") from exc
-            digest = event_hash(canonical)
+            digest = hashlib.sha256(data).hexdigest()
             row = (
-                envelope["event_id"], moment, self.session_id, seq, envelope["event_type"], decision, rule,
-                reason, cell_id, name, self._prev_hash, digest, canonical, None,
+                event_id, _micros(moment), self.session_id, seq, envelope["event_type"], decision, rule,
+                reason, cell_id, name, self._prev_hash, digest, data.decode("utf-8"), None,
+                *promoted_values(clean_detail),
             )  # fmt: skip
             self._queue.append(row)
-            self._unjournaled.append((seq, f"{digest} {canonical}\n".encode()))
+            self._unjournaled.append((seq, b"%s %s\n" % (digest.encode("ascii"), data)))
             self._seq, self._prev_hash = seq, digest
             if durable or decision is not None or event_type in ALWAYS_DURABLE:
                 self._journal_locked()
             full = len(self._queue) >= self.batch_size
         if full:
             self.flush()  # back-pressure: a burst of events is written before more are buffered
-        fields: dict[str, Any] = {**envelope, "event_type": EventType(event_type), "hash": digest}
-        return AuditEvent.model_construct(None, **fields)
+        envelope["event_type"] = EventType(event_type)
+        envelope["hash"] = digest
+        return _event(envelope)
 
     def commit(self) -> int:
         """Make every recorded event durable (one journal append + fdatasync). Returns how many."""
@@ -372,14 +511,9 @@ class AuditStore:
             return 0
         try:
             self._check_identity()
-            # The Appender applies its rows as one statement: in autocommit mode that is one atomic,
-            # durable transaction.
-            try:
-                self._appender.append_rows(batch)
-                self._appender.flush()
-            except BaseException:
-                self._appender.clear()
-                raise
+            # One INSERT of the batch as Arrow columns: in autocommit mode one atomic, durable
+            # transaction (a failure leaves nothing of it behind).
+            insert_rows(self._con, batch)
             if not self._wal_private:
                 wal = Path(f"{self.path}.wal")
                 if wal.exists():
@@ -407,6 +541,29 @@ class AuditStore:
                         f"audit journal {self.journal_path} cannot be reset: {exc}"
                     ) from exc
         return len(batch)
+
+    def snapshot_to(self, target: Path) -> None:
+        """Write a copy of this session (everything recorded so far) to a new file `target`, through
+        the writer's own connection.
+
+        A query in the writer's process must not copy the live file itself: DuckDB's lock on it is
+        a POSIX record lock, and closing any descriptor of the file in this process - a copy's -
+        releases it, after which another process could open the live file read-write."""
+        with self._db_lock:
+            with self._lock:
+                self._check_usable()
+            self._ingest_locked()
+            try:
+                self._con.execute(
+                    f"ATTACH '{str(target).replace(chr(39), chr(39) * 2)}' AS ironcage_snapshot"
+                )
+                try:
+                    for table in ("events", "purge_log", "store_meta"):
+                        self._con.execute(f"CREATE TABLE ironcage_snapshot.{table} AS SELECT * FROM {table}")  # noqa: S608
+                finally:
+                    self._con.execute("DETACH ironcage_snapshot")
+            except duckdb.Error as exc:
+                raise AuditWriteError(f"cannot copy the live audit log {self.path}: {exc}") from exc
 
     def _request_background_flush(self) -> None:
         with self._flush_wanted:
@@ -474,7 +631,7 @@ class AuditStore:
                 if self._journal_fd is not None:
                     os.close(self._journal_fd)
                     self._journal_fd = None
-                _OPEN_IN_PROCESS.discard(self.path.resolve())
+                _OPEN_IN_PROCESS.pop(self.path.resolve(), None)
             if self._failure is None:
                 with contextlib.suppress(FileNotFoundError):
                     self.journal_path.unlink()  # DuckDB has checkpointed all of it

@@ -18,16 +18,25 @@ anchors it is the close anchor kept in `anchors.jsonl` (and wherever the user co
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import queue
+import threading
+from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from .events import genesis_hash
 from .paths import ANCHORS_FILE
-from .query import AuditQuery
+from .query import AttachedSession, AuditQuery
+from .schema import PROMOTED_FIELDS
 
 _MAX_LISTED = 1000
 
@@ -47,7 +56,16 @@ _FIELDS_OK = """
     AND f[9] IS NOT DISTINCT FROM prev_hash
     AND f[10] IS NOT DISTINCT FROM cell_id
     AND f[11] IS NOT DISTINCT FROM name
-"""
+""" + "".join(
+    f"    AND TRY_CAST(f[{12 + i}] AS {sql_type}) IS NOT DISTINCT FROM {column}\n"
+    for i, (column, sql_type, _path) in enumerate(PROMOTED_FIELDS)
+)
+_FIELD_PATHS = (
+    "['$.event_id', '$.ts', '$.session_id', '$.seq', '$.event_type', '$.decision', '$.rule', '$.reason', "
+    "'$.prev_hash', '$.cell_id', '$.name', "
+    + ", ".join(f"'$.detail.{path}'" for _c, _t, path in PROMOTED_FIELDS)
+    + "]"
+)
 
 # Three passes, all built from constants only ({alias} is an internal s<N> name): SHA-256 of every
 # canonical in Python (OpenSSL with SHA-NI: measured ~3x faster per core than DuckDB's sha256()),
@@ -59,10 +77,10 @@ _CONTENT_SQL = (
     """
 WITH r AS (
     SELECT *,
-           CASE WHEN canonical IS NULL THEN NULL ELSE json_extract_string(canonical, ['$.event_id', '$.ts',
-                '$.session_id', '$.seq', '$.event_type', '$.decision', '$.rule', '$.reason', '$.prev_hash',
-                '$.cell_id', '$.name']) END AS f
-    FROM {alias}.events
+           CASE WHEN canonical IS NULL THEN NULL ELSE json_extract_string(canonical, """  # noqa: S608
+    + _FIELD_PATHS
+    + """) END AS f
+    FROM {source}
 ), c AS (
     SELECT *, CASE WHEN canonical IS NULL THEN NULL ELSE ("""  # noqa: S608
     + _FIELDS_OK
@@ -92,6 +110,207 @@ FROM (
 WHERE pos = 1 OR prev_hash IS DISTINCT FROM prev_row_hash OR seq IS DISTINCT FROM prev_row_seq + 1
 ORDER BY pos
 """
+
+# The fast path: two scans at once. DuckDB counts, per session, the rows whose columns differ from
+# the signed content (or whose purge mark does not fit), on its own threads; meanwhile Python
+# streams (seq, hash, prev_hash, canonical) and checks the hashes and the links.
+_FAST_CHAIN_SQL = (
+    "SELECT seq, hash, prev_hash, coalesce(canonical, '')::BLOB AS data, canonical IS NULL AS tomb, "
+    "epoch_us(ts) AS ts_us FROM {alias}.events"
+)
+_FAST_FIELDS_SQL = (
+    """
+SELECT '{alias}' AS alias, count(*) FILTER (WHERE NOT coalesce(CASE WHEN canonical IS NULL
+       THEN purged_at IS NOT NULL ELSE purged_at IS NULL AND ("""  # noqa: S608
+    + "\n".join(line for line in _FIELDS_OK.strip().splitlines() if "f[2]" not in line).replace(
+        "$session", "${alias}_session"
+    )
+    + """
+       ) END, FALSE)) AS bad
+FROM (
+    SELECT *, CASE WHEN canonical IS NULL THEN NULL ELSE json_extract_string(canonical, """
+    + _FIELD_PATHS
+    + """) END AS f
+    FROM {alias}.events
+)
+"""
+)
+_FAST_BATCH_ROWS = 1 << 16
+
+
+def _fast_fields(cursor: Any, subset: dict[str, AttachedSession]) -> dict[str, int]:
+    """Alias -> how many rows have a column that differs from their signed content."""
+    branches, params = [], {}
+    for session_id, attached in subset.items():
+        branches.append(_for_format(_FAST_FIELDS_SQL, attached).replace("{alias}", attached.alias))
+        params[f"{attached.alias}_session"] = session_id
+    if not branches:
+        return {}
+    return dict(cursor.execute(" UNION ALL ".join(branches), params).fetchall())
+
+
+class _NotProven(Exception):
+    """The fast path could not prove the session clean: the precise passes take over."""
+
+
+def _flat(array: pa.Array) -> bytes:
+    """The concatenated values of a string/binary array without nulls (one copy; comparing
+    memoryviews goes element by element, comparing bytes is one memcmp)."""
+    if array.null_count:
+        raise _NotProven("null values")
+    buffers = array.buffers()
+    if pa.types.is_large_binary(array.type) or pa.types.is_large_string(array.type):
+        offsets = memoryview(buffers[1]).cast("q")  # type: ignore[arg-type]
+    elif pa.types.is_binary(array.type) or pa.types.is_string(array.type):
+        offsets = memoryview(buffers[1]).cast("i")  # type: ignore[arg-type]
+    else:
+        raise _NotProven(f"unexpected Arrow type {array.type}")
+    start, end = offsets[array.offset], offsets[array.offset + len(array)]
+    return bytes(memoryview(buffers[2])[start:end])  # type: ignore[arg-type]
+
+
+def _offsets(array: pa.Array) -> tuple[memoryview, memoryview]:
+    buffers = array.buffers()
+    if pa.types.is_large_binary(array.type):
+        offsets = memoryview(buffers[1]).cast("q")  # type: ignore[arg-type]
+    elif pa.types.is_binary(array.type):
+        offsets = memoryview(buffers[1]).cast("i")  # type: ignore[arg-type]
+    else:
+        raise _NotProven(f"unexpected Arrow type {array.type}")
+    return offsets[array.offset : array.offset + len(array) + 1], memoryview(buffers[2])  # type: ignore[arg-type]
+
+
+def _fast_chain(cursor: Any, attached: AttachedSession, session_id: str) -> tuple[Any, ...] | None:
+    """Prove, in one streaming scan, that the session's rows in storage order are a perfect chain:
+    consecutive seqs, each `prev_hash` the previous row's `hash`, every hash SHA-256 of its
+    canonical bytes (the columns are checked by `_fast_fields` meanwhile).
+    Returns the first row's (seq, hash, prev_hash) (None for an empty session); raises `_NotProven`
+    otherwise. It classifies nothing: that is the precise path's job."""
+    sha256 = hashlib.sha256
+    empty_digest = sha256(b"").hexdigest()
+    reader = cursor.sql(_FAST_CHAIN_SQL.replace("{alias}", attached.alias)).to_arrow_reader(_FAST_BATCH_ROWS)
+    batches = _prefetched(reader)
+    head: tuple[Any, ...] | None = None
+    last_seq: int | None = None
+    last_hash = b""
+    try:
+        for batch in batches:
+            rows = batch.num_rows
+            if not rows:
+                continue
+            seq, hashes, prevs, data, tomb, ts_us = batch.columns
+            if seq.null_count or tomb.null_count:
+                raise _NotProven("nulls")
+            if head is None:
+                head = (seq[0].as_py(), hashes[0].as_py(), prevs[0].as_py())
+            # seq: consecutive across the batch and from the previous one
+            first = seq[0].as_py()
+            if last_seq is not None and first != last_seq + 1:
+                raise _NotProven("seq")
+            if rows > 1 and not pc.all(pc.equal(pc.subtract(seq[1:], seq[:-1]), 1)).as_py():
+                raise _NotProven("seq")
+            last_seq = seq[rows - 1].as_py()
+            # hashes: all 64 characters, each row's prev_hash is the previous row's hash
+            if not pc.all(pc.equal(pc.binary_length(hashes), 64)).as_py():
+                raise _NotProven("hash length")
+            if not pc.all(pc.equal(pc.binary_length(prevs), 64)).as_py():
+                raise _NotProven("prev_hash length")
+            hash_flat, prev_flat = _flat(hashes), _flat(prevs)
+            if last_hash and prev_flat[:64] != last_hash:
+                raise _NotProven("link")
+            if prev_flat[64:] != hash_flat[:-64]:
+                raise _NotProven("link")
+            last_hash = hash_flat[-64:]
+            # content: SHA-256 of every canonical (a tombstone's empty bytes hash to empty_digest)
+            offsets, buffer = _offsets(data)
+            computed = "".join(
+                [sha256(buffer[offsets[i] : offsets[i + 1]]).hexdigest() for i in range(rows)]
+            ).encode("ascii")
+            if computed != hash_flat:
+                tombstones = pc.indices_nonzero(tomb).to_pylist()
+                if not tombstones:
+                    raise _NotProven("hash")
+                patched = bytearray(computed)
+                for i in tombstones:  # a tombstone keeps its hash but not the bytes it was over
+                    if patched[64 * i : 64 * i + 64] != empty_digest.encode():
+                        raise _NotProven("hash")
+                    patched[64 * i : 64 * i + 64] = hash_flat[64 * i : 64 * i + 64]
+                if bytes(patched) != hash_flat:
+                    raise _NotProven("hash")
+            _check_ts(tomb, data, ts_us)
+    except pa.ArrowException as exc:
+        raise _NotProven(str(exc)) from exc
+    finally:
+        batches.close()
+        reader.close()
+    return head
+
+
+_TS_TYPE = pa.timestamp("us", tz="UTC")
+
+
+def _check_ts(tomb: pa.Array, data: pa.Array, ts_us: pa.Array) -> None:
+    """The signed `ts` equals the column, compared in Arrow (DuckDB's strftime of every row cost more
+    than the whole JSON comparison). In canonical bytes `ts` is the last top-level key, so they end
+    with `,"ts":"YYYY-MM-DDTHH:MM:SS.ffffffZ"}`; JSON strings cannot contain an unescaped `"`, so that
+    tail is the top-level member. Anything else (tampering, another layout) is left to the precise
+    path."""
+    live = pc.invert(tomb)
+    tails = pc.binary_slice(data.filter(live), -36).cast(pa.string())  # bytes: cheaper than SQL right()
+    if tails.null_count:
+        raise _NotProven("ts")
+    if not len(tails):
+        return
+    if not (
+        pc.all(pc.equal(pc.utf8_length(tails), 36)).as_py()
+        and pc.all(pc.starts_with(tails, ',"ts":"')).as_py()
+        and pc.all(pc.ends_with(tails, '"}')).as_py()
+    ):
+        raise _NotProven("ts layout")
+    signed = pc.cast(pc.cast(pc.utf8_slice_codeunits(tails, 7, 34), _TS_TYPE), pa.int64())
+    if not pc.all(pc.equal(signed, ts_us.filter(live))).as_py():
+        raise _NotProven("ts")
+
+
+def _prefetched(reader: Any, depth: int = 2) -> Generator[pa.RecordBatch, None, None]:
+    """Batches of `reader`, fetched on another thread (DuckDB releases the GIL while it reads and
+    converts), so reading the next batch overlaps hashing this one."""
+    done = object()
+    slots: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in reader:
+                while not stop.is_set():
+                    try:
+                        slots.put(batch, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(done)
+        except BaseException as exc:  # handed to the consumer
+            slots.put(exc)
+
+    worker = threading.Thread(target=produce, name="audit-verify-read", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                slots.get_nowait()
+        worker.join()
+
 
 _SIGNED_FIELDS = (
     "event_id",
@@ -236,16 +455,50 @@ def verify(audit_dir: str | os.PathLike[str], *, sessions: list[str] | None = No
     with AuditQuery(audit_dir, sessions=sessions, timeout_s=3600) as query:
         for session_id, reason in sorted(query.unreadable.items()):
             reports.append(SessionReport(session_id, error=f"cannot read session file: {reason}"))
-        content_by_alias = _content_pass_all(query)
+        # Fast path: one streaming scan per session proves it is a perfect chain in storage order.
+        # A session it cannot prove (anything tampered, or just stored out of order) gets the
+        # precise passes below, which find and classify every problem.
+        heads: dict[str, tuple[Any, ...] | None] = {}
+        fields_cursor, cursor = query.cursor(), query.cursor()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-verify")
+        try:
+            fields = pool.submit(_fast_fields, fields_cursor, query.attached)
+            for session_id, attached in query.attached.items():
+                try:
+                    heads[session_id] = _fast_chain(cursor, attached, session_id)
+                except _NotProven:
+                    pass
+                except Exception:  # noqa: BLE001, S110 - the precise path reports what is wrong
+                    pass
+            try:
+                bad_fields = fields.result()
+            except Exception:  # noqa: BLE001 - e.g. one unreadable file: every session gets the precise path
+                bad_fields = {a.alias: 1 for a in query.attached.values()}
+            for session_id, attached in query.attached.items():
+                if bad_fields.get(attached.alias, 1):
+                    heads.pop(session_id, None)
+        finally:
+            pool.shutdown(wait=True)
+            cursor.close()
+            fields_cursor.close()
+        doubtful = {sid: a for sid, a in query.attached.items() if sid not in heads}
+        content_by_alias = _content_pass_all(query, doubtful) if doubtful else {}
         for session_id, attached in sorted(query.attached.items()):
             report = SessionReport(session_id, live=attached.live, anchored=session_id in anchors)
             try:
-                content_rows = (
-                    content_by_alias.get(attached.alias, [])
-                    if content_by_alias is not None
-                    else _content_pass(query, attached.alias, session_id)
-                )
-                _verify_session(query, attached.alias, report, anchors.get(session_id), content_rows)
+                if session_id in heads:
+                    head = heads[session_id]
+                    _verify_session(
+                        query, attached, report, anchors.get(session_id), [],
+                        link_rows=[] if head is None else [(1, *head, None, None)],
+                    )  # fmt: skip
+                else:
+                    content_rows = (
+                        content_by_alias.get(attached.alias, [])
+                        if content_by_alias is not None
+                        else _content_pass(query, attached, session_id)
+                    )
+                    _verify_session(query, attached, report, anchors.get(session_id), content_rows)
             except Exception as exc:  # a corrupt file is reported, never crashes the whole verify
                 report.error = f"{type(exc).__name__}: {exc}"
             reports.append(report)
@@ -261,20 +514,31 @@ def verify(audit_dir: str | os.PathLike[str], *, sessions: list[str] | None = No
     return VerifyReport(reports)
 
 
-def _content_sql(alias: str, where: str, param: str) -> str:
+def _for_format(sql: str, attached: AttachedSession | None) -> str:
+    """Format-1 files have no stored promoted columns (the views compute them from the canonical
+    bytes): their checks compare only the envelope columns."""
+    if attached is None or attached.promoted_stored:
+        return sql
+    return "\n".join(line for line in sql.splitlines() if "TRY_CAST(f[" not in line)
+
+
+def _content_sql(alias: str, where: str, param: str, attached: AttachedSession | None = None) -> str:
     return (
-        _CONTENT_SQL.replace("{alias}", alias)
+        _for_format(_CONTENT_SQL, attached)
+        .replace("{source}", f"{alias}.events")
         .replace("{where}", where)
         .replace("$session", f"${param}_session")
         .replace("$hashes", f"${param}_hashes")
     )
 
 
-def _fields_pass(cursor: Any, query: AuditQuery) -> dict[str, list[tuple[Any, ...]]]:
+def _fields_pass(cursor: Any, subset: dict[str, AttachedSession]) -> dict[str, list[tuple[Any, ...]]]:
     branches, params = [], {}
-    for session_id, attached in query.attached.items():
+    for session_id, attached in subset.items():
         alias = attached.alias
-        branches.append(f"SELECT '{alias}' AS alias, * FROM ({_content_sql(alias, _ANOMALIES, alias)})")  # noqa: S608
+        branches.append(
+            f"SELECT '{alias}' AS alias, * FROM ({_content_sql(alias, _ANOMALIES, alias, attached)})"  # noqa: S608
+        )
         params[f"{alias}_session"] = session_id
     grouped: dict[str, list[tuple[Any, ...]]] = {}
     for row in cursor.execute(" UNION ALL ".join(branches) + " ORDER BY alias, seq, hash", params).fetchall():
@@ -282,9 +546,9 @@ def _fields_pass(cursor: Any, query: AuditQuery) -> dict[str, list[tuple[Any, ..
     return grouped
 
 
-def _hash_pass(cursor: Any, query: AuditQuery) -> dict[str, set[str]]:
+def _hash_pass(cursor: Any, subset: dict[str, AttachedSession]) -> dict[str, set[str]]:
     """Aliases -> hashes whose stored value is not SHA-256 of the stored canonical bytes."""
-    sql = " UNION ALL ".join(_HASH_SQL.replace("{alias}", a.alias) for a in query.attached.values())
+    sql = " UNION ALL ".join(_HASH_SQL.replace("{alias}", a.alias) for a in subset.values())
     bad: dict[str, set[str]] = {}
     sha256 = hashlib.sha256
     reader = cursor.sql(sql).to_arrow_reader(65536)
@@ -303,40 +567,45 @@ def _hash_pass(cursor: Any, query: AuditQuery) -> dict[str, set[str]]:
     return bad
 
 
-def _content_pass_all(query: AuditQuery) -> dict[str, list[tuple[Any, ...]]] | None:
+def _content_pass_all(
+    query: AuditQuery, subset: dict[str, AttachedSession]
+) -> dict[str, list[tuple[Any, ...]]] | None:
     """Content anomalies of every session, as rows for `_verify_session`; None if a pass fails
     (say, one unreadable file): sessions are then checked one by one, pinning the failure on it."""
-    if not query.attached:
+    if not subset:
         return {}
     # Sequential on purpose: overlapping the Python hashing with DuckDB's scan measured slower on
     # two cores (three busy threads), not faster.
     cursor = query.cursor()
     try:
-        bad = _hash_pass(cursor, query)
-        grouped = _fields_pass(cursor, query)
+        bad = _hash_pass(cursor, subset)
+        grouped = _fields_pass(cursor, subset)
     except Exception:
         return None
     finally:
         cursor.close()
     for alias, hashes in bad.items():
-        session_id = next(sid for sid, a in query.attached.items() if a.alias == alias)
+        session_id, attached = next((sid, a) for sid, a in subset.items() if a.alias == alias)
         rows = {(r[0], r[1]): r for r in grouped.get(alias, [])}
-        for row in _bad_rows(query, alias, session_id, hashes):
+        for row in _bad_rows(query, attached, session_id, hashes):
             rows[(row[0], row[1])] = row
         grouped[alias] = sorted(rows.values(), key=lambda r: (r[0], r[1]))
     return grouped
 
 
-def _bad_rows(query: AuditQuery, alias: str, session_id: str, hashes: set[str]) -> list[tuple[Any, ...]]:
-    sql = _content_sql(alias, _KEYS, "p")
+def _bad_rows(
+    query: AuditQuery, attached: AttachedSession, session_id: str, hashes: set[str]
+) -> list[tuple[Any, ...]]:
+    sql = _content_sql(attached.alias, _KEYS, "p", attached)
     rows = query.run_trusted(sql, {"p_session": session_id, "p_hashes": sorted(hashes)}).rows
     return [(r[0], r[1], False, *r[3:]) for r in rows]
 
 
-def _content_pass(query: AuditQuery, alias: str, session_id: str) -> list[tuple[Any, ...]]:
+def _content_pass(query: AuditQuery, attached: AttachedSession, session_id: str) -> list[tuple[Any, ...]]:
     """One session on its own (the fallback): same checks, sha256 in SQL."""
     rows = query.run_trusted(
-        _content_sql(alias, _ANOMALIES + " OR sha256(canonical) <> hash", "p") + " ORDER BY seq, hash",
+        _content_sql(attached.alias, _ANOMALIES + " OR sha256(canonical) <> hash", "p", attached)
+        + " ORDER BY seq, hash",
         {"p_session": session_id},
     ).rows
     return [
@@ -352,11 +621,16 @@ def _content_pass(query: AuditQuery, alias: str, session_id: str) -> list[tuple[
 
 def _verify_session(
     query: AuditQuery,
-    alias: str,
+    attached: AttachedSession,
     report: SessionReport,
     anchor: dict[str, Any] | None,
     content_rows: list[tuple[Any, ...]],
+    *,
+    link_rows: list[tuple[Any, ...]] | None = None,
 ) -> None:
+    """Classify a session's problems. `link_rows`: the rows where the (seq, hash) order breaks the
+    chain, and always the first one; None computes them with a window over the whole session."""
+    alias = attached.alias
     con_run = query.run_trusted
     stats = con_run(
         f"SELECT count(*), count(*) FILTER (WHERE canonical IS NULL), min(seq), max(seq) FROM {alias}.events"  # noqa: S608
@@ -378,7 +652,8 @@ def _verify_session(
             f"{tombstoned_total} events the purge log says were purged"
         )
 
-    link_rows = con_run(_LINK_SQL.replace("{alias}", alias)).rows
+    if link_rows is None:
+        link_rows = con_run(_LINK_SQL.replace("{alias}", alias)).rows
 
     def seq_of_hash(digest: str) -> int | None:
         found = con_run(f"SELECT min(seq) FROM {alias}.events WHERE hash = ?", [digest]).rows  # noqa: S608
