@@ -374,11 +374,20 @@ class IronCageKernel(Kernel):
         The future is installed at once, so every request arriving meanwhile waits for this one
         launch instead of starting another.
         """
+        pending = self._launch_in_progress()
+        if pending is not None:
+            # One launch at a time: two would kill each other's child and runtime directory. The
+            # launch under way already replaces whatever child a second request wanted replaced.
+            return pending
         loop = asyncio.get_event_loop()
         ready: asyncio.Future[None] = loop.create_future()
         self._child_ready = ready
         loop.create_task(self._launch_child(ready, kill_first=kill_first))
         return ready
+
+    def _launch_in_progress(self) -> asyncio.Future[None] | None:
+        ready = self._child_ready
+        return ready if ready is not None and not ready.done() else None
 
     def _make_sandbox(self) -> SandboxController:
         from .sandbox.integration import SandboxController
@@ -496,6 +505,12 @@ class IronCageKernel(Kernel):
         await asyncio.shield(ready)
 
     async def restart_child(self) -> None:
+        pending = self._launch_in_progress()
+        if pending is not None:
+            # A fresh child is already starting (e.g. the old one crashed while the watchdog waited
+            # for it): detaching now would fail that launch's own handshake.
+            await asyncio.shield(pending)
+            return
         self.relay.detach(ChildDied("the child kernel is being restarted"))
         self._restarts += 1
         await asyncio.shield(self._schedule_launch(kill_first=True))

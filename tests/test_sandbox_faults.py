@@ -129,6 +129,21 @@ def test_child_killed_with_sigkill(wrapper):
     _usable(wrapper)
 
 
+def test_child_crashing_while_the_watchdog_waits_for_it(wrapper):
+    """The cell ignores the watchdog's interrupt and the child crashes during the grace period: the
+    crash already starts a fresh child, and the watchdog's own restart must wait for that launch, not
+    start a second one that kills the first (and its runtime directory) mid-start."""
+    code = (
+        "import os, signal, threading, time\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "threading.Timer(3.5, lambda: os.kill(os.getpid(), signal.SIGSEGV)).start()\n"
+        "time.sleep(60)"
+    )
+    ex = wrapper.run(code, timeout=90)
+    assert ex.status == "error" and ex.error["ename"] in ("CellTimeout", "KernelStateLost"), ex.error
+    _usable(wrapper)
+
+
 def test_child_that_stops_answering_is_killed_and_replaced(wrapper):
     before = wrapper.status()["child_pid"]
     ex = wrapper.run("import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)", timeout=60)
