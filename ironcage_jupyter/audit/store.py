@@ -320,43 +320,10 @@ class AuditStore:
         return AuditEvent.model_construct(None, **fields)
 
     def commit(self) -> int:
-        """Make every recorded event durable (one journal append + fdatasync). Returns how many.
-
-        The append happens under the store's lock (the journal keeps chain order, no line is written
-        twice); the fdatasync does not hold it, so a ``record`` on another thread (the next cell's
-        first event, while the previous cell's events are committed in the background) does not wait
-        for the disk. Durability is unchanged: this returns after an fdatasync begun after its lines
-        were written, and a durable ``record`` still syncs its own lines before it returns. The sync
-        goes through a duplicate of the journal descriptor, so ``close`` cannot pull it away.
-        """
+        """Make every recorded event durable (one journal append + fdatasync). Returns how many."""
         with self._lock:
             self._check_usable()
-            if not self._unjournaled:
-                return 0
-            try:
-                self._check_identity()
-                assert self._journal_fd is not None
-                data = b"".join(line for _seq, line in self._unjournaled)
-                view = memoryview(data)
-                while view:
-                    written = os.write(self._journal_fd, view)
-                    view = view[written:]
-                sync_fd = os.dup(self._journal_fd)
-            except OSError as exc:
-                self._failure = exc
-                raise AuditWriteError(f"audit journal write to {self.journal_path} failed: {exc}") from exc
-            count = len(self._unjournaled)
-            self._journaled_seq = self._unjournaled[-1][0]
-            self._unjournaled.clear()
-        try:
-            os.fdatasync(sync_fd)
-        except OSError as exc:
-            with self._lock:
-                self._failure = self._failure or exc
-            raise AuditWriteError(f"audit journal sync of {self.journal_path} failed: {exc}") from exc
-        finally:
-            os.close(sync_fd)
-        return count
+            return self._journal_locked()
 
     def _journal_locked(self) -> int:
         if not self._unjournaled:
