@@ -137,6 +137,22 @@ def _wait_for_stdin_peer() -> None:
     IPKernelApp.init_sockets = init_sockets  # type: ignore[method-assign]
 
 
+def _skip_messages_the_wrapper_drops() -> None:
+    """Publish no ``busy`` status and no ``execute_input``: the wrapper publishes its own and drops
+    the child's (its relay only waits for the child's ``idle``), so each cost the child an IOPub
+    thread hop, a signature and a send, and the wrapper a receive and a signature check."""
+    from ipykernel.kernelbase import Kernel
+
+    original_status = Kernel._publish_status
+
+    def publish_status(self: Kernel, status: str, channel: str, parent: Any = None) -> None:
+        if status != "busy":
+            original_status(self, status, channel, parent)
+
+    Kernel._publish_status = publish_status  # type: ignore[method-assign]
+    Kernel._publish_execute_input = lambda self, code, parent, execution_count: None  # type: ignore[method-assign]
+
+
 def main() -> None:
     original_init = zmq.Context.__init__
 
@@ -149,6 +165,7 @@ def main() -> None:
     if limit.isdigit() and int(limit) > 0:
         install_output_cap(int(limit))
     _wait_for_stdin_peer()
+    _skip_messages_the_wrapper_drops()
     from ipykernel.kernelapp import launch_new_instance
 
     sys.argv[0] = "ipykernel_launcher"
