@@ -382,6 +382,8 @@ class IronCageKernel(Kernel):
 
         from ipykernel.utils import _async_in_context
 
+        stream = self.shell_stream
+        assert stream is not None
         handler = _async_in_context(partial(self.shell_main, None))
 
         def numbered(msg: list[Any]) -> Any:
@@ -389,7 +391,7 @@ class IronCageKernel(Kernel):
             self._shell_seq[id(msg)] = self._shell_received  # the frame list lives until dispatched
             return handler(msg)
 
-        self.shell_stream.on_recv(numbered, copy=False)
+        stream.on_recv(numbered, copy=False)
 
     async def dispatch_shell(self, msg: Any, /, subshell_id: str | None = None, *, concurrent: bool = False) -> None:
         seq = self._shell_seq.pop(id(msg), None)
