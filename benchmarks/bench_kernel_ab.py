@@ -3,6 +3,7 @@ checkout, side by side in one run, with the CPU time each kernel's processes spe
 
     git worktree add /tmp/ironcage-base <revision>      # or: git archive <rev> | tar -x -C DIR
     python benchmarks/bench_kernel_ab.py --baseline /tmp/ironcage-base [--cells 300] [--markdown]
+    python benchmarks/bench_kernel_ab.py --baseline /tmp/a --baseline /tmp/b ...   # several variants
 
 The three kernels alternate cell by cell, so machine noise hits them alike; the ratios are what to
 compare between runs. CPU time is read from /proc for the kernel process and all its descendants
@@ -56,7 +57,9 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--baseline", required=True, type=Path, help="checkout of the Iron Cage revision to compare")
+    parser.add_argument("--baseline", required=True, type=Path, action="append",
+                        help="checkout of the Iron Cage revision to compare (repeat to compare several; "
+                        "they are then named after their directories)")
     parser.add_argument("--cells", type=int, default=300)
     parser.add_argument("--code", default="1", help="the measured cell (default: the trivial cell `1`)")
     parser.add_argument("--policy", default=str(REPO / "benchmarks" / "kernel_bench_policy.yaml"))
@@ -64,7 +67,11 @@ def main() -> None:
     args = parser.parse_args()
     from ironcage_jupyter.kernelspec import write_kernel_spec
 
-    trees = {"ironcage": REPO, "ironcage-baseline": args.baseline.resolve()}
+    if len(args.baseline) == 1:
+        baselines = {"ironcage-baseline": args.baseline[0].resolve()}
+    else:
+        baselines = {f"ironcage-{path.resolve().name}": path.resolve() for path in args.baseline}
+    trees = {"ironcage": REPO, **baselines}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for name, tree in trees.items():
@@ -79,7 +86,7 @@ def main() -> None:
         os.environ["JUPYTER_PATH"] = str(root)
         workspace = root / "ws"
         workspace.mkdir()
-        names = ("plain-python", "ironcage-baseline", "ironcage")
+        names = ("plain-python", *baselines, "ironcage")
         clients = {name: start(name, workspace) for name in names}
         times: dict[str, list[float]] = {name: [] for name in names}
         cpu: dict[str, float] = {}

@@ -143,6 +143,10 @@ class ChildKernel(LoggingConfigurable):
             "{connection_file}",
             "--IPKernelApp.kernel_class=ipykernel.ipkernel.IPythonKernel",
             "--Application.log_level=WARN",
+            # ipykernel sleeps 0.5 ms before every execute_reply so that a frontend sees the cell's
+            # output first. The wrapper orders that itself: it replies only once the child's iopub
+            # idle (sent after every output) has arrived, so the sleep is pure latency here.
+            "--IPythonKernel._execute_sleep=0",
         ]
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -115,19 +115,42 @@ class StdinRouter(zmq.Socket):  # type: ignore[type-arg]
 
 
 def _wait_for_stdin_peer() -> None:
-    """Make IPKernelApp's stdin socket a StdinRouter (same libzmq socket, ROUTER_MANDATORY on)."""
+    """Make IPKernelApp's stdin socket a StdinRouter (same libzmq socket, ROUTER_MANDATORY on), and
+    drop the shell-channel thread."""
     from ipykernel.kernelapp import IPKernelApp
 
     original = IPKernelApp.init_sockets
 
     def init_sockets(self: IPKernelApp) -> None:
         original(self)
+        # No shell-channel thread (ipykernel 7 hands every shell request and reply between it and
+        # the main thread, for kernel subshells): the wrapper refuses subshells and sends one
+        # request at a time, so ipykernel reads the shell socket on its main event loop. Its
+        # thread-less path aborts queued requests less thoroughly, but the wrapper sends
+        # stop_on_error=False and aborts its frontend's queue itself.
+        self.shell_channel_thread = None
         plain = self.stdin_socket
         plain.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._ironcage_stdin_plain = plain  # type: ignore[attr-defined]  # keeps the owning socket alive
         self.stdin_socket = StdinRouter.shadow(plain.underlying)
 
     IPKernelApp.init_sockets = init_sockets  # type: ignore[method-assign]
+
+
+def _skip_messages_the_wrapper_drops() -> None:
+    """Publish no ``busy`` status and no ``execute_input``: the wrapper publishes its own and drops
+    the child's (its relay only waits for the child's ``idle``), so each cost the child an IOPub
+    thread hop, a signature and a send, and the wrapper a receive and a signature check."""
+    from ipykernel.kernelbase import Kernel
+
+    original_status = Kernel._publish_status
+
+    def publish_status(self: Kernel, status: str, channel: str, parent: Any = None) -> None:
+        if status != "busy":
+            original_status(self, status, channel, parent)
+
+    Kernel._publish_status = publish_status  # type: ignore[method-assign]
+    Kernel._publish_execute_input = lambda self, code, parent, execution_count: None  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -142,6 +165,7 @@ def main() -> None:
     if limit.isdigit() and int(limit) > 0:
         install_output_cap(int(limit))
     _wait_for_stdin_peer()
+    _skip_messages_the_wrapper_drops()
     from ipykernel.kernelapp import launch_new_instance
 
     sys.argv[0] = "ipykernel_launcher"

@@ -20,7 +20,7 @@ from ironcage_jupyter.audit.store import journal_path
 from ironcage_jupyter.pipeline import CellRequest
 from ironcage_jupyter.policy.session import PolicySession
 from ironcage_jupyter.policy.subjects import PolicyContext
-from kernel_helpers import execute, start_kernel, stop_kernel
+from kernel_helpers import execute, start_kernel, status, stop_kernel
 
 
 # -- iopub on the event loop ---------------------------------------------------------------------
@@ -206,6 +206,27 @@ def test_queries_through_the_kernel_see_the_latest_cell(kernel):
                  "AND detail->>'status' = 'ok'")
     assert ex.status == "ok", ex.error
     assert "seen-1" in ex.text
+
+
+def test_the_child_has_no_shell_channel_thread_and_sends_only_what_is_relayed(kernel):
+    """The child runs without ipykernel's shell-channel thread and publishes neither ``busy`` nor
+    ``execute_input`` (the wrapper publishes its own): a trivial cell costs two iopub messages from
+    the child, its result and its idle. The wrapper still publishes all four."""
+    _, kc = kernel
+    from ipykernel.shellchannel import SHELL_CHANNEL_THREAD_NAME
+
+    threads = execute(kc, "import threading; print(sorted(t.name for t in threading.enumerate()))")
+    assert threads.status == "ok" and "MainThread" in threads.stdout
+    assert SHELL_CHANNEL_THREAD_NAME not in threads.stdout
+    before = status(kc)["child_messages"]["received"]
+    ex = execute(kc, "41 + 1")
+    after = status(kc)["child_messages"]["received"]
+    # %ironcage status runs in the wrapper (the child sends nothing for it); the wrapper replies
+    # only after the child's idle, so the count is settled when each call answers
+    assert after - before == 2
+    kinds = [(m["header"]["msg_type"], m["content"].get("execution_state")) for m in ex.messages]
+    assert kinds[0] == ("status", "busy") and ("execute_input", None) in kinds
+    assert ("execute_result", None) in kinds and kinds[-1] == ("status", "idle")
 
 
 def test_an_error_aborts_the_requests_queued_behind_it(kernel):

@@ -513,10 +513,22 @@ class KernelAudit:
             self._committer = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="audit-commit"
             )
-        self._committer.submit(self._commit_quietly, store)
+        # Handed to the thread on the loop's next turn: after this cell's reply and idle are sent
+        # (nothing awaits between this stage and them), so the thread's wake-up and its share of the
+        # GIL and the cores do not delay them.
+        loop.call_soon(self._start_commit, store)
         if self._idle_ingest is not None:
             self._idle_ingest.cancel()
         self._idle_ingest = loop.call_later(self.INGEST_IDLE_S, self._ingest_idle)
+
+    def _start_commit(self, store: AuditStore) -> None:
+        committer = self._committer
+        if committer is None:
+            return
+        try:
+            committer.submit(self._commit_quietly, store)
+        except RuntimeError:
+            pass  # shut down by close(), which ingests everything itself
 
     @staticmethod
     def _commit_quietly(store: AuditStore) -> None:
