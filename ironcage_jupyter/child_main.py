@@ -115,20 +115,15 @@ class StdinRouter(zmq.Socket):  # type: ignore[type-arg]
 
 
 def _wait_for_stdin_peer() -> None:
-    """Make IPKernelApp's stdin socket a StdinRouter (same libzmq socket, ROUTER_MANDATORY on), and
-    drop the shell-channel thread."""
+    """Make IPKernelApp's stdin socket a StdinRouter (same libzmq socket, ROUTER_MANDATORY on)."""
     from ipykernel.kernelapp import IPKernelApp
 
     original = IPKernelApp.init_sockets
 
     def init_sockets(self: IPKernelApp) -> None:
         original(self)
-        # No shell-channel thread (ipykernel 7 hands every shell request and reply between it and
-        # the main thread, for kernel subshells): the wrapper refuses subshells and sends one
-        # request at a time, so ipykernel reads the shell socket on its main event loop. Its
-        # thread-less path aborts queued requests less thoroughly, but the wrapper sends
-        # stop_on_error=False and aborts its frontend's queue itself.
-        self.shell_channel_thread = None
+        # The shell-channel thread stays: ipykernel 7 runs cells with top-level `await` through it
+        # (IPythonKernel.do_execute compares the current thread with its parent thread).
         plain = self.stdin_socket
         plain.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._ironcage_stdin_plain = plain  # type: ignore[attr-defined]  # keeps the owning socket alive
