@@ -23,7 +23,10 @@ import hashlib
 import json
 import os
 import queue
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -35,7 +38,7 @@ import pyarrow.compute as pc
 
 from .events import genesis_hash
 from .paths import ANCHORS_FILE
-from .query import AttachedSession, AuditQuery
+from .query import AttachedSession, AuditQuery, _sql_str
 from .schema import PROMOTED_FIELDS
 
 _MAX_LISTED = 1000
@@ -221,11 +224,15 @@ def _fast_chain(cursor: Any, attached: AttachedSession, session_id: str) -> tupl
             if prev_flat[64:] != hash_flat[:-64]:
                 raise _NotProven("link")
             last_hash = hash_flat[-64:]
-            # content: SHA-256 of every canonical (a tombstone's empty bytes hash to empty_digest)
+            # content: SHA-256 of every canonical (a tombstone's empty bytes hash to empty_digest);
+            # raw digests per row, hex-encoded once per batch (exact: lowercase hex, as stored)
             offsets, buffer = _offsets(data)
-            computed = "".join(
-                [sha256(buffer[offsets[i] : offsets[i + 1]]).hexdigest() for i in range(rows)]
-            ).encode("ascii")
+            bounds = offsets.tolist()
+            computed = (
+                b"".join([sha256(buffer[a:b]).digest() for a, b in zip(bounds, bounds[1:], strict=False)])
+                .hex()
+                .encode("ascii")
+            )
             if computed != hash_flat:
                 tombstones = pc.indices_nonzero(tomb).to_pylist()
                 if not tombstones:
@@ -448,43 +455,188 @@ def read_anchors(audit_dir: Path) -> dict[str, dict[str, Any]]:
     return anchors
 
 
-def verify(audit_dir: str | os.PathLike[str], *, sessions: list[str] | None = None) -> VerifyReport:
+def _prove_in_process(
+    query: AuditQuery, subset: dict[str, AttachedSession]
+) -> dict[str, tuple[Any, ...] | None]:
+    """The fast path in this process: DuckDB's column check on a second thread while this one
+    streams the chains. Returns the heads of the sessions it proved."""
+    heads: dict[str, tuple[Any, ...] | None] = {}
+    if not subset:
+        return heads
+    fields_cursor, cursor = query.cursor(), query.cursor()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-verify")
+    try:
+        fields = pool.submit(_fast_fields, fields_cursor, subset)
+        for session_id, attached in subset.items():
+            try:
+                heads[session_id] = _fast_chain(cursor, attached, session_id)
+            except _NotProven:
+                pass
+            except Exception:  # noqa: BLE001, S110 - the precise path reports what is wrong
+                pass
+        try:
+            bad_fields = fields.result()
+        except Exception:  # noqa: BLE001 - e.g. one unreadable file: every session gets the precise path
+            bad_fields = {a.alias: 1 for a in subset.values()}
+        for session_id, attached in subset.items():
+            if bad_fields.get(attached.alias, 1):
+                heads.pop(session_id, None)
+    finally:
+        pool.shutdown(wait=True)
+        cursor.close()
+        fields_cursor.close()
+    return heads
+
+
+def _prove_in_worker(path: str, session_id: str, promoted_stored: bool) -> tuple[bool, Any]:
+    """The fast path for one closed session file, in a pool process: (True, head) if it is a
+    perfect chain whose columns equal the signed content, else (False, why) - the parent then runs
+    the precise passes, which classify what is wrong. The file is attached read-only (a shared
+    lock, like the parent's, so no writer can open it meanwhile)."""
+    import duckdb
+
+    con = duckdb.connect(":memory:", config={"threads": 1})
+    try:
+        con.execute(f"ATTACH '{_sql_str(Path(path))}' AS s0 (READ_ONLY)")
+        con.execute("SET enable_external_access = false")
+        attached = AttachedSession("s0", Path(path), False, "s0.events" if promoted_stored else "s0.v1")
+        if _fast_fields(con, {session_id: attached}).get("s0", 1):
+            return False, "a column differs from the signed content"
+        return True, _fast_chain(con, attached, session_id)
+    except _NotProven as exc:
+        return False, str(exc)
+    except Exception as exc:  # noqa: BLE001 - the precise path in the parent reports what is wrong
+        return False, f"{type(exc).__name__}: {exc}"
+    finally:
+        con.close()
+
+
+def _prove_in_pool(
+    subset: dict[str, AttachedSession], workers: int, timeout_s: float
+) -> tuple[dict[str, tuple[Any, ...] | None], dict[str, str]]:
+    """The fast path for closed sessions in `workers` worker processes (`python -m
+    ironcage_jupyter.audit.verify`: a fresh interpreter, never a fork of this one, which may run
+    DuckDB or kernel threads), the session files split between them by size. Returns (heads of the
+    sessions proven, {session: error} for those whose worker crashed, answered nonsense or did not
+    finish in time: those sessions FAIL, they are never taken as verified)."""
+    shares: list[list[tuple[str, str, bool]]] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    for session_id, attached in sorted(subset.items(), key=lambda item: -_size(item[1].path)):
+        least = loads.index(min(loads))
+        shares[least].append((session_id, str(attached.path), attached.promoted_stored))
+        loads[least] += max(1, _size(attached.path))
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])  # the directory ironcage_jupyter is imported from
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    procs = []
+    for share in shares:
+        if share:
+            proc = subprocess.Popen(  # noqa: S603 - this interpreter, this module, no shell
+                [sys.executable, "-m", __name__],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+            procs.append((proc, share))
+    heads: dict[str, tuple[Any, ...] | None] = {}
+    failed: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        for proc, share in procs:
+            try:
+                out, err = proc.communicate(
+                    json.dumps(share).encode(), timeout=max(0.001, deadline - time.monotonic())
+                )
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                for session_id, _path, _promoted in share:
+                    failed[session_id] = f"verify worker did not finish within {timeout_s:g} s"
+                continue
+            answers: dict[str, Any] = {}
+            for line in out.splitlines():
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    answer = json.loads(line)
+                    answers[answer["session_id"]] = answer
+            why = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+            for session_id, _path, _promoted in share:
+                answer = answers.get(session_id)
+                if proc.returncode != 0 or answer is None:
+                    failed[session_id] = (
+                        f"verify worker failed (exit status {proc.returncode}) before answering for "
+                        f"this session: {why[0]}"
+                    ).rstrip(": ")
+                elif answer.get("proven") is True:
+                    head = answer.get("head")
+                    heads[session_id] = tuple(head) if head is not None else None
+    finally:
+        for proc, _share in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return heads, failed
+
+
+def _worker_main() -> int:
+    """A pool worker: reads [[session_id, path, promoted_stored], ...] on stdin, writes one JSON
+    line per session on stdout."""
+    tasks = json.loads(sys.stdin.buffer.read())
+    for session_id, path, promoted in tasks:
+        proven, value = _prove_in_worker(str(path), str(session_id), bool(promoted))
+        answer = {"session_id": session_id, "proven": proven}
+        answer["head" if proven else "why"] = list(value) if proven and value is not None else value
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def verify(
+    audit_dir: str | os.PathLike[str],
+    *,
+    sessions: list[str] | None = None,
+    workers: int | None = None,
+    timeout_s: float = 3600.0,
+) -> VerifyReport:
+    """Verify every session's chain. `workers`: processes for the closed sessions' fast path
+    (default: one per core; 1 runs everything in this process). A worker that crashes or does not
+    finish within `timeout_s` makes its session an error (non-zero exit), never verified."""
     audit_dir = Path(audit_dir)
     anchors = read_anchors(audit_dir)
     reports: list[SessionReport] = []
-    with AuditQuery(audit_dir, sessions=sessions, timeout_s=3600) as query:
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with AuditQuery(audit_dir, sessions=sessions, timeout_s=timeout_s) as query:
         for session_id, reason in sorted(query.unreadable.items()):
             reports.append(SessionReport(session_id, error=f"cannot read session file: {reason}"))
         # Fast path: one streaming scan per session proves it is a perfect chain in storage order.
         # A session it cannot prove (anything tampered, or just stored out of order) gets the
-        # precise passes below, which find and classify every problem.
-        heads: dict[str, tuple[Any, ...] | None] = {}
-        fields_cursor, cursor = query.cursor(), query.cursor()
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-verify")
-        try:
-            fields = pool.submit(_fast_fields, fields_cursor, query.attached)
-            for session_id, attached in query.attached.items():
-                try:
-                    heads[session_id] = _fast_chain(cursor, attached, session_id)
-                except _NotProven:
-                    pass
-                except Exception:  # noqa: BLE001, S110 - the precise path reports what is wrong
-                    pass
-            try:
-                bad_fields = fields.result()
-            except Exception:  # noqa: BLE001 - e.g. one unreadable file: every session gets the precise path
-                bad_fields = {a.alias: 1 for a in query.attached.values()}
-            for session_id, attached in query.attached.items():
-                if bad_fields.get(attached.alias, 1):
-                    heads.pop(session_id, None)
-        finally:
-            pool.shutdown(wait=True)
-            cursor.close()
-            fields_cursor.close()
-        doubtful = {sid: a for sid, a in query.attached.items() if sid not in heads}
+        # precise passes below, which find and classify every problem. Each session's chain is
+        # independent: closed session files are proven in a process pool (true parallelism: the
+        # hashing loop holds the GIL); live ones (snapshot copies) in this process.
+        closed = {sid: a for sid, a in query.attached.items() if not a.live}
+        failed: dict[str, str] = {}
+        if workers > 1 and len(closed) > 1:
+            heads, failed = _prove_in_pool(closed, min(workers, len(closed)), timeout_s)
+            rest = {sid: a for sid, a in query.attached.items() if sid not in closed}
+        else:
+            heads, rest = {}, dict(query.attached)
+        heads.update(_prove_in_process(query, rest))
+        doubtful = {sid: a for sid, a in query.attached.items() if sid not in heads and sid not in failed}
         content_by_alias = _content_pass_all(query, doubtful) if doubtful else {}
         for session_id, attached in sorted(query.attached.items()):
             report = SessionReport(session_id, live=attached.live, anchored=session_id in anchors)
+            if session_id in failed:
+                report.error = failed[session_id]
+                reports.append(report)
+                continue
             try:
                 if session_id in heads:
                     head = heads[session_id]
@@ -725,3 +877,7 @@ def _verify_session(
     elif anchor is not None and report.last_seq is None and anchor["seq"] > compacted_through:
         report.problems.append(f"all events deleted: the session closed at seq {anchor['seq']}")
         report.deleted.extend(range(compacted_through + 1, min(anchor["seq"], _MAX_LISTED) + 1))
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())
