@@ -31,15 +31,16 @@ from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .events import genesis_hash
 from .paths import ANCHORS_FILE
-from .query import AttachedSession, AuditQuery, _sql_str
 from .schema import PROMOTED_FIELDS
+
+if TYPE_CHECKING:  # imported where used: a verify worker process needs neither (nor pydantic)
+    from .query import AttachedSession, AuditQuery
 
 _MAX_LISTED = 1000
 
@@ -138,7 +139,16 @@ FROM (
 )
 """
 )
-_FAST_BATCH_ROWS = 1 << 16
+# A worker's single scan: the chain columns plus, per row, the same column check as
+# `_FAST_FIELDS_SQL` (reading and decompressing `canonical` once instead of twice).
+_FAST_HEAD = "SELECT '{alias}' AS alias, count(*) FILTER (WHERE NOT coalesce("
+_FAST_COMBINED_SQL = _FAST_FIELDS_SQL.replace(
+    _FAST_HEAD,
+    "SELECT seq, hash, prev_hash, coalesce(canonical, '')::BLOB AS data, canonical IS NULL AS tomb, "
+    "epoch_us(ts) AS ts_us, coalesce(",
+).replace("END, FALSE)) AS bad", "END, FALSE) AS ok")
+assert _FAST_HEAD in _FAST_FIELDS_SQL and "END, FALSE)) AS bad" in _FAST_FIELDS_SQL
+_FAST_BATCH_ROWS = 1 << 14
 
 
 def _fast_fields(cursor: Any, subset: dict[str, AttachedSession]) -> dict[str, int]:
@@ -183,7 +193,9 @@ def _offsets(array: pa.Array) -> tuple[memoryview, memoryview]:
     return offsets[array.offset : array.offset + len(array) + 1], memoryview(buffers[2])  # type: ignore[arg-type]
 
 
-def _fast_chain(cursor: Any, attached: AttachedSession, session_id: str) -> tuple[Any, ...] | None:
+def _fast_chain(
+    cursor: Any, attached: AttachedSession | _WorkerSession, session_id: str, *, check_columns: bool = False
+) -> tuple[Any, ...] | None:
     """Prove, in one streaming scan, that the session's rows in storage order are a perfect chain:
     consecutive seqs, each `prev_hash` the previous row's `hash`, every hash SHA-256 of its
     canonical bytes (the columns are checked by `_fast_fields` meanwhile).
@@ -191,7 +203,13 @@ def _fast_chain(cursor: Any, attached: AttachedSession, session_id: str) -> tupl
     otherwise. It classifies nothing: that is the precise path's job."""
     sha256 = hashlib.sha256
     empty_digest = sha256(b"").hexdigest()
-    reader = cursor.sql(_FAST_CHAIN_SQL.replace("{alias}", attached.alias)).to_arrow_reader(_FAST_BATCH_ROWS)
+    if check_columns:  # the columns are checked in this scan (else by `_fast_fields` meanwhile)
+        sql = _for_format(_FAST_COMBINED_SQL, attached).replace(
+            "${alias}_session", "'" + session_id.replace("'", "''") + "'"
+        )
+    else:
+        sql = _FAST_CHAIN_SQL
+    reader = cursor.sql(sql.replace("{alias}", attached.alias)).to_arrow_reader(_FAST_BATCH_ROWS)
     batches = _prefetched(reader)
     head: tuple[Any, ...] | None = None
     last_seq: int | None = None
@@ -201,7 +219,11 @@ def _fast_chain(cursor: Any, attached: AttachedSession, session_id: str) -> tupl
             rows = batch.num_rows
             if not rows:
                 continue
-            seq, hashes, prevs, data, tomb, ts_us = batch.columns
+            seq, hashes, prevs, data, tomb, ts_us = batch.columns[:6]
+            if check_columns:
+                ok = batch.column(6)
+                if ok.null_count or not pc.all(ok).as_py():
+                    raise _NotProven("a column differs from the signed content")
             if seq.null_count or tomb.null_count:
                 raise _NotProven("nulls")
             if head is None:
@@ -488,6 +510,14 @@ def _prove_in_process(
     return heads
 
 
+@dataclass(frozen=True)
+class _WorkerSession:
+    """What the fast path needs of an `AttachedSession`, in a worker (file attached as s0)."""
+
+    promoted_stored: bool
+    alias: str = "s0"
+
+
 def _prove_in_worker(path: str, session_id: str, promoted_stored: bool) -> tuple[bool, Any]:
     """The fast path for one closed session file, in a pool process: (True, head) if it is a
     perfect chain whose columns equal the signed content, else (False, why) - the parent then runs
@@ -497,12 +527,10 @@ def _prove_in_worker(path: str, session_id: str, promoted_stored: bool) -> tuple
 
     con = duckdb.connect(":memory:", config={"threads": 1})
     try:
-        con.execute(f"ATTACH '{_sql_str(Path(path))}' AS s0 (READ_ONLY)")
+        con.execute("ATTACH '" + path.replace("'", "''") + "' AS s0 (READ_ONLY)")
         con.execute("SET enable_external_access = false")
-        attached = AttachedSession("s0", Path(path), False, "s0.events" if promoted_stored else "s0.v1")
-        if _fast_fields(con, {session_id: attached}).get("s0", 1):
-            return False, "a column differs from the signed content"
-        return True, _fast_chain(con, attached, session_id)
+        attached = _WorkerSession(promoted_stored)
+        return True, _fast_chain(con, attached, session_id, check_columns=True)
     except _NotProven as exc:
         return False, str(exc)
     except Exception as exc:  # noqa: BLE001 - the precise path in the parent reports what is wrong
@@ -613,6 +641,8 @@ def verify(
     reports: list[SessionReport] = []
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from .query import AuditQuery
+
     with AuditQuery(audit_dir, sessions=sessions, timeout_s=timeout_s) as query:
         for session_id, reason in sorted(query.unreadable.items()):
             reports.append(SessionReport(session_id, error=f"cannot read session file: {reason}"))
@@ -666,7 +696,7 @@ def verify(
     return VerifyReport(reports)
 
 
-def _for_format(sql: str, attached: AttachedSession | None) -> str:
+def _for_format(sql: str, attached: AttachedSession | _WorkerSession | None) -> str:
     """Format-1 files have no stored promoted columns (the views compute them from the canonical
     bytes): their checks compare only the envelope columns."""
     if attached is None or attached.promoted_stored:
@@ -792,6 +822,8 @@ def _verify_session(
         f"SELECT coalesce(sum(tombstoned), 0), coalesce(max(compacted_through_seq), 0) FROM {alias}.purge_log"  # noqa: S608
     ).rows[0]
     tombstoned_total, compacted_through = int(purge[0]), int(purge[1])
+    from .events import genesis_hash
+
     compacted_hash = genesis_hash(report.session_id)
     if compacted_through:
         compacted_hash = con_run(
