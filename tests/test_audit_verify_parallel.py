@@ -108,3 +108,16 @@ def test_cli_exit_status_when_a_worker_crashes(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2, done.stdout + done.stderr
     assert "verify worker failed" in done.stdout
+
+
+def test_workers_never_import_a_package_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    audit_dir = tmp_path / "audit"
+    _sessions(audit_dir)
+    decoy = tmp_path / "cwd" / "ironcage_jupyter"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("raise ImportError('decoy package imported from the cwd')\n")
+    monkeypatch.chdir(decoy.parent)
+    report = verify(audit_dir, workers=2)
+    assert report.exit_code == 0, report.render()

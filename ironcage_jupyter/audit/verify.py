@@ -560,7 +560,7 @@ def _prove_in_pool(
     for share in shares:
         if share:
             proc = subprocess.Popen(  # noqa: S603 - this interpreter, this module, no shell
-                [sys.executable, "-m", __name__],
+                [sys.executable, "-P", "-m", __name__],  # -P: never a module from the cwd
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
