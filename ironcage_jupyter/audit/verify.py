@@ -626,6 +626,18 @@ def _size(path: Path) -> int:
         return 0
 
 
+# Below this many usable cores the pool is not used by default: a worker costs ~0.4 s of CPU to
+# start (interpreter, DuckDB, pyarrow) and ~0.2 s more on its first file, and the in-process path
+# already keeps two cores busy (DuckDB's column check beside the Python hashing). Measured on two
+# cores (docs/perf/audit.md): the pool 1.3x slower than the in-process path, same minutes.
+POOL_MIN_CORES = 3
+
+
+def _default_workers() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores if cores >= POOL_MIN_CORES else 1
+
+
 def verify(
     audit_dir: str | os.PathLike[str],
     *,
@@ -634,13 +646,13 @@ def verify(
     timeout_s: float = 3600.0,
 ) -> VerifyReport:
     """Verify every session's chain. `workers`: processes for the closed sessions' fast path
-    (default: one per core; 1 runs everything in this process). A worker that crashes or does not
-    finish within `timeout_s` makes its session an error (non-zero exit), never verified."""
+    (default: `_default_workers()`; 1 runs everything in this process). A worker that crashes or
+    does not finish within `timeout_s` makes its session an error (non-zero exit), never verified."""
     audit_dir = Path(audit_dir)
     anchors = read_anchors(audit_dir)
     reports: list[SessionReport] = []
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = _default_workers()
     from .query import AuditQuery
 
     with AuditQuery(audit_dir, sessions=sessions, timeout_s=timeout_s) as query:
