@@ -93,14 +93,14 @@ def test_a_worker_that_overruns_fails_verify(tmp_path: Path, monkeypatch: pytest
     assert all("did not finish within 1 s" in (s.error or "") for s in report.sessions)
 
 
-def test_cli_exit_status_when_a_worker_crashes(tmp_path: Path) -> None:
+def test_exit_status_of_a_verifying_process_when_a_worker_crashes(tmp_path: Path) -> None:
     _sessions(tmp_path)
     crasher = tmp_path / "crash.sh"
     crasher.write_text("#!/bin/sh\nkill -9 $$\n")
     crasher.chmod(0o700)
     code = (
         "import sys; from ironcage_jupyter.audit import verify as v; v.sys.executable = sys.argv[2];"
-        "r = v.verify(sys.argv[1]); print(r.render()); sys.exit(r.exit_code)"
+        "r = v.verify(sys.argv[1], workers=2); print(r.render()); sys.exit(r.exit_code)"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path), str(crasher)],
@@ -121,3 +121,11 @@ def test_workers_never_import_a_package_from_the_working_directory(
     monkeypatch.chdir(decoy.parent)
     report = verify(audit_dir, workers=2)
     assert report.exit_code == 0, report.render()
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 1), (3, 3), (8, 8)])
+def test_the_pool_is_the_default_only_from_three_cores(
+    monkeypatch: pytest.MonkeyPatch, cores: int, expected: int
+) -> None:
+    monkeypatch.setattr(verify_module.os, "sched_getaffinity", lambda _pid: set(range(cores)), raising=False)
+    assert verify_module._default_workers() == expected
