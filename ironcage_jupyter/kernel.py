@@ -284,7 +284,8 @@ class IronCageKernel(Kernel):
         if audit is not None and getattr(audit, "session_id", None):
             self.ui.session_id = audit.session_id
             self.ui.audit_query = components.audit_panel_query(self.audit_dir, audit.session_id,
-                                                    live_store=lambda: getattr(audit, "store", None))
+                                                    live_store=lambda: getattr(audit, "store", None),
+                                                    record_query=audit.audit_query)
         policy_session = getattr(self, "policy_session", None)
         if policy_session is not None:
             self.ui.policy = policy_session.policy.name

@@ -62,3 +62,43 @@ async def test_bridge_answers_the_panel_from_the_store(tmp_path: Path) -> None:
     finally:
         store.close()
     assert asyncio.get_running_loop()
+
+
+def test_panel_reads_are_recorded_as_audit_queries(tmp_path: Path) -> None:
+    from functools import partial
+
+    from ironcage_jupyter.audit.integration import record_query
+
+    store = _fill(tmp_path, "session-a", [("c1", "deny", "deny-dangerous"), ("c2", "allow", "cells")])
+    query = audit_panel_query(
+        tmp_path, "session-a", live_store=store, record_query=partial(record_query, store.record)
+    )
+    try:
+        events, total = query(AuditQuery(limit=1, decision="deny"))
+        assert total == 1 and len(events) == 1
+        events, _total = query(AuditQuery(limit=10, event_type="audit_query"))
+        (recorded,) = [e for e in events if e["event_type"] == "audit_query"]  # the first read, not this one
+        with audit.AuditQuery(tmp_path, live_store=store) as q:
+            rows = q.run_trusted(
+                "SELECT detail->>'interface', detail->>'status', (detail->>'row_count')::INT, detail->>'sql_redacted' "
+                "FROM events WHERE event_type = 'audit_query' ORDER BY seq"
+            ).rows
+        assert [r[:3] for r in rows] == [("ui_panel", "ok", 1), ("ui_panel", "ok", 1)]
+        assert "decision=deny" in rows[0][3] and "limit=1" in rows[0][3]
+        assert recorded["seq"] == 3
+    finally:
+        store.close()
+
+
+def test_a_panel_read_that_cannot_be_recorded_returns_no_rows(tmp_path: Path) -> None:
+    store = _fill(tmp_path, "session-a", [("c1", "deny", "deny-dangerous")])
+
+    def refuse(**_kwargs: Any) -> None:
+        raise audit.AuditWriteError("the audit log cannot be written")
+
+    query = audit_panel_query(tmp_path, "session-a", live_store=store, record_query=refuse)
+    try:
+        with pytest.raises(audit.AuditWriteError):
+            query(AuditQuery(limit=10))
+    finally:
+        store.close()

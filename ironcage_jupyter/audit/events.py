@@ -245,10 +245,11 @@ class IsolationDetail(_Detail):
 
 
 class AuditQueryDetail(_Detail):
-    """A read of the audit log itself (`%%ironcage sql`, `%ironcage audit`, `audit query`): recorded
+    """A read of the audit log itself (`%%ironcage sql`, `%ironcage audit`, `audit query`, the lab
+    extension's audit panel): recorded
     before its result is shown. A refused query has decision `deny`."""
 
-    interface: Literal["sql_magic", "audit_magic", "cli"]
+    interface: Literal["sql_magic", "audit_magic", "cli", "ui_panel"]
     sql_redacted: str = Field(description="The query text after secret redaction (bounded).")
     sql_sha256: str = Field(description="SHA-256 of the query text exactly as submitted.")
     status: Literal["ok", "refused", "error"]
@@ -350,15 +351,21 @@ def canonical_bytes(envelope: dict[str, Any]) -> bytes:
 
 
 def _has_non_finite(value: Any) -> bool:
-    stack = [value]
-    while stack:
-        item = stack.pop()
+    """A non-finite float anywhere in `value` (only called after orjson serialised it, so nesting
+    is at most orjson's 255 levels). Scalars are checked inline; only containers recurse."""
+    kind = type(value)
+    if kind is dict:
+        items = value.values()
+    elif kind is list or kind is tuple:
+        items = value
+    else:
+        return kind is float and not isfinite(value)
+    for item in items:
         kind = type(item)
-        if kind is dict:
-            stack.extend(item.values())
-        elif kind is list or kind is tuple:
-            stack.extend(item)
-        elif kind is float and not isfinite(item):
+        if kind is float:
+            if not isfinite(item):
+                return True
+        elif (kind is dict or kind is list or kind is tuple) and _has_non_finite(item):
             return True
     return False
 

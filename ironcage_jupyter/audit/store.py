@@ -107,23 +107,35 @@ _PROMOTED_KEYS: tuple[tuple[str, type], ...] = tuple(
 )
 
 
+_PROMOTED_INDEX: dict[str, tuple[int, type]] = {
+    key: (i, kind) for i, (key, kind) in enumerate(_PROMOTED_KEYS)
+}
+_PROMOTED_KEYSET = frozenset(_PROMOTED_INDEX)
+_NO_PROMOTED = (None,) * len(_PROMOTED_KEYS)
+
+
 def promoted_values(detail: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The typed-column copies of the promoted detail fields (None where absent)."""
-    values = []
-    for key, kind in _PROMOTED_KEYS:
-        value = detail.get(key)
-        if value is not None:
-            if kind is bool:
-                value = value if isinstance(value, bool) else None
-            elif kind is float:
-                value = (
-                    float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-                )
-            elif kind is int:
-                value = value if isinstance(value, int) and not isinstance(value, bool) else None
-            else:
-                value = value if isinstance(value, str) else None
-        values.append(value)
+    """The typed-column copies of the promoted detail fields (None where absent or of another type).
+
+    Only the promoted keys the detail has are looked at (a detail has a few of them at most)."""
+    present = _PROMOTED_KEYSET.intersection(detail)
+    if not present:
+        return _NO_PROMOTED
+    values = list(_NO_PROMOTED)
+    for key in present:
+        value = detail[key]
+        if value is None:
+            continue
+        index, kind = _PROMOTED_INDEX[key]
+        if kind is bool:
+            value = value if isinstance(value, bool) else None
+        elif kind is float:
+            value = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        elif kind is int:
+            value = value if isinstance(value, int) and not isinstance(value, bool) else None
+        else:
+            value = value if isinstance(value, str) else None
+        values[index] = value
     return tuple(values)
 
 
@@ -527,7 +539,12 @@ class AuditStore:
             raise AuditWriteError(f"audit write to {self.path} failed: {exc!r}") from exc
         with self._lock:
             self._ingested_seq = batch[-1][3]
-            self._unjournaled = [(seq, line) for seq, line in self._unjournaled if seq > self._ingested_seq]
+            if self._unjournaled and self._unjournaled[-1][0] <= self._ingested_seq:
+                self._unjournaled.clear()  # the usual case: DuckDB now holds all of them
+            elif self._unjournaled:
+                self._unjournaled = [
+                    (seq, line) for seq, line in self._unjournaled if seq > self._ingested_seq
+                ]
             if (
                 self._ingested_seq >= self._journaled_seq
                 and self._journal_fd is not None

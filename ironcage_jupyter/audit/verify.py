@@ -23,20 +23,24 @@ import hashlib
 import json
 import os
 import queue
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .events import genesis_hash
 from .paths import ANCHORS_FILE
-from .query import AttachedSession, AuditQuery
 from .schema import PROMOTED_FIELDS
+
+if TYPE_CHECKING:  # imported where used: a verify worker process needs neither (nor pydantic)
+    from .query import AttachedSession, AuditQuery
 
 _MAX_LISTED = 1000
 
@@ -135,7 +139,16 @@ FROM (
 )
 """
 )
-_FAST_BATCH_ROWS = 1 << 16
+# A worker's single scan: the chain columns plus, per row, the same column check as
+# `_FAST_FIELDS_SQL` (reading and decompressing `canonical` once instead of twice).
+_FAST_HEAD = "SELECT '{alias}' AS alias, count(*) FILTER (WHERE NOT coalesce("
+_FAST_COMBINED_SQL = _FAST_FIELDS_SQL.replace(
+    _FAST_HEAD,
+    "SELECT seq, hash, prev_hash, coalesce(canonical, '')::BLOB AS data, canonical IS NULL AS tomb, "
+    "epoch_us(ts) AS ts_us, coalesce(",
+).replace("END, FALSE)) AS bad", "END, FALSE) AS ok")
+assert _FAST_HEAD in _FAST_FIELDS_SQL and "END, FALSE)) AS bad" in _FAST_FIELDS_SQL
+_FAST_BATCH_ROWS = 1 << 14
 
 
 def _fast_fields(cursor: Any, subset: dict[str, AttachedSession]) -> dict[str, int]:
@@ -180,7 +193,9 @@ def _offsets(array: pa.Array) -> tuple[memoryview, memoryview]:
     return offsets[array.offset : array.offset + len(array) + 1], memoryview(buffers[2])  # type: ignore[arg-type]
 
 
-def _fast_chain(cursor: Any, attached: AttachedSession, session_id: str) -> tuple[Any, ...] | None:
+def _fast_chain(
+    cursor: Any, attached: AttachedSession | _WorkerSession, session_id: str, *, check_columns: bool = False
+) -> tuple[Any, ...] | None:
     """Prove, in one streaming scan, that the session's rows in storage order are a perfect chain:
     consecutive seqs, each `prev_hash` the previous row's `hash`, every hash SHA-256 of its
     canonical bytes (the columns are checked by `_fast_fields` meanwhile).
@@ -188,7 +203,13 @@ def _fast_chain(cursor: Any, attached: AttachedSession, session_id: str) -> tupl
     otherwise. It classifies nothing: that is the precise path's job."""
     sha256 = hashlib.sha256
     empty_digest = sha256(b"").hexdigest()
-    reader = cursor.sql(_FAST_CHAIN_SQL.replace("{alias}", attached.alias)).to_arrow_reader(_FAST_BATCH_ROWS)
+    if check_columns:  # the columns are checked in this scan (else by `_fast_fields` meanwhile)
+        sql = _for_format(_FAST_COMBINED_SQL, attached).replace(
+            "${alias}_session", "'" + session_id.replace("'", "''") + "'"
+        )
+    else:
+        sql = _FAST_CHAIN_SQL
+    reader = cursor.sql(sql.replace("{alias}", attached.alias)).to_arrow_reader(_FAST_BATCH_ROWS)
     batches = _prefetched(reader)
     head: tuple[Any, ...] | None = None
     last_seq: int | None = None
@@ -198,7 +219,11 @@ def _fast_chain(cursor: Any, attached: AttachedSession, session_id: str) -> tupl
             rows = batch.num_rows
             if not rows:
                 continue
-            seq, hashes, prevs, data, tomb, ts_us = batch.columns
+            seq, hashes, prevs, data, tomb, ts_us = batch.columns[:6]
+            if check_columns:
+                ok = batch.column(6)
+                if ok.null_count or not pc.all(ok).as_py():
+                    raise _NotProven("a column differs from the signed content")
             if seq.null_count or tomb.null_count:
                 raise _NotProven("nulls")
             if head is None:
@@ -221,11 +246,15 @@ def _fast_chain(cursor: Any, attached: AttachedSession, session_id: str) -> tupl
             if prev_flat[64:] != hash_flat[:-64]:
                 raise _NotProven("link")
             last_hash = hash_flat[-64:]
-            # content: SHA-256 of every canonical (a tombstone's empty bytes hash to empty_digest)
+            # content: SHA-256 of every canonical (a tombstone's empty bytes hash to empty_digest);
+            # raw digests per row, hex-encoded once per batch (exact: lowercase hex, as stored)
             offsets, buffer = _offsets(data)
-            computed = "".join(
-                [sha256(buffer[offsets[i] : offsets[i + 1]]).hexdigest() for i in range(rows)]
-            ).encode("ascii")
+            bounds = offsets.tolist()
+            computed = (
+                b"".join([sha256(buffer[a:b]).digest() for a, b in zip(bounds, bounds[1:], strict=False)])
+                .hex()
+                .encode("ascii")
+            )
             if computed != hash_flat:
                 tombstones = pc.indices_nonzero(tomb).to_pylist()
                 if not tombstones:
@@ -448,43 +477,208 @@ def read_anchors(audit_dir: Path) -> dict[str, dict[str, Any]]:
     return anchors
 
 
-def verify(audit_dir: str | os.PathLike[str], *, sessions: list[str] | None = None) -> VerifyReport:
+def _prove_in_process(
+    query: AuditQuery, subset: dict[str, AttachedSession]
+) -> dict[str, tuple[Any, ...] | None]:
+    """The fast path in this process: DuckDB's column check on a second thread while this one
+    streams the chains. Returns the heads of the sessions it proved."""
+    heads: dict[str, tuple[Any, ...] | None] = {}
+    if not subset:
+        return heads
+    fields_cursor, cursor = query.cursor(), query.cursor()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-verify")
+    try:
+        fields = pool.submit(_fast_fields, fields_cursor, subset)
+        for session_id, attached in subset.items():
+            try:
+                heads[session_id] = _fast_chain(cursor, attached, session_id)
+            except _NotProven:
+                pass
+            except Exception:  # noqa: BLE001, S110 - the precise path reports what is wrong
+                pass
+        try:
+            bad_fields = fields.result()
+        except Exception:  # noqa: BLE001 - e.g. one unreadable file: every session gets the precise path
+            bad_fields = {a.alias: 1 for a in subset.values()}
+        for session_id, attached in subset.items():
+            if bad_fields.get(attached.alias, 1):
+                heads.pop(session_id, None)
+    finally:
+        pool.shutdown(wait=True)
+        cursor.close()
+        fields_cursor.close()
+    return heads
+
+
+@dataclass(frozen=True)
+class _WorkerSession:
+    """What the fast path needs of an `AttachedSession`, in a worker (file attached as s0)."""
+
+    promoted_stored: bool
+    alias: str = "s0"
+
+
+def _prove_in_worker(path: str, session_id: str, promoted_stored: bool) -> tuple[bool, Any]:
+    """The fast path for one closed session file, in a pool process: (True, head) if it is a
+    perfect chain whose columns equal the signed content, else (False, why) - the parent then runs
+    the precise passes, which classify what is wrong. The file is attached read-only (a shared
+    lock, like the parent's, so no writer can open it meanwhile)."""
+    import duckdb
+
+    con = duckdb.connect(":memory:", config={"threads": 1})
+    try:
+        con.execute("ATTACH '" + path.replace("'", "''") + "' AS s0 (READ_ONLY)")
+        con.execute("SET enable_external_access = false")
+        attached = _WorkerSession(promoted_stored)
+        return True, _fast_chain(con, attached, session_id, check_columns=True)
+    except _NotProven as exc:
+        return False, str(exc)
+    except Exception as exc:  # noqa: BLE001 - the precise path in the parent reports what is wrong
+        return False, f"{type(exc).__name__}: {exc}"
+    finally:
+        con.close()
+
+
+def _prove_in_pool(
+    subset: dict[str, AttachedSession], workers: int, timeout_s: float
+) -> tuple[dict[str, tuple[Any, ...] | None], dict[str, str]]:
+    """The fast path for closed sessions in `workers` worker processes (`python -m
+    ironcage_jupyter.audit.verify`: a fresh interpreter, never a fork of this one, which may run
+    DuckDB or kernel threads), the session files split between them by size. Returns (heads of the
+    sessions proven, {session: error} for those whose worker crashed, answered nonsense or did not
+    finish in time: those sessions FAIL, they are never taken as verified)."""
+    shares: list[list[tuple[str, str, bool]]] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    for session_id, attached in sorted(subset.items(), key=lambda item: -_size(item[1].path)):
+        least = loads.index(min(loads))
+        shares[least].append((session_id, str(attached.path), attached.promoted_stored))
+        loads[least] += max(1, _size(attached.path))
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])  # the directory ironcage_jupyter is imported from
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    procs = []
+    for share in shares:
+        if share:
+            proc = subprocess.Popen(  # noqa: S603 - this interpreter, this module, no shell
+                [sys.executable, "-P", "-m", __name__],  # -P: never a module from the cwd
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+            procs.append((proc, share))
+    heads: dict[str, tuple[Any, ...] | None] = {}
+    failed: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        for proc, share in procs:
+            try:
+                out, err = proc.communicate(
+                    json.dumps(share).encode(), timeout=max(0.001, deadline - time.monotonic())
+                )
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                for session_id, _path, _promoted in share:
+                    failed[session_id] = f"verify worker did not finish within {timeout_s:g} s"
+                continue
+            answers: dict[str, Any] = {}
+            for line in out.splitlines():
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    answer = json.loads(line)
+                    answers[answer["session_id"]] = answer
+            why = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+            for session_id, _path, _promoted in share:
+                answer = answers.get(session_id)
+                if proc.returncode != 0 or answer is None:
+                    failed[session_id] = (
+                        f"verify worker failed (exit status {proc.returncode}) before answering for "
+                        f"this session: {why[0]}"
+                    ).rstrip(": ")
+                elif answer.get("proven") is True:
+                    head = answer.get("head")
+                    heads[session_id] = tuple(head) if head is not None else None
+    finally:
+        for proc, _share in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return heads, failed
+
+
+def _worker_main() -> int:
+    """A pool worker: reads [[session_id, path, promoted_stored], ...] on stdin, writes one JSON
+    line per session on stdout."""
+    tasks = json.loads(sys.stdin.buffer.read())
+    for session_id, path, promoted in tasks:
+        proven, value = _prove_in_worker(str(path), str(session_id), bool(promoted))
+        answer = {"session_id": session_id, "proven": proven}
+        answer["head" if proven else "why"] = list(value) if proven and value is not None else value
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+# Below this many usable cores the pool is not used by default: a worker costs ~0.4 s of CPU to
+# start (interpreter, DuckDB, pyarrow) and ~0.2 s more on its first file, and the in-process path
+# already keeps two cores busy (DuckDB's column check beside the Python hashing). Measured on two
+# cores (docs/perf/audit.md): the pool 1.3x slower than the in-process path, same minutes.
+POOL_MIN_CORES = 3
+
+
+def _default_workers() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores if cores >= POOL_MIN_CORES else 1
+
+
+def verify(
+    audit_dir: str | os.PathLike[str],
+    *,
+    sessions: list[str] | None = None,
+    workers: int | None = None,
+    timeout_s: float = 3600.0,
+) -> VerifyReport:
+    """Verify every session's chain. `workers`: processes for the closed sessions' fast path
+    (default: `_default_workers()`; 1 runs everything in this process). A worker that crashes or
+    does not finish within `timeout_s` makes its session an error (non-zero exit), never verified."""
     audit_dir = Path(audit_dir)
     anchors = read_anchors(audit_dir)
     reports: list[SessionReport] = []
-    with AuditQuery(audit_dir, sessions=sessions, timeout_s=3600) as query:
+    if workers is None:
+        workers = _default_workers()
+    from .query import AuditQuery
+
+    with AuditQuery(audit_dir, sessions=sessions, timeout_s=timeout_s) as query:
         for session_id, reason in sorted(query.unreadable.items()):
             reports.append(SessionReport(session_id, error=f"cannot read session file: {reason}"))
         # Fast path: one streaming scan per session proves it is a perfect chain in storage order.
         # A session it cannot prove (anything tampered, or just stored out of order) gets the
-        # precise passes below, which find and classify every problem.
-        heads: dict[str, tuple[Any, ...] | None] = {}
-        fields_cursor, cursor = query.cursor(), query.cursor()
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-verify")
-        try:
-            fields = pool.submit(_fast_fields, fields_cursor, query.attached)
-            for session_id, attached in query.attached.items():
-                try:
-                    heads[session_id] = _fast_chain(cursor, attached, session_id)
-                except _NotProven:
-                    pass
-                except Exception:  # noqa: BLE001, S110 - the precise path reports what is wrong
-                    pass
-            try:
-                bad_fields = fields.result()
-            except Exception:  # noqa: BLE001 - e.g. one unreadable file: every session gets the precise path
-                bad_fields = {a.alias: 1 for a in query.attached.values()}
-            for session_id, attached in query.attached.items():
-                if bad_fields.get(attached.alias, 1):
-                    heads.pop(session_id, None)
-        finally:
-            pool.shutdown(wait=True)
-            cursor.close()
-            fields_cursor.close()
-        doubtful = {sid: a for sid, a in query.attached.items() if sid not in heads}
+        # precise passes below, which find and classify every problem. Each session's chain is
+        # independent: closed session files are proven in a process pool (true parallelism: the
+        # hashing loop holds the GIL); live ones (snapshot copies) in this process.
+        closed = {sid: a for sid, a in query.attached.items() if not a.live}
+        failed: dict[str, str] = {}
+        if workers > 1 and len(closed) > 1:
+            heads, failed = _prove_in_pool(closed, min(workers, len(closed)), timeout_s)
+            rest = {sid: a for sid, a in query.attached.items() if sid not in closed}
+        else:
+            heads, rest = {}, dict(query.attached)
+        heads.update(_prove_in_process(query, rest))
+        doubtful = {sid: a for sid, a in query.attached.items() if sid not in heads and sid not in failed}
         content_by_alias = _content_pass_all(query, doubtful) if doubtful else {}
         for session_id, attached in sorted(query.attached.items()):
             report = SessionReport(session_id, live=attached.live, anchored=session_id in anchors)
+            if session_id in failed:
+                report.error = failed[session_id]
+                reports.append(report)
+                continue
             try:
                 if session_id in heads:
                     head = heads[session_id]
@@ -514,7 +708,7 @@ def verify(audit_dir: str | os.PathLike[str], *, sessions: list[str] | None = No
     return VerifyReport(reports)
 
 
-def _for_format(sql: str, attached: AttachedSession | None) -> str:
+def _for_format(sql: str, attached: AttachedSession | _WorkerSession | None) -> str:
     """Format-1 files have no stored promoted columns (the views compute them from the canonical
     bytes): their checks compare only the envelope columns."""
     if attached is None or attached.promoted_stored:
@@ -640,6 +834,8 @@ def _verify_session(
         f"SELECT coalesce(sum(tombstoned), 0), coalesce(max(compacted_through_seq), 0) FROM {alias}.purge_log"  # noqa: S608
     ).rows[0]
     tombstoned_total, compacted_through = int(purge[0]), int(purge[1])
+    from .events import genesis_hash
+
     compacted_hash = genesis_hash(report.session_id)
     if compacted_through:
         compacted_hash = con_run(
@@ -725,3 +921,7 @@ def _verify_session(
     elif anchor is not None and report.last_seq is None and anchor["seq"] > compacted_through:
         report.problems.append(f"all events deleted: the session closed at seq {anchor['seq']}")
         report.deleted.extend(range(compacted_through + 1, min(anchor["seq"], _MAX_LISTED) + 1))
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())
