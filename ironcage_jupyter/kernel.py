@@ -78,6 +78,10 @@ def _skip_unprinted_debug(logger: Any) -> None:
         logger.setLevel(lowest)
 
 
+class IsolationRefused(RuntimeError):
+    """The sandbox's self-test found a required layer missing: no child runs (until a restart)."""
+
+
 class ExecuteStage:
     """Runs the cell in the child and waits for its reply and its last output."""
 
@@ -206,6 +210,7 @@ class IronCageKernel(Kernel):
         self.relay.stream_piece = self.stream_piece_bytes
         self.relay.screen_buffers = self._screen_buffers
         self._child_ready: asyncio.Future[None] | None = None
+        self._relaunch_after_failure = False
         self._child_error: str | None = None
         self._restarts = 0
         self._current_cell: CellRequest | None = None
@@ -483,7 +488,7 @@ class IronCageKernel(Kernel):
             if self.sandbox.audit_verdict(self.audit.record) == "unsafe":
                 self.log.warning("UNSAFE MODE: cells run without required isolation: %s", "; ".join(reasons))
             if not ok:
-                raise RuntimeError("isolation unavailable: " + "; ".join(reasons))
+                raise IsolationRefused("isolation unavailable: " + "; ".join(reasons))
             client = self.child.km.client() if self.child.km else None
             if client is None:
                 raise RuntimeError("the child kernel manager has no client")
@@ -499,6 +504,10 @@ class IronCageKernel(Kernel):
             ready.set_result(None)
         except Exception as exc:
             self.log.error("could not start the child kernel", exc_info=True)
+            # A missing isolation layer is a verdict (fail closed until a restart); anything else
+            # (a full disk, a start timeout, a child that died while starting) may pass: the next
+            # request tries once more rather than leaving the kernel unusable.
+            self._relaunch_after_failure = self.components_ready and not isinstance(exc, IsolationRefused)
             self._child_error = f"the isolated child kernel could not start: {exc}"
             ready.set_exception(RuntimeError(self._child_error))
             ready.exception()
@@ -546,6 +555,11 @@ class IronCageKernel(Kernel):
         ready = self._child_ready
         if ready is None:
             ready = self._schedule_launch()
+        elif ready.done() and ready.exception() is not None and self._relaunch_after_failure:
+            self._relaunch_after_failure = False  # set again if this launch fails too
+            self.relay.detach(ChildDied("the child kernel is being started again"))
+            self._restarts += 1
+            ready = self._schedule_launch(kill_first=True)
         await asyncio.shield(ready)
 
     async def restart_child(self) -> None:

@@ -247,6 +247,25 @@ def test_input_right_after_a_child_restart_reaches_the_frontend(workspace):
         stop_kernel(km, kc)
 
 
+def test_a_child_that_could_not_start_is_started_again_for_the_next_cell(workspace, tmp_path):
+    """A launch that failed for a reason other than missing isolation (here: the child's runtime
+    directory cannot be created) fails the cell with the reason, and the next cell tries again
+    instead of leaving the kernel unusable until a restart."""
+    base = tmp_path / "runtime-base"
+    base.write_text("a file where the runtime directories should go")
+    km, kc = start_kernel(workspace, extra_arguments=[f"--ChildKernel.runtime_base={base}"])
+    try:
+        failed = execute(kc, "print('first')")
+        assert failed.status == "error" and "could not start" in failed.text, failed.text
+        base.unlink()
+        base.mkdir()
+        ex = execute(kc, "print('second')")
+        assert ex.status == "ok" and ex.stdout == "second\n", ex.text
+        assert status(kc)["child_state"] == "running"
+    finally:
+        stop_kernel(km, kc)
+
+
 def test_watchdog_kills_a_cell_that_ignores_interrupts(workspace):
     km, kc = start_kernel(workspace, extra_arguments=["--IronCageKernel.cell_timeout=2",
                                                       "--IronCageKernel.interrupt_grace=1"])
