@@ -523,15 +523,16 @@ class IronCageKernel(Kernel):
         socket.linger = 1000
         socket.identity = client.session.bsession  # the child addresses input_request to the shell peer
         monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        connected = False
         try:
             socket.connect(client._make_url("stdin"))
             await asyncio.wait_for(monitor.recv_multipart(), timeout=self.child.startup_timeout)
-        except BaseException:
-            socket.close(linger=0)
-            raise
+            connected = True
         finally:
             socket.disable_monitor()
             monitor.close(linger=0)
+            if not connected:  # the launch fails with the original error, not one from closing
+                socket.close(linger=0)
         client._stdin_channel = client.stdin_channel_class(socket, client.session, client.ioloop)
         client._stdin_channel.start()
         self.relay.attach_stdin(socket)

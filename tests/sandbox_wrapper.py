@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from jupyter_client.manager import KernelManager
 from sandbox_support import Bait
 
@@ -116,3 +117,28 @@ def assert_nothing_got_out(bait: Bait, ex: Execution, *, context: str = "") -> N
     assert "reached the host" not in text, f"host server reached {context}"
     assert bait.hits == [], f"host server saw {bait.hits} {context}"
     assert not bait.udp_received(), f"UDP datagram reached the host {context}"
+
+
+def module_bait(prefix: str) -> Any:
+    """A module-scoped ``bait`` fixture: the ironcage kernelspec written and a fresh Bait."""
+
+    @pytest.fixture(scope="module")
+    def bait(tmp_path_factory: pytest.TempPathFactory, ironcage_jupyter_path: Path) -> Any:
+        write_kernelspec(ironcage_jupyter_path)
+        created = Bait.create(tmp_path_factory.mktemp(prefix))
+        yield created
+        created.close()
+
+    return bait
+
+
+def module_wrapper(**kwargs: Any) -> Any:
+    """A module-scoped ``wrapper`` fixture over the module's ``bait``."""
+
+    @pytest.fixture(scope="module")
+    def wrapper(bait: Bait) -> Any:
+        w = Wrapper(bait, **kwargs)
+        yield w
+        w.close()
+
+    return wrapper

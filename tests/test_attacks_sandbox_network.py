@@ -4,25 +4,15 @@ on the host's 127.0.0.1 and must never hear from a cell."""
 from __future__ import annotations
 
 import pytest
-from sandbox_support import Bait
-from sandbox_wrapper import Wrapper, assert_nothing_got_out, write_kernelspec
+from sandbox_wrapper import assert_nothing_got_out, module_bait, module_wrapper
 
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture(scope="module")
-def bait(tmp_path_factory, ironcage_jupyter_path):
-    write_kernelspec(ironcage_jupyter_path)
-    bait = Bait.create(tmp_path_factory.mktemp("attacks-net"))
-    yield bait
-    bait.close()
+bait = module_bait("attacks-net")
 
 
-@pytest.fixture(scope="module")
-def wrapper(bait):
-    w = Wrapper(bait)
-    yield w
-    w.close()
+wrapper = module_wrapper()
 
 
 CELLS = {

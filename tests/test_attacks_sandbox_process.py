@@ -4,20 +4,14 @@ mount tricks, through the real ironcage kernel."""
 from __future__ import annotations
 
 import pytest
-from sandbox_support import Bait
-from sandbox_wrapper import Wrapper, assert_nothing_got_out, write_kernelspec
+from sandbox_wrapper import Wrapper, assert_nothing_got_out, module_bait
 
 from kernel_helpers import process_alive
 
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture(scope="module")
-def bait(tmp_path_factory, ironcage_jupyter_path):
-    write_kernelspec(ironcage_jupyter_path)
-    bait = Bait.create(tmp_path_factory.mktemp("attacks-proc"))
-    yield bait
-    bait.close()
+bait = module_bait("attacks-proc")
 
 
 @pytest.fixture(scope="module", params=["namespaces", "degraded"])

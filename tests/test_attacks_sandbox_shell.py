@@ -5,24 +5,21 @@ from __future__ import annotations
 
 import pytest
 from sandbox_support import Bait
-from sandbox_wrapper import Wrapper, assert_nothing_got_out, visible_text, write_kernelspec
+from sandbox_wrapper import (
+    Wrapper,
+    assert_nothing_got_out,
+    module_bait,
+    module_wrapper,
+    visible_text,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture(scope="module")
-def bait(tmp_path_factory, ironcage_jupyter_path):
-    write_kernelspec(ironcage_jupyter_path)
-    bait = Bait.create(tmp_path_factory.mktemp("attacks-shell"))
-    yield bait
-    bait.close()
+bait = module_bait("attacks-shell")
 
 
-@pytest.fixture(scope="module")
-def wrapper(bait):
-    w = Wrapper(bait)
-    yield w
-    w.close()
+wrapper = module_wrapper()
 
 
 KEY = "{home}/.ssh/id_rsa"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from sandbox_support import Bait
-from sandbox_wrapper import Wrapper, write_kernelspec
+from sandbox_wrapper import Wrapper, module_bait
 
 from ironcage_jupyter.audit import AuditQuery
 
@@ -17,12 +17,7 @@ pytestmark = pytest.mark.timeout(240)
 LAYERS = {"process", "filesystem", "network", "syscall"}
 
 
-@pytest.fixture(scope="module")
-def bait(tmp_path_factory, ironcage_jupyter_path):
-    write_kernelspec(ironcage_jupyter_path)
-    bait = Bait.create(tmp_path_factory.mktemp("sandbox-audit"))
-    yield bait
-    bait.close()
+bait = module_bait("sandbox-audit")
 
 
 def _session(w: Wrapper) -> str:

@@ -7,8 +7,8 @@ import os
 import time
 
 import pytest
-from sandbox_support import Bait, SandboxedKernelManager
-from sandbox_wrapper import Wrapper, write_kernelspec
+from sandbox_support import SandboxedKernelManager
+from sandbox_wrapper import Wrapper, module_bait
 
 from ironcage_jupyter.sandbox.launcher import release_sandbox
 
@@ -16,12 +16,7 @@ pytestmark = pytest.mark.timeout(240)
 LIMITS = {"memory_mb": 1024, "max_processes": 48, "cell_timeout_s": 3}
 
 
-@pytest.fixture(scope="module")
-def bait(tmp_path_factory, ironcage_jupyter_path):
-    write_kernelspec(ironcage_jupyter_path)
-    bait = Bait.create(tmp_path_factory.mktemp("faults"))
-    yield bait
-    bait.close()
+bait = module_bait("faults")
 
 
 @pytest.fixture(scope="module")

@@ -693,13 +693,42 @@ def register_magics() -> None:
     def _kernel_audit(kernel: Any) -> KernelAudit | None:
         return getattr(kernel, "audit", None)
 
+    async def _recorded_read(
+        audit: KernelAudit, record: dict[str, Any], run: Any, *args: Any
+    ) -> tuple[Any, MagicResult | None]:
+        """Run one read of the log (in a thread) and record it before its result is shown: no record,
+        no result (fail closed). Returns (output, None) or (None, the refusal to show)."""
+        from .query import AuditQueryError
+
+        if not audit.usable:  # every read of the log is recorded in it: no record, no read
+            return None, MagicResult.fail(
+                "the audit log cannot be written, so it is not queried: " + audit.failure_reason(),
+                "AuditUnavailable",
+            )
+        try:
+            output = await asyncio.to_thread(
+                run, *args, audit_dir=audit.audit_dir, store=audit.store, settings=audit.settings
+            )
+        except AuditQueryError as exc:
+            try:
+                audit.audit_query(**record, error=exc)
+            except AuditWriteError as write_error:
+                return None, MagicResult.fail(f"the query could not be recorded: {write_error}", "AuditUnavailable")
+            return None, MagicResult.fail(str(exc), "AuditQueryError")
+        try:
+            audit.audit_query(**record, output=output)
+        except AuditWriteError as exc:
+            return None, MagicResult.fail(
+                f"the query could not be recorded, so its result is not shown: {exc}", "AuditUnavailable"
+            )
+        return output, None
+
     @subcommand("sql", "%%ironcage sql [-o NAME] [--limit N]: read-only SQL over the audit log")
     async def _sql(kernel: Any, argstring: str, body: str | None) -> MagicResult:
         audit = _kernel_audit(kernel)
         if audit is None:
             return MagicResult.fail("the audit log is not configured in this kernel", "AuditQueryError")
         from .magic import run_sql_magic
-        from .query import AuditQueryError
 
         await audit.ready()
         if body is None:
@@ -707,35 +736,11 @@ def register_magics() -> None:
                 "use the cell magic: %%ironcage sql [-o NAME] [--limit N], with the SQL below it",
                 "UsageError",
             )
-        if not audit.usable:  # every read of the log is recorded in it: no record, no read
-            return MagicResult.fail(
-                "the audit log cannot be written, so it is not queried: " + audit.failure_reason(),
-                "AuditUnavailable",
-            )
-        started = time.monotonic()
-        record: dict[str, Any] = {"interface": "sql_magic", "text": body, "started": started,
+        record: dict[str, Any] = {"interface": "sql_magic", "text": body, "started": time.monotonic(),
                   "output_variable": _out_name(argstring), "cell_id": _cell_id(kernel)}  # fmt: skip
-        try:
-            output = await asyncio.to_thread(
-                run_sql_magic,
-                argstring,
-                body,
-                audit_dir=audit.audit_dir,
-                store=audit.store,
-                settings=audit.settings,
-            )
-        except AuditQueryError as exc:
-            try:
-                audit.audit_query(**record, error=exc)
-            except AuditWriteError as write_error:
-                return MagicResult.fail(f"the query could not be recorded: {write_error}", "AuditUnavailable")
-            return MagicResult.fail(str(exc), "AuditQueryError")
-        try:
-            audit.audit_query(**record, output=output)
-        except AuditWriteError as exc:
-            return MagicResult.fail(
-                f"the query could not be recorded, so its result is not shown: {exc}", "AuditUnavailable"
-            )
+        output, refused = await _recorded_read(audit, record, run_sql_magic, argstring, body)
+        if refused is not None:
+            return refused
         if output.child_code is not None:
             problem = await _transfer_to_child(kernel, audit, output.child_code, len(output.result.rows))
             if problem:
@@ -748,36 +753,13 @@ def register_magics() -> None:
         if audit is None:
             return MagicResult.fail("the audit log is not configured in this kernel", "AuditQueryError")
         from .magic import run_audit_magic
-        from .query import AuditQueryError
 
         await audit.ready()
-        if not audit.usable:  # every read of the log is recorded in it: no record, no read
-            return MagicResult.fail(
-                "the audit log cannot be written, so it is not queried: " + audit.failure_reason(),
-                "AuditUnavailable",
-            )
         record: dict[str, Any] = {"interface": "audit_magic", "text": f"%ironcage audit {argstring}".strip(),
                   "started": time.monotonic(), "cell_id": _cell_id(kernel)}  # fmt: skip
-        try:
-            output = await asyncio.to_thread(
-                run_audit_magic,
-                argstring,
-                audit_dir=audit.audit_dir,
-                store=audit.store,
-                settings=audit.settings,
-            )
-        except AuditQueryError as exc:
-            try:
-                audit.audit_query(**record, error=exc)
-            except AuditWriteError as write_error:
-                return MagicResult.fail(f"the query could not be recorded: {write_error}", "AuditUnavailable")
-            return MagicResult.fail(str(exc), "AuditQueryError")
-        try:
-            audit.audit_query(**record, output=output)
-        except AuditWriteError as exc:
-            return MagicResult.fail(
-                f"the query could not be recorded, so its result is not shown: {exc}", "AuditUnavailable"
-            )
+        output, refused = await _recorded_read(audit, record, run_audit_magic, argstring)
+        if refused is not None:
+            return refused
         return MagicResult(data=output.data)
 
 
