@@ -221,6 +221,8 @@ class IronCageKernel(Kernel):
         self._main_loop: asyncio.AbstractEventLoop | None = None
         self._current_parent: dict[str, Any] | None = None
         self._components_ready: asyncio.Future[None] | None = None
+        #: Set when the kernel can no longer trust its own state (see `_refuse_everything`).
+        self._refusal: str | None = None
         self._components_error: str | None = None
         #: Shell requests numbered as they are read (see start and _abort_queues).
         self._shell_received = 0
@@ -239,6 +241,8 @@ class IronCageKernel(Kernel):
     async def ensure_components(self) -> None:
         """Wait until policy, audit, credentials, tools and UI are built; raise if they cannot be."""
         await asyncio.shield(self._start_components())
+        if self._refusal is not None:
+            raise RuntimeError(self._refusal)
 
     @property
     def components_ready(self) -> bool:
@@ -1130,7 +1134,13 @@ class IronCageKernel(Kernel):
         policy_before = self._active_policy()
         result: MagicResult = await run_magic(self, code)
         if self._active_policy() is not policy_before:
-            self._apply_policy_change()
+            try:
+                self._apply_policy_change()
+            except Exception as exc:
+                # Half-applied (new rules, old grants or limits): no cell or tool call runs until a
+                # restart, and %ironcage status says why.
+                self.log.error("could not apply the new policy", exc_info=True)
+                self._refuse_everything(f"the new policy could not be applied, so no cell runs: {exc!r}")
         try:  # a policy load/change made by the magic is recorded at once (a failure refuses later cells)
             self.audit.drain_policy_events(self)
         except Exception:
@@ -1149,6 +1159,10 @@ class IronCageKernel(Kernel):
             self.publish_display(result.data)
         return {"status": "ok", "execution_count": self.execution_count, "payload": [],
                 "user_expressions": {}}
+
+    def _refuse_everything(self, reason: str) -> None:
+        """Fail closed from now on: every request that waits for the components is refused."""
+        self._refusal = reason
 
     def _active_policy(self) -> Any:
         session = getattr(self, "policy_session", None)
@@ -1224,6 +1238,8 @@ class IronCageKernel(Kernel):
         sandbox = getattr(self, "sandbox", None)
         if sandbox is not None:
             info.update(sandbox.status_fields())
+        if self._refusal is not None:
+            info["refusing"] = self._refusal
         if not self.components_ready:
             info["components"] = self._components_error or "starting"
             return info
