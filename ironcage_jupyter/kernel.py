@@ -214,6 +214,8 @@ class IronCageKernel(Kernel):
         self._child_error: str | None = None
         self._restarts = 0
         self._current_cell: CellRequest | None = None
+        #: Cells whose after-reply stages are still running (see _finish_after_reply).
+        self._finishing: set[asyncio.Future[None]] = set()
         self._cell_interrupted: asyncio.Future[bool] | None = None
         self._stdin_waiter: asyncio.Future[dict[str, Any]] | None = None
         self._wrapper_comms: dict[str, str] = {}
@@ -714,6 +716,7 @@ class IronCageKernel(Kernel):
             finally:
                 self._current_cell = None
                 self._current_parent = None
+                self._finish_after_reply(cell)
             try:
                 components.report_cell(self.ui, cell, parent)
             except Exception:  # the UI report never changes the cell's outcome
@@ -732,6 +735,24 @@ class IronCageKernel(Kernel):
                     details=traceback.format_exception_only(type(exc), exc),
                 )
             )
+
+    def _finish_after_reply(self, cell: CellRequest) -> None:
+        """Run the pipeline's after-reply stages (the closing audit record) once this request's reply
+        and idle are out: a new task's first step runs on the loop's next turn, and nothing between
+        here and the idle message awaits. The next request is read after that turn."""
+        if not self.pipeline.after_reply:
+            return
+        task = asyncio.ensure_future(self._finish_cell(cell))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _finish_cell(self, cell: CellRequest) -> None:
+        try:
+            await self.pipeline.finish(cell)
+        except Exception as exc:
+            # The cell has already been answered: fail closed from the next cell on.
+            self.log.error("the closing record of a cell failed", exc_info=True)
+            self.audit.error = self.audit.error or f"the closing record of a cell failed: {exc!r}"
 
     def cell_timeout_seconds(self) -> float | None:
         session = getattr(self, "policy_session", None)
@@ -1088,6 +1109,8 @@ class IronCageKernel(Kernel):
             if self.components_ready:  # whatever the child left behind (degraded mode, no pid ns)
                 self.sandbox.release_all()
             try:
+                if self._finishing:  # the last cells' closing records go in before the session's end
+                    await asyncio.wait(set(self._finishing), timeout=10)
                 if self.components_ready:
                     self.audit.close(status="normal", reason="shutdown requested")
             except Exception:

@@ -6,6 +6,11 @@ Each stage is an object with a ``name`` and an async ``run(cell)``. A stage that
 ``cell.block``; the stages after it do not run, except ``record`` stages, which always run so that a
 refusal is audited too. A stage that raises blocks the cell (fail closed) with the error as reason.
 Output filtering happens while the cell executes: the execute stage installs it on the relay.
+
+Stages marked ``after_reply`` (the closing audit record) are left out of ``run`` and run by
+``finish`` once the reply and idle have been sent: the frontend does not wait for bookkeeping that
+cannot change the cell's outcome. They must come last. A failure there fails the next cell instead
+(the audit stages mark the log unusable).
 """
 
 from __future__ import annotations
@@ -78,14 +83,26 @@ class Pipeline:
     """Runs the stages in order and turns any exception into a block (fail closed)."""
 
     def __init__(self, stages: list[Stage]) -> None:
-        self.stages = stages
+        later = [getattr(stage, "after_reply", False) for stage in stages]
+        if later != sorted(later):
+            raise ValueError("stages that run after the reply must come last")
+        self.stages = [stage for stage, after in zip(stages, later, strict=True) if not after]
+        self.after_reply = [stage for stage, after in zip(stages, later, strict=True) if after]
 
     @property
     def names(self) -> list[str]:
-        return [stage.name for stage in self.stages]
+        return [stage.name for stage in (*self.stages, *self.after_reply)]
 
     async def run(self, cell: CellRequest) -> CellRequest:
-        for stage in self.stages:
+        """Every stage up to the reply."""
+        return await self._run(self.stages, cell)
+
+    async def finish(self, cell: CellRequest) -> CellRequest:
+        """The ``after_reply`` stages (call once the reply is sent)."""
+        return await self._run(self.after_reply, cell)
+
+    async def _run(self, stages: list[Stage], cell: CellRequest) -> CellRequest:
+        for stage in stages:
             if cell.block is not None and not stage.always:
                 continue
             try:

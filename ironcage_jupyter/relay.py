@@ -175,6 +175,9 @@ class Relay:
         self.pending: set[Route] = set()
         self.last_route: Route | None = None
         self.sockets: dict[str, zmq.asyncio.Socket] = {}
+        #: Plain shadows of the same sockets, made once, for sending: Session.send would otherwise
+        #: build a new shadow of an asyncio socket for every message (measured ~35 µs per send).
+        self._senders: dict[str, zmq.Socket[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         #: Open comms (id -> target name) between the frontend and the child, for comm_info_request.
         self.comms: dict[str, str] = {}
@@ -195,6 +198,7 @@ class Relay:
             "iopub": client.iopub_channel.socket,
             "control": client.control_channel.socket,
         }
+        self._senders = {name: zmq.Socket.shadow(socket.underlying) for name, socket in self.sockets.items()}
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._read(name, handler), name=f"ironcage-relay-{name}")
@@ -209,6 +213,7 @@ class Relay:
         """Take the child's stdin channel once it is connected (see the kernel's launch: the child's
         ROUTER drops an input_request addressed to a peer it has not yet seen)."""
         self.sockets["stdin"] = socket
+        self._senders["stdin"] = zmq.Socket.shadow(socket.underlying)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._read("stdin", self._on_stdin), name="ironcage-relay-stdin"))
 
@@ -228,6 +233,7 @@ class Relay:
             task.cancel()
         self._tasks = []
         self.sockets = {}
+        self._senders = {}
         for route in list(self.pending):
             route.fail(reason)
         self.pending.clear()
@@ -305,7 +311,7 @@ class Relay:
         buffers: list[Any] | None = None,
         wait_idle: bool = True,
     ) -> Route:
-        socket = self.sockets.get(channel)
+        socket = self._senders.get(channel)
         if socket is None:
             route.fail(ConnectionError("the child kernel is not running"))
             return route
@@ -324,7 +330,7 @@ class Relay:
 
     def send_reply_to_child(self, msg_type: str, content: dict[str, Any], parent: dict[str, Any]) -> None:
         """Answer the child on its stdin channel (input_reply)."""
-        socket = self.sockets.get("stdin")
+        socket = self._senders.get("stdin")
         if socket is not None:
             self.session.send(socket, msg_type, content, parent=parent)
 

@@ -671,10 +671,12 @@ class AuditDecisionStage(_AuditStage):
 
 
 class AuditRecordStage(_AuditStage):
-    """Last stage: how the cell ended."""
+    """Last stage, run after the reply is sent: how the cell ended. Nothing in it changes the
+    cell's outcome, so the frontend does not wait for it; a failure refuses the next cell."""
 
     name = "audit-record"
     always = True
+    after_reply = True
 
     async def run(self, cell: CellRequest) -> None:
         if not self.audit.usable:

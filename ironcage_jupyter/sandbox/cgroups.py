@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +150,53 @@ def hits(directory: Path, files: tuple[tuple[str, str], ...] = HIT_FILES) -> dic
         except (OSError, ValueError):
             continue
     return out
+
+
+class HitCounters:
+    """One cgroup's limit counter files, held open: the per-cell check is one ``pread`` per file
+    (about 1 µs) instead of an open/read/close through pathlib (about 20 µs)."""
+
+    def __init__(self, directory: Path, files: tuple[tuple[str, str], ...] = HIT_FILES) -> None:
+        self.directory = directory
+        # close() may run on another thread (release_all): never pread an fd number being reused.
+        self._lock = threading.Lock()
+        self._files: list[tuple[int, str, str]] = []
+        for name, key in files:
+            try:
+                fd = os.open(directory / name, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            self._files.append((fd, name, key))
+
+    def read(self) -> dict[str, int]:
+        """Same result as `hits` on this directory."""
+        out: dict[str, int] = {}
+        with self._lock:
+            texts = []
+            for fd, name, key in self._files:
+                try:
+                    texts.append((os.pread(fd, 4096, 0).decode("ascii", "replace"), name, key))
+                except OSError:
+                    continue
+        for text, name, key in texts:
+            try:
+                for line in text.splitlines():
+                    field, _, value = line.partition(" ")
+                    if field == key:
+                        label = "processes" if name == "pids.events" else "oom_kills"
+                        out[label] = out.get(label, 0) + int(value)
+            except ValueError:
+                continue
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            files, self._files = self._files, []
+        for fd, _name, _key in files:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _remove(directory: Path) -> None:

@@ -54,7 +54,7 @@ class SandboxController:
         self._audited: SelfTestReport | None = None
         #: Each live sandbox's cgroup directories and their counter files, found once (locating them
         #: parses the mount table).
-        self._hit_dirs: dict[Path, list[tuple[Path, tuple[tuple[str, str], ...]]]] = {}
+        self._hit_dirs: dict[Path, list[cgroups.HitCounters]] = {}
 
     def configure(self, isolation: IsolationSettings, limits: ResourceLimits) -> None:
         """Apply the policy's sections (before the first child starts; the selftest re-runs)."""
@@ -96,7 +96,7 @@ class SandboxController:
         with self._lock:
             previous = list(self._specs.values())
             self._specs = {spec.socket_dir: spec}
-            self._hit_dirs = {}
+            self._close_hit_counters()
         if previous:
             threading.Thread(
                 target=lambda: [release_sandbox(old) for old in previous],
@@ -200,21 +200,30 @@ class SandboxController:
     def limits_hit(self) -> list[str]:
         """Resource limits the current child ran into since the last call, as sentences (empty: none).
 
-        Call after each cell (reads the cgroup counter files; their directories are found once). A process-cap hit leaves the
+        Call after each cell (one pread per cgroup counter file, held open while the child lives). A process-cap hit leaves the
         fork bomb's children holding every slot, so the child should then be restarted."""
         found: list[str] = []
         with self._lock:
             specs = list(self._specs.values())
         for spec in specs:
-            directories = self._hit_dirs.get(spec.socket_dir)
-            if directories is None:  # created with the child's command, so present after it started
-                directories = self._hit_dirs[spec.socket_dir] = [
-                    (directory, cgroups.hit_files(directory)) for directory in sandbox_cgroup_dirs(spec)
+            counters = self._hit_dirs.get(spec.socket_dir)
+            if counters is None:  # created with the child's command, so present after it started
+                counters = [
+                    cgroups.HitCounters(directory, cgroups.hit_files(directory))
+                    for directory in sandbox_cgroup_dirs(spec)
                 ]
+                with self._lock:
+                    kept = spec.socket_dir in self._specs
+                    if kept:
+                        self._hit_dirs[spec.socket_dir] = counters
+            else:
+                kept = True
             counts: dict[str, int] = {}
-            for directory, files in directories:
-                for key, value in cgroups.hits(directory, files).items():
+            for counter in counters:
+                for key, value in counter.read().items():
                     counts[key] = counts.get(key, 0) + value
+                if not kept:  # its sandbox was replaced meanwhile
+                    counter.close()
             seen = self._seen_hits.get(spec.socket_dir, {})
             self._seen_hits[spec.socket_dir] = counts
             if counts.get("processes", 0) > seen.get("processes", 0):
@@ -223,6 +232,13 @@ class SandboxController:
                 found.append(f"the memory limit ({self.limits.memory_mb} MB) killed a process")
         self._last_hits = found or self._last_hits
         return found
+
+    def _close_hit_counters(self) -> None:
+        """Called with the lock held, when the sandboxes they belong to are replaced or released."""
+        for counters in self._hit_dirs.values():
+            for counter in counters:
+                counter.close()
+        self._hit_dirs = {}
 
     def ui_layers(self) -> dict[str, tuple[str, str]]:
         """layer -> (state, reason) for the JupyterLab status bar (ui.bridge.IsolationStatus)."""
@@ -250,5 +266,5 @@ class SandboxController:
         with self._lock:
             specs = list(self._specs.values())
             self._specs.clear()
-            self._hit_dirs = {}
+            self._close_hit_counters()
         return sum(release_sandbox(spec) for spec in specs)
