@@ -191,9 +191,20 @@ class IronCageKernel(Kernel):
         "size, so the frontend receives the first piece while the rest is screened.",
     ).tag(config=True)
 
+    gil_switch_interval = Float(
+        0.0005,
+        min=0.0,
+        help="sys.setswitchinterval for the wrapper process in seconds (0: leave Python's default "
+        "of 5 ms). The relay runs on the event loop while background threads (the audit journal "
+        "and DuckDB ingestion) run Python code; a shorter interval bounds how long a relayed "
+        "message waits for the GIL behind them.",
+    ).tag(config=True)
+
     # -- lifecycle -----------------------------------------------------------------------------
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if self.gil_switch_interval > 0:
+            sys.setswitchinterval(self.gil_switch_interval)
         for msg_type in ("comm_open", "comm_msg", "comm_close"):
             self.shell_handlers[msg_type] = getattr(self, msg_type)
         for msg_type, handler in list(self.shell_handlers.items()):

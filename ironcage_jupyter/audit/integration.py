@@ -91,7 +91,6 @@ class KernelAudit:
         self.started = time.monotonic()
         self._idle_ingest: asyncio.TimerHandle | None = None
         self._cells_buffered = 0
-        self._committer: concurrent.futures.ThreadPoolExecutor | None = None
         executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-open")
         self._opening = executor.submit(self._open, session_start)
         executor.shutdown(wait=False)
@@ -185,8 +184,6 @@ class KernelAudit:
     def close(self, *, status: str = "normal", reason: str | None = None) -> None:
         if self._idle_ingest is not None:
             self._idle_ingest.cancel()  # closing the store ingests everything
-        if self._committer is not None:
-            self._committer.shutdown(wait=True)
         self.wait_opened()
         if self.store is None:
             return
@@ -486,19 +483,25 @@ class KernelAudit:
         self._ingest_later()
 
     def _ingest_later(self) -> None:
-        """Move the buffered events into DuckDB once enough have gathered or the kernel goes quiet.
+        """Append the cell's closing events to the journal now, and move the buffered events into
+        DuckDB once enough have gathered or the kernel goes quiet.
+
+        This runs after the cell's reply and idle were sent (an after-reply stage). The append is a
+        plain write without fdatasync (about 10 µs on the event loop; a background thread for it
+        cost more in hand-off and GIL contention than the write): it survives the wrapper being
+        killed, and the next decision's fdatasync, or the DuckDB ingestion, makes it durable on
+        disk. Decisions and violations are synced before their action, as always.
 
         Ingesting after every cell cost more CPU than the whole plain kernel spends on a trivial
         cell (~2.8 ms of a background thread per cell, competing with the relay for the cores).
-        Durability and visibility do not need it: decisions are in the fdatasync'ed journal before
-        their cell runs, the cell's remaining events are appended to the journal by a background
-        thread as the cell ends (readers in other processes replay the journal; the reply does not
-        wait for the disk), and queries through this kernel flush first. A burst of cells is
-        ingested every `INGEST_EVERY_CELLS` cells, the rest `INGEST_IDLE_S` after the last cell (a
-        timer on the event loop, re-armed per cell; no polling)."""
+        Visibility does not need it: readers in other processes replay the journal, and queries
+        through this kernel flush first. A burst of cells is ingested every `INGEST_EVERY_CELLS`
+        cells, the rest `INGEST_IDLE_S` after the last cell (a timer on the event loop, re-armed per
+        cell; no polling)."""
         store = self.store
         if store is None:
             return
+        store.commit(sync=False)  # raises AuditWriteError: the next cell is refused with the reason
         self._cells_buffered += 1
         if self._cells_buffered >= self.INGEST_EVERY_CELLS:
             self._cells_buffered = 0
@@ -509,33 +512,9 @@ class KernelAudit:
         except RuntimeError:  # not on an event loop (tests, scripts): ingest now, as before
             store.flush(wait=False)
             return
-        if self._committer is None:
-            self._committer = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="audit-commit"
-            )
-        # Handed to the thread on the loop's next turn: after this cell's reply and idle are sent
-        # (nothing awaits between this stage and them), so the thread's wake-up and its share of the
-        # GIL and the cores do not delay them.
-        loop.call_soon(self._start_commit, store)
         if self._idle_ingest is not None:
             self._idle_ingest.cancel()
         self._idle_ingest = loop.call_later(self.INGEST_IDLE_S, self._ingest_idle)
-
-    def _start_commit(self, store: AuditStore) -> None:
-        committer = self._committer
-        if committer is None:
-            return
-        try:
-            committer.submit(self._commit_quietly, store)
-        except RuntimeError:
-            pass  # shut down by close(), which ingests everything itself
-
-    @staticmethod
-    def _commit_quietly(store: AuditStore) -> None:
-        try:
-            store.commit()
-        except AuditWriteError:
-            pass  # the store is failed: the next cell is refused with the reason
 
     def _ingest_idle(self) -> None:
         self._idle_ingest = None

@@ -299,8 +299,10 @@ class AuditStore:
     ``record(event_type, decision=..., rule=..., reason=..., detail={...}, durable=...)`` validates the
     detail against the event type's model, chains the event (``seq``, ``prev_hash``, ``hash`` =
     SHA-256 of the canonical JSON) and, if durable, journals it (fdatasync) before returning.
-    ``commit()`` makes everything recorded so far durable the same way; ``flush()`` writes the recorded
-    events into DuckDB (``wait=False``: in the background).
+    ``commit()`` makes everything recorded so far durable the same way (``sync=False``: appended to
+    the journal without fdatasync, which survives the wrapper being killed but not a power loss until
+    the next durable write syncs the file); ``flush()`` writes the recorded events into DuckDB
+    (``wait=False``: in the background).
     """
 
     def __init__(
@@ -326,6 +328,7 @@ class AuditStore:
         self._db_lock = threading.RLock()
         self._queue: list[tuple[Any, ...]] = []  # recorded, not yet in DuckDB (chain order)
         self._unjournaled: list[tuple[int, bytes]] = []  # recorded, not yet durable anywhere
+        self._unsynced = False  # journal appends not yet fdatasync'ed (commit(sync=False))
         self._failure: BaseException | None = None
         self._closed = False
         self._wal_private = False
@@ -470,14 +473,23 @@ class AuditStore:
         envelope["hash"] = digest
         return _event(envelope)
 
-    def commit(self) -> int:
-        """Make every recorded event durable (one journal append + fdatasync). Returns how many."""
+    def commit(self, *, sync: bool = True) -> int:
+        """Make every recorded event durable (one journal append + fdatasync). Returns how many.
+        With ``sync=False`` the append is not synced (see the class docstring)."""
         with self._lock:
             self._check_usable()
-            return self._journal_locked()
+            return self._journal_locked(sync=sync)
 
-    def _journal_locked(self) -> int:
+    def _journal_locked(self, *, sync: bool = True) -> int:
         if not self._unjournaled:
+            if sync and self._unsynced:
+                try:
+                    assert self._journal_fd is not None
+                    os.fdatasync(self._journal_fd)
+                except OSError as exc:
+                    self._failure = exc
+                    raise AuditWriteError(f"audit journal sync of {self.journal_path} failed: {exc}") from exc
+                self._unsynced = False
             return 0
         try:
             self._check_identity()
@@ -487,7 +499,9 @@ class AuditStore:
             while view:
                 written = os.write(self._journal_fd, view)
                 view = view[written:]
-            os.fdatasync(self._journal_fd)
+            if sync:
+                os.fdatasync(self._journal_fd)  # also syncs earlier unsynced appends
+            self._unsynced = not sync
         except OSError as exc:
             self._failure = exc
             raise AuditWriteError(f"audit journal write to {self.journal_path} failed: {exc}") from exc
@@ -552,6 +566,7 @@ class AuditStore:
             ):
                 try:  # DuckDB holds all the journal does: start it afresh
                     os.ftruncate(self._journal_fd, 0)
+                    self._unsynced = False
                 except OSError as exc:
                     self._failure = exc
                     raise AuditWriteError(
