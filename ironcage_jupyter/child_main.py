@@ -114,16 +114,40 @@ class StdinRouter(zmq.Socket):  # type: ignore[type-arg]
         raise ConnectionError("the wrapper's stdin channel is not connected; input() cannot be answered")
 
 
+class NoShellChannelThread:
+    """Stands in for ipykernel 7's shell-channel thread, which the child does without.
+
+    That thread exists for kernel subshells: it reads the shell socket and hands every request to
+    the main thread over an inproc socket pair, and every reply back, two thread wake-ups per
+    request. The wrapper refuses subshells and sends one request at a time, so the child reads its
+    shell socket on the main event loop (ipykernel's own thread-less path). The stand-in is falsy,
+    so ipykernel takes that path everywhere it tests ``if self.shell_channel_thread``, and it has
+    the ``parent_thread`` that ``IPythonKernel.do_execute`` reads for cells with top-level
+    ``await`` (a plain ``None`` there broke every async cell)."""
+
+    parent_thread = threading.main_thread()
+
+    def __bool__(self) -> bool:
+        return False
+
+
+def _without_shell_channel_thread() -> None:
+    from ipykernel.kernelbase import Kernel
+
+    # ipykernel tests `is not None` here; with the stand-in it must say "no subshells".
+    Kernel._supports_kernel_subshells = property(lambda self: bool(self.shell_channel_thread))  # type: ignore[method-assign,assignment]
+
+
 def _wait_for_stdin_peer() -> None:
-    """Make IPKernelApp's stdin socket a StdinRouter (same libzmq socket, ROUTER_MANDATORY on)."""
+    """Make IPKernelApp's stdin socket a StdinRouter (same libzmq socket, ROUTER_MANDATORY on), and
+    replace the shell-channel thread (see NoShellChannelThread)."""
     from ipykernel.kernelapp import IPKernelApp
 
     original = IPKernelApp.init_sockets
 
     def init_sockets(self: IPKernelApp) -> None:
         original(self)
-        # The shell-channel thread stays: ipykernel 7 runs cells with top-level `await` through it
-        # (IPythonKernel.do_execute compares the current thread with its parent thread).
+        self.shell_channel_thread = NoShellChannelThread()
         plain = self.stdin_socket
         plain.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._ironcage_stdin_plain = plain  # type: ignore[attr-defined]  # keeps the owning socket alive
@@ -160,6 +184,7 @@ def main() -> None:
     if limit.isdigit() and int(limit) > 0:
         install_output_cap(int(limit))
     _wait_for_stdin_peer()
+    _without_shell_channel_thread()
     _skip_messages_the_wrapper_drops()
     from ipykernel.kernelapp import launch_new_instance
 

@@ -241,6 +241,7 @@ class IronCageKernel(Kernel):
         self._shell_received = 0
         self._shell_seq: dict[int, int] = {}
         self._abort_through = 0
+        self._abort_marked = False
         atexit.register(self.child.kill_now_sync)
 
     # -- components ------------------------------------------------------------------------------
@@ -430,6 +431,9 @@ class IronCageKernel(Kernel):
         which aborted only the first of several queued requests."""
         if self.shell_channel_thread is not None or subshell_id is not None or self.shell_stream is None:
             super()._abort_queues(subshell_id)
+            return
+        if self._abort_marked:  # done before the reply went out (see _mark_abort_point)
+            self._abort_marked = False
             return
         self.shell_stream.flush()  # every request waiting in the socket is read (and numbered) now
         self._abort_through = self._shell_received
@@ -699,6 +703,35 @@ class IronCageKernel(Kernel):
         *,
         cell_meta: dict[str, Any] | None = None,
         cell_id: str | None = None,
+    ) -> dict[str, Any]:
+        reply = await self._execute(code, silent, store_history, user_expressions, allow_stdin,
+                                    cell_meta=cell_meta, cell_id=cell_id)
+        if reply.get("status") == "error" and not silent:
+            content = (self.get_parent("shell") or {}).get("content") or {}
+            if content.get("stop_on_error", True):
+                self._mark_abort_point()
+        return reply
+
+    def _mark_abort_point(self) -> None:
+        """Fix which queued requests an error aborts *before* its reply is sent: ipykernel calls
+        ``_abort_queues`` only after sending the reply, and a client that answers the error at once
+        (a request sent after it saw the reply) was then aborted too."""
+        if self.shell_channel_thread is not None or self.shell_stream is None:
+            return
+        self.shell_stream.flush()  # every request waiting in the socket is read (and numbered) now
+        self._abort_through = self._shell_received
+        self._abort_marked = True
+
+    async def _execute(
+        self,
+        code: str,
+        silent: bool,
+        store_history: bool,
+        user_expressions: dict[str, Any] | None,
+        allow_stdin: bool,
+        *,
+        cell_meta: dict[str, Any] | None,
+        cell_id: str | None,
     ) -> dict[str, Any]:
         try:
             try:
