@@ -66,8 +66,11 @@ class KernelAudit:
     (`await ready()`), and if it failed, that cell and every later one is refused.
     """
 
-    #: Cells whose events are ingested into DuckDB together during a burst of cells.
-    INGEST_EVERY_CELLS = 100
+    #: Cells whose events are ingested into DuckDB together during a burst of cells. A trivial
+    #: cell records 3-4 events, so a burst's batch stays below the store's ``ARROW_MIN_ROWS`` and
+    #: goes through the Appender: with 100 cells the first batch imported pyarrow and pandas
+    #: (~0.3 s holding the GIL), stalling the ten cells around it at 20-60 ms each.
+    INGEST_EVERY_CELLS = 50
     #: Seconds without a finished cell after which the buffered events are ingested.
     INGEST_IDLE_S = 0.25
 
