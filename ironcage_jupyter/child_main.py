@@ -156,17 +156,69 @@ def _wait_for_stdin_peer() -> None:
     IPKernelApp.init_sockets = init_sockets  # type: ignore[method-assign]
 
 
+#: Metadata key of an execute_reply: how many iopub messages the child published for the request
+#: before replying. The wrapper relays until it has received that many, instead of waiting for an
+#: ``idle`` status after the reply.
+OUTPUT_COUNT_KEY = "ironcage_iopub_count"
+
+
+def _count_outputs_for_the_reply() -> None:
+    """Count the iopub messages sent for each request and put the count in its execute_reply.
+
+    Installed first, so that it wraps the innermost ``Session.send``: a message the output cap
+    drops is never counted. ipykernel flushes stdout and stderr (waiting for its IOPub thread) before
+    it sends the reply, so the count covers everything the request published up to the reply."""
+    from ipykernel.iostream import BackgroundSocket, IOPubThread
+    from jupyter_client.session import Session, extract_header
+
+    lock = threading.Lock()
+    counts: dict[str, int] = {}
+    original_send = Session.send
+
+    def send(self: Session, stream: Any, msg_or_type: Any, content: Any = None, parent: Any = None,
+             *args: Any, **kwargs: Any) -> Any:
+        prebuilt = isinstance(msg_or_type, dict)
+        msg_type = (msg_or_type.get("header") or {}).get("msg_type") if prebuilt else msg_or_type
+        if isinstance(stream, BackgroundSocket | IOPubThread):
+            if msg_type != "status":
+                header = msg_or_type.get("parent_header") if prebuilt else extract_header(parent) if parent else {}
+                msg_id = header.get("msg_id") if isinstance(header, dict) else None
+                if isinstance(msg_id, str):
+                    with lock:
+                        if len(counts) > 1000:  # parents that never got a reply (other requests)
+                            counts.clear()
+                        counts[msg_id] = counts.get(msg_id, 0) + 1
+        elif msg_type == "execute_reply" and not prebuilt:
+            header = extract_header(parent) if parent else {}
+            msg_id = header.get("msg_id") if isinstance(header, dict) else None
+            with lock:
+                count = counts.pop(msg_id, 0) if isinstance(msg_id, str) else 0
+            metadata = kwargs.get("metadata")
+            kwargs["metadata"] = {**(metadata if isinstance(metadata, dict) else {}), OUTPUT_COUNT_KEY: count}
+        return original_send(self, stream, msg_or_type, content, parent, *args, **kwargs)
+
+    Session.send = send  # type: ignore[method-assign]
+
+
 def _skip_messages_the_wrapper_drops() -> None:
-    """Publish no ``busy`` status and no ``execute_input``: the wrapper publishes its own and drops
-    the child's (its relay only waits for the child's ``idle``), so each cost the child an IOPub
-    thread hop, a signature and a send, and the wrapper a receive and a signature check."""
+    """Publish no ``busy`` status, no ``execute_input`` and no ``idle`` after an execute request:
+    the wrapper publishes its own and drops the child's, and learns from the execute_reply's
+    output count when it has relayed everything (`_count_outputs_for_the_reply`); each message cost
+    the child an IOPub thread hop, a signature and a send, and the wrapper a wake-up, a receive and
+    a signature check. Other requests still end with ``idle`` (the wrapper's readiness probe waits
+    for the one after kernel_info: it proves the iopub subscription is live)."""
     from ipykernel.kernelbase import Kernel
 
     original_status = Kernel._publish_status
 
     def publish_status(self: Kernel, status: str, channel: str, parent: Any = None) -> None:
-        if status != "busy":
-            original_status(self, status, channel, parent)
+        if status == "busy":
+            return
+        if status == "idle":
+            header = (parent or self.get_parent(channel) or {}).get("header") or {}
+            if header.get("msg_type") == "execute_request":
+                return
+        original_status(self, status, channel, parent)
 
     Kernel._publish_status = publish_status  # type: ignore[method-assign]
     Kernel._publish_execute_input = lambda self, code, parent, execution_count: None  # type: ignore[method-assign]
@@ -180,6 +232,7 @@ def main() -> None:
         self.setsockopt(zmq.SNDHWM, IOPUB_QUEUE)
 
     zmq.Context.__init__ = init  # type: ignore[method-assign]
+    _count_outputs_for_the_reply()  # first: the innermost Session.send (see its docstring)
     limit = os.environ.get(OUTPUT_LIMIT_ENV, "")
     if limit.isdigit() and int(limit) > 0:
         install_output_cap(int(limit))

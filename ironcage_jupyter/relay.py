@@ -22,6 +22,10 @@ from jupyter_client.session import Session
 
 log = logging.getLogger("ironcage.relay")
 
+#: Key in the child's execute_reply metadata: the iopub messages it published for the request
+#: (ironcage_jupyter.child_main.OUTPUT_COUNT_KEY; not imported, the child module patches ipykernel).
+OUTPUT_COUNT_KEY = "ironcage_iopub_count"
+
 #: A screen for child messages: returns the content to publish, or None to withhold it.
 OutputScreen = Callable[[str, dict[str, Any], "Route"], "dict[str, Any] | None"]
 
@@ -39,6 +43,10 @@ class Route:
     idle: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     output_bytes: int = 0
     stats: dict[str, int] = field(default_factory=dict)
+    #: iopub messages received from the child for this request, and how many its execute_reply says
+    #: it published (None until the reply; see `Relay._on_reply`).
+    outputs_seen: int = 0
+    outputs_expected: int | None = None
 
     def futures(self) -> set[asyncio.Future[Any]]:
         return {self.reply, self.idle}
@@ -406,6 +414,17 @@ class Relay:
         route = self._route_of(msg)
         if route is not None and not route.reply.done():
             route.reply.set_result(msg)
+            if msg["header"].get("msg_type") == "execute_reply" and not route.idle.done():
+                # The child sends no idle after an execute request: its reply says how many iopub
+                # messages precede it. A missing or malformed count (a compromised child) leaves the
+                # route waiting, and the cell to the wrapper's watchdog, as a child that never
+                # sends idle would.
+                metadata = msg.get("metadata")
+                count = metadata.get(OUTPUT_COUNT_KEY) if isinstance(metadata, dict) else None
+                if isinstance(count, int) and not isinstance(count, bool) and 0 <= count < 1 << 40:
+                    route.outputs_expected = count
+                    if route.outputs_seen >= count:
+                        route.idle.set_result(True)
 
     def _on_iopub(self, msg: dict[str, Any]) -> None:
         self.received += 1
@@ -416,6 +435,12 @@ class Relay:
                 if not route.idle.done():
                     route.idle.set_result(True)
             return
+        if route is not None:
+            route.outputs_seen += 1
+            expected = route.outputs_expected
+            if expected is not None and route.outputs_seen >= expected and not route.idle.done():
+                # Relayed below, before the loop runs the cell's continuation.
+                route.idle.set_result(True)
         if msg_type == "execute_input":
             return
         if route is None:

@@ -209,19 +209,60 @@ def test_queries_through_the_kernel_see_the_latest_cell(kernel):
 
 
 def test_the_child_sends_only_what_is_relayed(kernel):
-    """The child publishes neither ``busy`` nor ``execute_input`` (the wrapper publishes its own): a
-    trivial cell costs two iopub messages from the child, its result and its idle. The wrapper still
+    """The child publishes neither ``busy`` nor ``execute_input`` nor, after an execute request,
+    ``idle`` (the wrapper publishes its own; the child's execute_reply says how many outputs precede
+    it): a trivial cell costs one iopub message from the child, its result. The wrapper still
     publishes all four."""
     _, kc = kernel
     before = status(kc)["child_messages"]["received"]
     ex = execute(kc, "41 + 1")
     after = status(kc)["child_messages"]["received"]
     # %ironcage status runs in the wrapper (the child sends nothing for it); the wrapper replies
-    # only after the child's idle, so the count is settled when each call answers
-    assert after - before == 2
+    # only after the child's counted outputs, so the count is settled when each call answers
+    assert after - before == 1
     kinds = [(m["header"]["msg_type"], m["content"].get("execution_state")) for m in ex.messages]
     assert kinds[0] == ("status", "busy") and ("execute_input", None) in kinds
     assert ("execute_result", None) in kinds and kinds[-1] == ("status", "idle")
+
+
+def test_every_output_arrives_before_idle_without_the_childs_idle(kernel):
+    """The wrapper ends a cell when it has relayed as many outputs as the child's execute_reply
+    counts (the child sends no idle after an execute request): stdout, stderr, displays, a display
+    update and the result, interleaved, all reach the frontend before the wrapper's idle."""
+    _, kc = kernel
+    code = (
+        "import sys\nfrom IPython.display import display\n"
+        "h = display('start', display_id=True)\n"
+        "for i in range(300):\n"
+        "    print(i, flush=(i % 7 == 0)); sys.stderr.write(f'e{i}\\n'); display(i)\n"
+        "h.update('updated')\n"
+        "'the result'"
+    )
+    for _ in range(5):  # the reply can overtake the last outputs only now and then
+        _outputs_before_idle(kc, code)
+
+
+def _outputs_before_idle(kc, code):
+    msg_id = kc.execute(code)
+    stdout, stderr, displays, updates, results = "", "", 0, 0, 0
+    while True:
+        msg = kc.get_iopub_msg(timeout=60)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind = msg["msg_type"]
+        if kind == "status" and msg["content"]["execution_state"] == "idle":
+            break
+        if kind == "stream":
+            if msg["content"]["name"] == "stdout":
+                stdout += msg["content"]["text"]
+            else:
+                stderr += msg["content"]["text"]
+        displays += kind == "display_data"
+        updates += kind == "update_display_data"
+        results += kind == "execute_result"
+    assert stdout == "".join(f"{i}\n" for i in range(300))
+    assert stderr == "".join(f"e{i}\n" for i in range(300))
+    assert (displays, updates, results) == (301, 1, 1)
 
 
 def test_cells_with_top_level_await_run(kernel):
