@@ -508,10 +508,16 @@ class IronCageKernel(Kernel):
             ready.set_result(None)
         except Exception as exc:
             self.log.error("could not start the child kernel", exc_info=True)
-            # A missing isolation layer is a verdict (fail closed until a restart); anything else
-            # (a full disk, a start timeout, a child that died while starting) may pass: the next
-            # request tries once more rather than leaving the kernel unusable.
-            self._relaunch_after_failure = self.components_ready and not isinstance(exc, IsolationRefused)
+            # A missing isolation layer is a verdict (fail closed until a restart), and so is an audit
+            # log that could not record the isolation verdict (its failure is permanent); anything
+            # else (a start timeout, a child that died while starting) may pass: the next request
+            # tries once more rather than leaving the kernel unusable.
+            audit = getattr(self, "audit", None)
+            self._relaunch_after_failure = (
+                self.components_ready
+                and not isinstance(exc, IsolationRefused)
+                and (audit is None or audit.failed is None)
+            )
             self._child_error = f"the isolated child kernel could not start: {exc}"
             ready.set_exception(RuntimeError(self._child_error))
             ready.exception()
