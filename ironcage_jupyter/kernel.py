@@ -1147,6 +1147,12 @@ class IronCageKernel(Kernel):
                 # restart, and %ironcage status says why.
                 self.log.error("could not apply the new policy", exc_info=True)
                 self._refuse_everything(f"the new policy could not be applied, so no cell runs: {exc!r}")
+                name = getattr(self._active_policy(), "name", "?")
+                result = MagicResult.fail(
+                    f"policy {name!r} was loaded but could not be applied, so no cell or tool call runs "
+                    f"until the kernel is restarted: {exc!r}",
+                    "IronCageUnavailable",
+                )
         try:  # a policy load/change made by the magic is recorded at once (a failure refuses later cells)
             self.audit.drain_policy_events(self)
         except Exception:
