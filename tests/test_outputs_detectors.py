@@ -301,6 +301,20 @@ def test_large_rich_output_truncated():
     assert out.notice and "truncated" in out.notice
 
 
+def test_display_updates_count_against_the_limit():
+    """A loop of display updates is output like a loop of displays."""
+    fw = OutputFirewall(limits=ResourceLimits(output_max_bytes=1000))
+    fw.start_cell("c")
+    shown = []
+    for i in range(20):
+        out = fw.screen("update_display_data", {"data": {"text/html": f"<i>{i}</i>" + "u" * 100},
+                                                "metadata": {}, "transient": {"display_id": "d"}})
+        if out.content is not None:
+            shown.append(out)
+    assert sum(len(o.content["data"]["text/html"]) for o in shown) < 1200
+    assert "truncated" in shown[-1].content["data"]["text/html"] and shown[-1].notice
+
+
 def test_large_error_truncated():
     fw = OutputFirewall(limits=ResourceLimits(output_max_bytes=500))
     fw.start_cell("c")

@@ -231,7 +231,7 @@ class OutputFirewall:
             flagged=flagged,
             notice="\n".join(notices) or None,
         )
-        if result.content is not None and msg_type in ("execute_result", "display_data", "error", "stream"):
+        if result.content is not None and msg_type in _SIZED_TYPES:
             result = self._enforce_size(msg_type, result)
         return result
 
@@ -549,6 +549,11 @@ class OutputFirewall:
             notice=notice,
             flagged=result.flagged,
         )
+
+
+#: Messages whose content counts against ``limits.output_max_bytes`` (a display update replaces a
+#: display's content, so a loop of updates is output like a loop of displays).
+_SIZED_TYPES = frozenset({"execute_result", "display_data", "update_display_data", "error", "stream"})
 
 
 def _cut(text: str, max_bytes: int) -> str:
