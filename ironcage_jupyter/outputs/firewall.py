@@ -387,8 +387,8 @@ class OutputFirewall:
         switched = self._last_stream is not None and self._last_stream != name
         mixed = (
             self._mixed_released()
-            if switched or (self._mixed_base and self._run_length < _RELEASED_CONTEXT)
-            else None  # one stream only, or this stream's own recent text is all there is to read
+            if (switched or (self._mixed_base and self._run_length < _RELEASED_CONTEXT)) and len(self._known)
+            else None  # one stream only, this stream's own recent text is all there is to read, or no secret
         )
         hold = self._hold_index(buffer, state, may_hold_key, mixed)
         emit, state.held = buffer[:hold], buffer[hold:]
