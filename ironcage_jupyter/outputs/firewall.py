@@ -333,6 +333,8 @@ class OutputFirewall:
             if red.counts:
                 self._note_known_value_use(red)
             self.last_reply_redactions = red.records()
+            if msg_type == "execute_reply" and isinstance(screened, dict):
+                screened = self._cut_reply_error(screened)
             return screened if isinstance(screened, dict) else {}
         except Exception as exc:
             self.last_reply_redactions = []
@@ -342,6 +344,23 @@ class OutputFirewall:
                 "evalue": f"reply withheld: screening failed ({type(exc).__name__}); failing closed",
                 "traceback": [],
             }
+
+    def _cut_reply_error(self, content: dict[str, Any]) -> dict[str, Any]:
+        """An error reply carries the error's text a second time (frontends show the iopub copy,
+        which the size limit cuts): its evalue and traceback are cut to ``limits.output_max_bytes``
+        each too, after redaction, so a child cannot send unbounded output through the reply."""
+        limit = self.limits.output_max_bytes
+        notice = f"[ironcage] error text cut at {limit:,} bytes (limits.output_max_bytes)"
+        cut: dict[str, Any] = {}
+        evalue = content.get("evalue")
+        if isinstance(evalue, str) and len(evalue) > limit // 4 and len(evalue.encode("utf-8", "surrogatepass")) > limit:
+            cut["evalue"] = _cut(evalue, limit) + " " + notice
+        traceback = content.get("traceback")
+        if isinstance(traceback, list):
+            lines = [line if isinstance(line, str) else str(line) for line in traceback]
+            if _content_size("error", {"traceback": lines}) > limit:
+                cut["traceback"] = [_cut("\n".join(lines), limit), notice]
+        return {**content, **cut} if cut else content
 
     # -- streams ----------------------------------------------------------------------------------
 
