@@ -563,6 +563,8 @@ class IronCageKernel(Kernel):
 
     async def ensure_child(self) -> None:
         """Wait for the child to be ready; raise with the reason when it cannot be."""
+        if self._refusal is not None:  # nothing reaches the child (completions, widget comms) either
+            raise RuntimeError(self._refusal)
         ready = self._child_ready
         if ready is None:
             ready = self._schedule_launch()

@@ -173,6 +173,8 @@ def test_a_policy_that_cannot_be_fully_applied_refuses_everything(tmp_path):
         kc.shell_channel.send(kc.session.msg("comm_open", {"comm_id": comm_id, "target_name": "ironcage.tools",
                                                            "data": {}}))
         assert _comm_call(kc, comm_id, {"op": "list", "id": 1})["ok"]
+        kc.complete("pri", 3)
+        assert "print" in kc.get_shell_msg(timeout=60)["content"]["matches"]
         journal = Path(os.environ["IRONCAGE_AUDIT_DIR"]) / "sessions" / f"{info['audit']['session_id']}.journal"
         journal.unlink()
         loaded = execute(kc, "%ironcage policy load strict")
@@ -191,7 +193,10 @@ def test_a_policy_that_cannot_be_fully_applied_refuses_everything(tmp_path):
         assert not reply["ok"] and reply["id"] == 2
         assert reply["refusal"]["rule"] == "invariant.fail-closed"
         assert "the new policy could not be applied" in reply["refusal"]["reason"]
-        # The kernel still answers, and keeps refusing.
+        # Nothing reaches the child any more (completions run code there too), the kernel still
+        # answers, and keeps refusing.
+        kc.complete("pri", 3)
+        assert kc.get_shell_msg(timeout=60)["content"]["matches"] == []
         assert execute(kc, "1 + 1").status == "error"
         assert status(kc)["refusing"] == info["refusing"]
     finally:
