@@ -10,6 +10,8 @@ Rows:
 - the whole firewall on a stream in 64 KiB chunks (what the relay calls), known values only and with
   the default typed detectors;
 - per-message latency on the 3,344 real outputs of the benign corpus;
+- small stream messages on stdout only vs. alternating between stdout and stderr (the cross-stream
+  check for a secret split between the two streams runs only in the latter);
 - with ``--kernel``: a plain ipykernel printing 50 MB, and the screening time of its stream messages;
 - with ``--relay``: the wrapper's CPU time for the benchmark's 50 MB stream (as one message and as 50
   messages of 1 MB), in process with the real Relay, sessions and output firewall, and each stage of
@@ -174,6 +176,43 @@ def per_message_latency() -> list[tuple[str, str, str, str]]:
                 f"mean {sum(samples) / len(samples) * 1e6:,.0f} µs",
             )
         )
+    return rows
+
+
+def stream_interleaving() -> list[tuple[str, str, str, str]]:
+    """Small stream messages (corpus lines) on stdout only, and the same messages alternating between
+    stdout and stderr (every message switches stream: the worst case of the cross-stream check), in
+    the same run."""
+    lines = [line + "\n" for text in json.loads(CORPUS.read_text()) for line in text.splitlines()[:3] if line]
+    lines = lines[:5000]
+    nbytes = sum(len(line.encode()) for line in lines)
+    rows = []
+    for label, settings in (("known values only", KNOWN_ONLY), ("default detectors", OutputSettings())):
+        times = {}
+        for layout, names in (("stdout only", ("stdout",)), ("stdout/stderr alternating", ("stdout", "stderr"))):
+            fw = OutputFirewall(settings)
+            for name, value in SECRETS.items():
+                fw.add_secret(name, value)
+            messages = [{"name": names[i % len(names)], "text": line} for i, line in enumerate(lines)]
+
+            def run(fw: OutputFirewall = fw, messages: list[dict] = messages) -> None:
+                fw.start_cell("bench")
+                for message in messages:
+                    fw.screen("stream", message)
+                    fw._cell_bytes = 0  # the size limit is not what is measured
+                fw.flush_all()
+
+            times[layout] = best_of(run, repeat=5)
+        base = times["stdout only"]
+        for layout, t in times.items():
+            rows.append(
+                (
+                    f"{len(lines):,} small stream messages, {layout}, {label}",
+                    f"{t / len(lines) * 1e6:,.1f} µs/msg",
+                    f"{nbytes / t / 1e6:,.0f} MB/s",
+                    f"{t / base:.2f}x stdout only",
+                )
+            )
     return rows
 
 
@@ -432,7 +471,7 @@ def main() -> int:
         for r in relay_stream():
             print("| " + " | ".join(r) + " |")
         return 0
-    rows = text_benchmarks(args.mb) + per_message_latency()
+    rows = text_benchmarks(args.mb) + per_message_latency() + stream_interleaving()
     if args.kernel:
         rows += kernel_stream()
     print(

@@ -1,5 +1,5 @@
 """Entry point of the child kernel (inside the sandbox): ipykernel with a deeper iopub queue and a cap
-on the stream output a single cell can buffer.
+on the output a single cell can publish.
 
 A cell that displays output in a tight loop publishes faster than the wrapper can relay in bursts;
 with zmq's default high-water mark of 1,000 messages the child's iopub socket would silently drop
@@ -11,7 +11,9 @@ whole: ipykernel's ``OutStream`` keeps everything written between two flushes (e
 wrapper would receive, parse and then drop it all (its output firewall keeps ``limits.output_max_bytes``
 per cell and says so). Here each cell's stdout + stderr is cut shortly after that limit
 (``IRONCAGE_OUTPUT_MAX_BYTES``, set by the sandbox launcher): the rest is counted and dropped in the
-kernel, and buffered output is flushed in pieces of at most ``FLUSH_CHARS``. The wrapper's output
+kernel, and buffered output is flushed in pieces of at most ``FLUSH_CHARS``. Displays, results and
+tracebacks count against the same budget (``for i in range(10**6): display(HTML(...))`` or one
+``display(HTML('x' * 10**9))``): a message that no longer fits is dropped before it is serialised. The wrapper's output
 firewall stays the authority (it truncates and shows the notice whatever the child sends); this cap only
 keeps a benign flood from costing the child and the wrapper memory and time.
 """
@@ -33,50 +35,190 @@ CAP_SLACK = 1 << 16
 OUTPUT_LIMIT_ENV = "IRONCAGE_OUTPUT_MAX_BYTES"
 
 
-def install_output_cap(limit: int) -> None:
-    """Patch ipykernel's OutStream: keep at most ``limit + CAP_SLACK`` characters of stdout + stderr
-    per request, and flush every ``FLUSH_CHARS`` buffered characters."""
-    from ipykernel.iostream import OutStream
+#: Child messages other than streams that carry a cell's output, capped together with its streams:
+#: these are dropped whole when they do not fit.
+DROPPED_TYPES = frozenset({"display_data", "update_display_data", "execute_result"})
+#: Characters of an error (ename, evalue, traceback) always kept, even past the budget: the user
+#: must still learn that, and why, the cell failed.
+ERROR_FLOOR = 4096
+ERROR_CUT = "[ironcage] traceback cut in the kernel (limits.output_max_bytes)"
 
-    cap = limit + CAP_SLACK
+
+class _OutputBudget:
+    """What one request may still publish: ``cap`` characters of stdout, stderr, displays, results
+    and tracebacks together (the wrapper's limit counts them together too)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.lock = threading.Lock()
+        self.parent: Any = None
+        self.kept = 0
+        self.dropped = 0
+
+    def notice(self) -> str:
+        return (
+            f"\n[ironcage] output cut in the kernel after {self.cap:,} characters "
+            "(limits.output_max_bytes); what did not fit was dropped\n"
+        )
+
+    def _switch(self, parent: Any) -> None:
+        if parent != self.parent:
+            self.parent, self.kept, self.dropped = parent, 0, 0
+
+    def take(self, parent: Any, size: int) -> tuple[int, bool]:
+        """Stream text: (characters of ``size`` to keep, whether this is the request's first cut)."""
+        with self.lock:
+            self._switch(parent)
+            keep = min(size, max(self.cap - self.kept, 0))
+            first = keep < size and self.dropped == 0
+            self.kept += keep
+            self.dropped += size - keep
+            return keep, first
+
+    def admit(self, parent: Any, payload: Any) -> tuple[bool, bool]:
+        """A whole message (a display cannot be cut safely): (send it, whether this is the first cut)."""
+        with self.lock:
+            self._switch(parent)
+            room = self.cap - self.kept
+            size = _payload_chars(payload, room)
+            if size <= room:  # a small display after a huge dropped one is still shown
+                self.kept += size
+                return True, False
+            first = self.dropped == 0
+            self.dropped += max(size, 1)
+            return False, first
+
+    def error_room(self, parent: Any, content: Any) -> int:
+        """Characters an error message may keep (in each of ename, evalue and traceback); what it
+        keeps is spent."""
+        with self.lock:
+            self._switch(parent)
+            room = max(self.cap - self.kept, ERROR_FLOOR)
+            self.kept += min(_payload_chars(content, room), room)
+            return room
+
+
+def _payload_chars(payload: Any, bound: int) -> int:
+    """Characters in the strings (and bytes in the buffers) of ``payload``; the walk stops as soon as
+    it passes ``bound``, so a huge payload is never walked (or serialised) in full."""
+    total = 0
+    stack = [payload]
+    while stack and total <= bound:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, bytes | bytearray | memoryview):
+            total += memoryview(item).nbytes
+    return total
+
+
+def _cut_error(content: Any, limit: int) -> Any:
+    """``content`` of an error (or error reply) with ename and evalue cut to ``limit`` characters each
+    and the traceback to ``limit`` in total, plus a line saying so; ``content`` itself if it fits."""
+    if not isinstance(content, dict):
+        return content
+    cut: dict[str, Any] = {}
+    for key in ("ename", "evalue"):
+        value = content.get(key)
+        if isinstance(value, str) and len(value) > limit:
+            cut[key] = value[:limit] + " " + ERROR_CUT
+    traceback = content.get("traceback")
+    if isinstance(traceback, list) and _payload_chars(traceback, limit) > limit:
+        kept: list[Any] = []
+        room = limit
+        for line in traceback:
+            text = line if isinstance(line, str) else str(line)
+            if len(text) >= room:
+                kept.append(text[:room])
+                break
+            kept.append(text)
+            room -= len(text)
+        cut["traceback"] = [*kept, ERROR_CUT]
+    return {**content, **cut} if cut else content
+
+
+def install_output_cap(limit: int) -> None:
+    """Keep at most ``limit + CAP_SLACK`` characters of a request's output: stdout and stderr are cut
+    (ipykernel's OutStream, also flushed every ``FLUSH_CHARS`` buffered characters); a display_data,
+    update_display_data or execute_result message that does not fit is dropped whole, before it is
+    serialised; an error's text is cut to what is left (at least ``ERROR_FLOOR`` characters), and an
+    error reply's to the whole budget. The first drop of a request publishes a notice."""
+    from ipykernel.iostream import OutStream
+    from jupyter_client.session import Session, extract_header
+
+    budget = _OutputBudget(limit + CAP_SLACK)
     lock = threading.Lock()
-    state: dict[str, Any] = {"parent": None, "kept": 0, "dropped": 0}
     pending: dict[int, int] = {}  # id(stream) -> characters buffered since its last forced flush
     original_write = OutStream.write
+    original_send = Session.send
 
     def write(self: OutStream, string: str) -> int | None:
         if not isinstance(string, str):
             return original_write(self, string)  # raises ipykernel's own TypeError
         header = self.parent_header or {}
         parent = header.get("msg_id") if isinstance(header, dict) else None
-        notice = None
+        size, first_cut = budget.take(parent, len(string))
+        kept = string if size == len(string) else string[:size]
         with lock:
-            if parent != state["parent"]:
-                state.update(parent=parent, kept=0, dropped=0)
-            room = cap - state["kept"]
-            if len(string) > room:
-                kept = string[: max(room, 0)]
-                if state["dropped"] == 0:
-                    notice = (
-                        f"\n[ironcage] output cut in the kernel after {cap:,} characters "
-                        "(limits.output_max_bytes); the rest was dropped\n"
-                    )
-                state["dropped"] += len(string) - len(kept)
-            else:
-                kept = string
-            state["kept"] += len(kept)
             buffered = pending.get(id(self), 0) + len(kept)
             flush_now = buffered >= FLUSH_CHARS
             pending[id(self)] = 0 if flush_now else buffered
         if kept:
             original_write(self, kept)
-        if notice:
-            original_write(self, notice)
+        if first_cut:
+            original_write(self, budget.notice())
         if flush_now and self.pub_thread is not None:
             self.pub_thread.schedule(self._flush)
         return len(string)
 
+    def send(
+        self: Session,
+        stream: Any,
+        msg_or_type: Any,
+        content: Any = None,
+        parent: Any = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        prebuilt = isinstance(msg_or_type, dict)
+        msg_type = (msg_or_type.get("header") or {}).get("msg_type") if prebuilt else msg_or_type
+        if msg_type not in DROPPED_TYPES and msg_type != "error" and msg_type != "execute_reply":
+            return original_send(self, stream, msg_or_type, content, parent, *args, **kwargs)
+        if prebuilt:
+            parent_header = msg_or_type.get("parent_header") or {}
+            body = msg_or_type.get("content")
+        else:
+            parent_header = extract_header(parent) if parent is not None else {}
+            body = content
+        if msg_type in DROPPED_TYPES:
+            payload = (body, kwargs.get("buffers"), kwargs.get("metadata"))
+            send_it, first_cut = budget.admit(parent_header.get("msg_id"), payload)
+            if send_it:
+                return original_send(self, stream, msg_or_type, content, parent, *args, **kwargs)
+            if first_cut:
+                notice = {"name": "stderr", "text": budget.notice()}
+                original_send(self, stream, "stream", notice, parent_header, ident=b"stream.stderr")
+            return msg_or_type if prebuilt else None
+        if msg_type == "execute_reply" and not (isinstance(body, dict) and body.get("status") == "error"):
+            return original_send(self, stream, msg_or_type, content, parent, *args, **kwargs)
+        # An error on iopub keeps what is left of the budget; the reply's copy of it (which the
+        # wrapper returns to the frontend) at most the whole budget.
+        room = budget.error_room(parent_header.get("msg_id"), body) if msg_type == "error" else budget.cap
+        cut = _cut_error(body, room)
+        if cut is not body:
+            if prebuilt:
+                msg_or_type = {**msg_or_type, "content": cut}
+            else:
+                content = cut
+        return original_send(self, stream, msg_or_type, content, parent, *args, **kwargs)
+
     OutStream.write = write  # type: ignore[method-assign]
+    Session.send = send  # type: ignore[method-assign]
 
 
 #: Seconds input() waits for the wrapper's stdin connection before it fails (see StdinRouter).

@@ -525,10 +525,16 @@ class IronCageKernel(Kernel):
             ready.set_result(None)
         except Exception as exc:
             self.log.error("could not start the child kernel", exc_info=True)
-            # A missing isolation layer is a verdict (fail closed until a restart); anything else
-            # (a full disk, a start timeout, a child that died while starting) may pass: the next
-            # request tries once more rather than leaving the kernel unusable.
-            self._relaunch_after_failure = self.components_ready and not isinstance(exc, IsolationRefused)
+            # A missing isolation layer is a verdict (fail closed until a restart), and so is an audit
+            # log that could not record the isolation verdict (its failure is permanent); anything
+            # else (a start timeout, a child that died while starting) may pass: the next request
+            # tries once more rather than leaving the kernel unusable.
+            audit = getattr(self, "audit", None)
+            self._relaunch_after_failure = (
+                self.components_ready
+                and not isinstance(exc, IsolationRefused)
+                and (audit is None or audit.failed is None)
+            )
             self._child_error = f"the isolated child kernel could not start: {exc}"
             ready.set_exception(RuntimeError(self._child_error))
             ready.exception()
@@ -574,6 +580,8 @@ class IronCageKernel(Kernel):
 
     async def ensure_child(self) -> None:
         """Wait for the child to be ready; raise with the reason when it cannot be."""
+        if self._refusal is not None:  # nothing reaches the child (completions, widget comms) either
+            raise RuntimeError(self._refusal)
         ready = self._child_ready
         if ready is None:
             ready = self._schedule_launch()
@@ -1208,6 +1216,12 @@ class IronCageKernel(Kernel):
                 # restart, and %ironcage status says why.
                 self.log.error("could not apply the new policy", exc_info=True)
                 self._refuse_everything(f"the new policy could not be applied, so no cell runs: {exc!r}")
+                name = getattr(self._active_policy(), "name", "?")
+                result = MagicResult.fail(
+                    f"policy {name!r} was loaded but could not be applied, so no cell or tool call runs "
+                    f"until the kernel is restarted: {exc!r}",
+                    "IronCageUnavailable",
+                )
         try:  # a policy load/change made by the magic is recorded at once (a failure refuses later cells)
             self.audit.drain_policy_events(self)
         except Exception:

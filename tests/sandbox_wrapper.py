@@ -36,7 +36,9 @@ class Wrapper:
     """One ironcage wrapper kernel over a Bait; the firewall/policy are not wired (observe-like), so
     the sandbox is what must stop every attack."""
 
-    def __init__(self, bait: Bait, *, sandbox: dict[str, Any] | None = None, cell_timeout: float = 0) -> None:
+    def __init__(
+        self, bait: Bait, *, sandbox: dict[str, Any] | None = None, cell_timeout: float = 0, ready: bool = True
+    ) -> None:
         self.bait = bait
         self._attacks = 0
         cfg = dict(sandbox or {})
@@ -63,7 +65,8 @@ class Wrapper:
         self.km.start_kernel(cwd=str(bait.workspace), env=env, extra_arguments=extra)
         self.kc = self.km.client()
         self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=60)
+        if ready:  # the wrapper starts its child after the first kernel_info (ready=False: not yet)
+            self.kc.wait_for_ready(timeout=60)
 
     @property
     def pid(self) -> int:

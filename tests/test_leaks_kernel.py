@@ -154,6 +154,40 @@ def test_tainted_value_in_every_encoding_is_redacted(kernel, encoding):
     assert_clean(seen)
 
 
+SPLIT_ACROSS_STREAMS = {
+    "halves": "import sys\nsys.stdout.write(SECRET[:8]); sys.stdout.flush()\n"
+    "sys.stderr.write(SECRET[8:]); sys.stderr.flush()",
+    "lines": "import sys\nprint(SECRET[:10], flush=True)\nprint(SECRET[10:], file=sys.stderr, flush=True)",
+    "stderr_first": "import sys\nsys.stderr.write(SECRET[:12]); sys.stderr.flush()\n"
+    "sys.stdout.write(SECRET[12:] + ' done'); sys.stdout.flush()",
+    "three_parts": "import sys\nsys.stdout.write(SECRET[:6]); sys.stdout.flush()\n"
+    "sys.stderr.write(SECRET[6:14]); sys.stderr.flush()\nsys.stdout.write(SECRET[14:]); sys.stdout.flush()",
+    "both_hold_a_prefix": "import sys\nsys.stdout.write(SECRET[:9]); sys.stdout.flush()\n"
+    "sys.stderr.write(SECRET[:7]); sys.stderr.flush()\nsys.stdout.write(SECRET[7:]); sys.stdout.flush()\n"
+    "sys.stderr.write(SECRET[9:]); sys.stderr.flush()",
+}
+
+
+@pytest.mark.parametrize("split", sorted(SPLIT_ACROSS_STREAMS))
+def test_secret_split_between_stdout_and_stderr_is_redacted(kernel, split):
+    """The two streams are screened separately, but a client sees them in one sequence: a secret
+    written half to stdout and half to stderr (each half flushed as its own message) must not
+    appear when the stream texts are read in arrival order, separators or not."""
+    kc, _ = kernel
+    setup = execute(kc, "%%ironcage with-secret DB_PASSWORD\nimport os\nSECRET = os.environ['DB_PASSWORD']")
+    assert setup.status == "ok", setup.text
+    ex = execute(kc, SPLIT_ACROSS_STREAMS[split])
+    assert ex.status == "ok", ex.text
+    streams = [m["content"] for m in ex.messages if m["header"]["msg_type"] == "stream"]
+    in_order = "".join(c["text"] for c in streams)
+    squeezed = "".join(ch for ch in in_order if ch not in " \n\t")
+    assert DB not in in_order and DB not in squeezed, streams
+    for name in ("stdout", "stderr"):
+        assert DB not in "".join(c["text"] for c in streams if c["name"] == name), streams
+    assert "[REDACTED:DB_PASSWORD]" in in_order, streams
+    assert_clean(everything(ex))
+
+
 def test_images_of_a_secret_using_cell_are_withheld(kernel):
     kc, _ = kernel
     code = (

@@ -301,6 +301,38 @@ def test_large_rich_output_truncated():
     assert out.notice and "truncated" in out.notice
 
 
+def test_display_updates_count_against_the_limit():
+    """A loop of display updates is output like a loop of displays."""
+    fw = OutputFirewall(limits=ResourceLimits(output_max_bytes=1000))
+    fw.start_cell("c")
+    shown = []
+    for i in range(20):
+        out = fw.screen("update_display_data", {"data": {"text/html": f"<i>{i}</i>" + "u" * 100},
+                                                "metadata": {}, "transient": {"display_id": "d"}})
+        if out.content is not None:
+            shown.append(out)
+    assert sum(len(o.content["data"]["text/html"]) for o in shown) < 1200
+    assert "truncated" in shown[-1].content["data"]["text/html"] and shown[-1].notice
+
+
+def test_error_reply_text_is_cut_to_the_limit_after_redaction():
+    """The execute_reply repeats the error's text; a child could send it unbounded there."""
+    fw = OutputFirewall(limits=ResourceLimits(output_max_bytes=1000))
+    fw.add_secret("TOKEN", "tok-4f7b9c2e8d1a6b3c5e7f")
+    fw.start_cell("c")
+    reply = {"status": "error", "ename": "ValueError", "evalue": "tok-4f7b9c2e8d1a6b3c5e7f " + "e" * 50_000,
+             "traceback": ["Traceback (most recent call last):", "x" * 30_000, "ValueError: tok-4f7b9c2e8d1a6b3c5e7f"]}
+    out = fw.screen_reply("execute_reply", reply)
+    assert out["ename"] == "ValueError" and out["status"] == "error"
+    assert out["evalue"].startswith("[REDACTED:TOKEN] eee") and "error text cut at 1,000 bytes" in out["evalue"]
+    assert len(out["evalue"]) < 1200 and sum(len(line) for line in out["traceback"]) < 1200
+    assert "tok-4f7b9c2e8d1a6b3c5e7f" not in json.dumps(out)
+    small = {"status": "error", "ename": "KeyError", "evalue": "'a'", "traceback": ["KeyError: 'a'"]}
+    assert fw.screen_reply("execute_reply", small) == small
+    ok = {"status": "ok", "execution_count": 3, "user_expressions": {"x": {"data": {"text/plain": "y" * 5000}}}}
+    assert fw.screen_reply("execute_reply", ok) == ok  # user expressions are not error text
+
+
 def test_large_error_truncated():
     fw = OutputFirewall(limits=ResourceLimits(output_max_bytes=500))
     fw.start_cell("c")

@@ -228,6 +228,61 @@ def test_stdout_and_stderr_windows_are_separate(fw):
     assert SECRET not in shown
 
 
+def _screen_both(fw: OutputFirewall, parts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    shown = []
+    for name, text in parts:
+        out = fw.screen("stream", {"name": name, "text": text})
+        if out.content is not None:
+            shown.append((out.content["name"], out.content["text"]))
+    shown.extend((o.content["name"], o.content["text"]) for o in fw.flush_all() if o.content is not None)
+    return shown
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [("stdout", SECRET[:8]), ("stderr", SECRET[8:])],
+        [("stderr", SECRET[:12] + "\n"), ("stdout", SECRET[12:] + " done\n")],
+        [("stdout", SECRET[:6]), ("stderr", SECRET[6:14]), ("stdout", SECRET[14:])],
+        [("stdout", SECRET[:9]), ("stderr", SECRET[:7]), ("stdout", SECRET[7:]), ("stderr", SECRET[9:])],
+        [("stdout", "x " + SECRET[:9]), ("stderr", SECRET[9] + " " * 5000 + SECRET[10:] + " " + "w " * 50_000)],
+    ],
+    ids=["halves", "lines", "three_parts", "both_hold_a_prefix", "padded_into_a_large_chunk"],
+)
+def test_secret_split_between_stdout_and_stderr(fw, parts):
+    shown = _screen_both(fw, parts)
+    in_order = "".join(text for _, text in shown)
+    assert MARK in in_order and not leaked(in_order) and SECRET not in squeeze(in_order), shown
+    for stream in ("stdout", "stderr"):
+        assert not leaked("".join(text for name, text in shown if name == stream)), shown
+
+
+def test_random_interleavings_of_stdout_and_stderr_never_leak(fw):
+    """A payload written in order, each piece to stdout or stderr at random: what the client sees,
+    in arrival order or per stream, never holds a secret."""
+    rnd = random.Random(11)
+    payload = f"key {SECRET} and {OTHER} and {' '.join(SECRET)} end\n"
+    for trial in range(300):
+        cuts = sorted(rnd.sample(range(1, len(payload)), rnd.randrange(1, 12)))
+        chunks = [payload[i:j] for i, j in zip([0, *cuts], [*cuts, len(payload)], strict=True)]
+        fw.start_cell(f"t{trial}")
+        shown = _screen_both(fw, [(rnd.choice(("stdout", "stderr")), chunk) for chunk in chunks])
+        in_order = "".join(text for _, text in shown)
+        for value in (SECRET, OTHER):
+            assert not leaked(in_order, value) and squeeze(value) not in squeeze(in_order), (trial, shown)
+            for stream in ("stdout", "stderr"):
+                assert not leaked("".join(t for n, t in shown if n == stream), value), (trial, shown)
+
+
+def test_stdout_and_stderr_alone_are_not_held_for_each_other(fw):
+    """The join only happens while the other stream holds a possible secret start: ordinary output
+    on the two streams passes as before."""
+    shown = _screen_both(fw, [("stdout", "epoch 1 loss=0.25\n"), ("stderr", "warning: slow\n"),
+                              ("stdout", "epoch 2 loss=0.20\n")])
+    assert shown == [("stdout", "epoch 1 loss=0.25\n"), ("stderr", "warning: slow\n"),
+                     ("stdout", "epoch 2 loss=0.20\n")]
+
+
 def test_ordinary_stream_text_is_not_held_back(fw):
     out = fw.screen("stream", {"name": "stdout", "text": "epoch 1/10 loss=0.25\n"})
     assert out.content == {"name": "stdout", "text": "epoch 1/10 loss=0.25\n"}

@@ -141,3 +141,63 @@ def test_policy_load_of_a_file_that_is_not_a_policy_echoes_none_of_it(kernel, tm
     assert ex.status == "error"
     for token in ("notreallyakey", "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI", "hunter2", "bob"):
         assert token not in ex.text, ex.text
+
+
+def _comm_call(kc, comm_id, data, timeout=60):
+    import time
+
+    kc.shell_channel.send(kc.session.msg("comm_msg", {"comm_id": comm_id, "data": data}))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = kc.get_iopub_msg(timeout=deadline - time.monotonic())
+        if msg["header"]["msg_type"] == "comm_msg" and msg["content"]["comm_id"] == comm_id:
+            return msg["content"]["data"]
+    raise TimeoutError("no comm reply")
+
+
+def test_a_policy_that_cannot_be_fully_applied_refuses_everything(tmp_path):
+    """`%ironcage policy load` swaps the rules first, then applies the grants, detectors, limits and
+    budgets the wrapper holds. When that second step fails half-way (here the credential broker
+    cannot record its new grants because the session's audit journal disappeared), the kernel is in
+    a state nobody chose: the magic says so, every later cell and tool comm call is refused with that
+    reason, and `%ironcage status` shows it."""
+    import os
+    import uuid
+    from pathlib import Path
+
+    km, kc = start_kernel(tmp_path, env={"IRONCAGE_POLICY": "default"})
+    try:
+        assert execute(kc, "print('before')").stdout == "before\n"
+        info = status(kc)
+        comm_id = uuid.uuid4().hex
+        kc.shell_channel.send(kc.session.msg("comm_open", {"comm_id": comm_id, "target_name": "ironcage.tools",
+                                                           "data": {}}))
+        assert _comm_call(kc, comm_id, {"op": "list", "id": 1})["ok"]
+        kc.complete("pri", 3)
+        assert "print" in kc.get_shell_msg(timeout=60)["content"]["matches"]
+        journal = Path(os.environ["IRONCAGE_AUDIT_DIR"]) / "sessions" / f"{info['audit']['session_id']}.journal"
+        journal.unlink()
+        loaded = execute(kc, "%ironcage policy load strict")
+        assert loaded.status == "error", loaded.text
+        assert "'strict' was loaded but could not be applied, so no cell or tool call runs" in loaded.text
+        info = status(kc)
+        assert info["policy"] == "strict"  # the rules swapped; the rest did not follow
+        assert info["refusing"].startswith("the new policy could not be applied, so no cell runs")
+        assert "was removed" in info["refusing"]
+        marker = tmp_path / "ran-after-a-half-applied-policy"
+        ex = execute(kc, f"open({marker.name!r}, 'w').write('1')")
+        assert ex.status == "error" and ex.reply["content"]["ename"] == "IronCageUnavailable"
+        assert "the new policy could not be applied" in ex.text
+        assert not marker.exists()
+        reply = _comm_call(kc, comm_id, {"op": "call", "name": "fs.list", "arguments": {"path": "."}, "id": 2})
+        assert not reply["ok"] and reply["id"] == 2
+        assert reply["refusal"]["rule"] == "invariant.fail-closed"
+        assert "the new policy could not be applied" in reply["refusal"]["reason"]
+        # Nothing reaches the child any more (completions run code there too), the kernel still
+        # answers, and keeps refusing.
+        kc.complete("pri", 3)
+        assert kc.get_shell_msg(timeout=60)["content"]["matches"] == []
+        assert execute(kc, "1 + 1").status == "error"
+        assert status(kc)["refusing"] == info["refusing"]
+    finally:
+        stop_kernel(km, kc)

@@ -112,3 +112,71 @@ def test_unsafe_opt_in_is_audited_loudly(bait):
             "SELECT rule FROM decisions WHERE session_id = ? AND event_type = 'isolation'", [session]
         ).rows
     assert decisions == [("isolation.unsafe",)]
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process below ``pid``."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[tuple[int, str]] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        try:
+            cmdline = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        found.append((child, cmdline))
+        todo.extend(children.get(child, []))
+    return found
+
+
+def test_a_verdict_that_cannot_be_recorded_refuses_the_launch(bait):
+    """The isolation verdict is durable before any child is used: when it cannot be written (here
+    the session's journal disappears between the session start and the child's launch), the launch
+    is refused, no child is left running, nothing reaches a child, and the user is told why."""
+    w = Wrapper(bait, ready=False)  # no kernel_info yet: the child has not been launched
+    try:
+        # A %ironcage magic builds the components but starts no child; the recorded audit read
+        # returns only once the session start is on disk.
+        ex = w.run("%ironcage audit --last 1")
+        assert ex.status == "ok", ex.text
+        session = _session(w)
+        assert w.status()["child_state"] == "starting" and _descendants(w.pid) == []
+        journal = bait.root / "ironcage-audit" / "sessions" / f"{session}.journal"
+        assert journal.stat().st_size > 0
+        journal.unlink()  # the audit can no longer be written durably
+        # is_complete waits for the launch (the first one, started by this request) and is answered
+        # by the child only if it started.
+        msg_id = w.kc.is_complete("x = (")
+        reply = w.kc.get_shell_msg(timeout=120)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["status"] == "unknown", reply["content"]  # no child answered
+        status = w.status()
+        assert status["child_state"].startswith("unavailable: the isolated child kernel could not start")
+        assert "audit" in status["child_state"] and "was removed" in status["child_state"]
+        assert status["audit"]["state"].startswith("FAILED"), status["audit"]
+        assert _descendants(w.pid) == [], "a child was left running without a recorded verdict"
+        # Every later cell is refused, naming the audit failure; nothing ran.
+        marker = bait.workspace / "ran-without-a-verdict"
+        ex = w.run(f"open({marker.name!r}, 'w').write('ran')")
+        assert ex.status == "error"
+        assert ex.error["ename"] == "IronCageUnavailable" or ex.error["ename"].startswith("Audit"), ex.error
+        assert "audit" in ex.error["evalue"] and "was removed" in ex.error["evalue"], ex.error
+        assert not marker.exists()
+        # Asking again does not start a child either (the failed audit is a verdict, like a
+        # missing layer), and the kernel still answers.
+        w.kc.is_complete("y = (")
+        assert w.kc.get_shell_msg(timeout=120)["content"]["status"] == "unknown"
+        assert _descendants(w.pid) == []
+        assert w.status()["restarts"] == 0
+    finally:
+        w.close()

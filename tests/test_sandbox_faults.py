@@ -235,6 +235,66 @@ def test_output_flood_is_truncated_with_a_notice(bait):
     assert _gone(lambda: set(_processes_in(bait.workspace)) - baseline)
 
 
+def test_display_flood_is_cut_in_the_kernel(bait):
+    """Displays, display updates, results and errors count against the same output budget as
+    streams: a flood of them is cut in the child shortly after the limit (the wrapper never receives
+    the rest), one huge payload is dropped there whole, a huge error is cut, the user sees a notice,
+    and the same child keeps running."""
+    limits = {**LIMITS, "output_max_bytes": 100_000, "cell_timeout_s": 60}
+    w = Wrapper(bait, sandbox={"limits": limits})
+    try:
+        _usable(w)
+        child = w.status()["child_pid"]
+
+        def received() -> int:
+            return w.status()["child_messages"]["received"]
+
+        floods = {
+            "display_data": "from IPython.display import display, HTML\n"
+            "for i in range(20000):\n    display(HTML('<b>%05d</b>' % i + 'x' * 1000))",
+            "update_display_data": "h = display(HTML('start'), display_id=True)\n"
+            "for i in range(20000):\n    h.update(HTML('<i>%05d</i>' % i + 'u' * 1000))",
+            # execute_result: one per cell, so the flood is one big one (below) and these results
+            # share the budget with the displays before them.
+        }
+        for msg_type, code in floods.items():
+            before = received()
+            ex = w.run(code, timeout=120)
+            assert ex.status == "ok", ex.text[-500:]
+            # The wrapper's own notice: the child kept a little more than the limit, so the wrapper
+            # still sees the overflow and says so.
+            assert "[ironcage] output truncated" in ex.text and "100,000 bytes" in ex.text, msg_type
+            shown = sum(len(str(v)) for m in ex.of_type(msg_type) for v in m["content"]["data"].values())
+            assert shown <= 110_000, (msg_type, shown)
+            # 20,000 messages without the cap; about (limit + 64 KB) / 1 KB with it.
+            assert received() - before < 1000, (msg_type, received() - before)
+        # One huge payload, as a display and as a cell's result: dropped whole in the child, with
+        # the child's notice (nothing of it fits), and output after it that fits is still shown.
+        for code in ("display(HTML('y' * 100_000_000))\nprint('after the display')",
+                     "print('before the result')\n'r' * 100_000_000"):
+            ex = w.run(code, timeout=120)
+            assert ex.status == "ok", ex.text[-500:]
+            assert "[ironcage] output cut in the kernel" in ex.text, ex.text[-500:]
+            assert "yyyyyyyy" not in ex.text and "rrrrrrrr" not in ex.text
+            assert "after the display" in ex.text or "before the result" in ex.text
+            assert len(ex.text) < 10_000
+        # A huge exception message: the error is still shown (name, the start of its text and the
+        # traceback, cut in the kernel), and the execute_reply's copy of it is cut too.
+        ex = w.run("raise ValueError('e' * 50_000_000)", timeout=120)
+        assert ex.status == "error" and ex.error["ename"] == "ValueError"
+        assert ex.error["evalue"].startswith("eeee") and "cut in the kernel" in ex.error["evalue"]
+        assert len(ex.error["evalue"]) < 200_000
+        reply = ex.reply["content"]
+        assert reply["ename"] == "ValueError" and len(reply["evalue"]) < 200_000
+        assert sum(len(line) for line in reply["traceback"]) < 200_000
+        assert w.responsive()
+        status = w.status()
+        assert status["child_pid"] == child and status["restarts"] == 0  # the kernel itself survived
+        assert w.run("print(h.display_id is not None)").stdout.strip() == "True"  # and kept its state
+    finally:
+        w.close()
+
+
 def _memory_cgroup_available() -> bool:
     from ironcage_jupyter.sandbox import cgroups
 

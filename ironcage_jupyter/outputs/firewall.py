@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..sandbox.settings import ResourceLimits
 from .detectors import PRIVATE_KEY_RE, TypedDetectors, open_private_key_start
-from .known_values import KnownValueMatcher
+from .known_values import REDACTION_FORMAT, KnownValueMatcher
 from .settings import OutputSettings
 
 TEXT_MIME_PREFIXES = ("text/",)
@@ -111,6 +111,11 @@ class OutputFirewall:
         )
         self._typed = TypedDetectors(self.settings)
         self._streams: dict[str, _StreamState] = {}
+        #: The last characters emitted on either stream, in order (a client reads the two streams as
+        #: one sequence, see _join_across_streams), kept without a copy per message: the text...
+        self._mixed_base = ""  # ... up to the start of the last stream's current run of emissions
+        self._run_length = 0  # characters that stream has emitted since (its own `released` holds them)
+        self._last_stream: str | None = None
         self.cell_id: str | None = None
         self.cell_used_secret = False
         self._cell_bytes = 0
@@ -231,7 +236,7 @@ class OutputFirewall:
             flagged=flagged,
             notice="\n".join(notices) or None,
         )
-        if result.content is not None and msg_type in ("execute_result", "display_data", "error", "stream"):
+        if result.content is not None and msg_type in _SIZED_TYPES:
             result = self._enforce_size(msg_type, result)
         return result
 
@@ -328,6 +333,8 @@ class OutputFirewall:
             if red.counts:
                 self._note_known_value_use(red)
             self.last_reply_redactions = red.records()
+            if msg_type == "execute_reply" and isinstance(screened, dict):
+                screened = self._cut_reply_error(screened)
             return screened if isinstance(screened, dict) else {}
         except Exception as exc:
             self.last_reply_redactions = []
@@ -337,6 +344,23 @@ class OutputFirewall:
                 "evalue": f"reply withheld: screening failed ({type(exc).__name__}); failing closed",
                 "traceback": [],
             }
+
+    def _cut_reply_error(self, content: dict[str, Any]) -> dict[str, Any]:
+        """An error reply carries the error's text a second time (frontends show the iopub copy,
+        which the size limit cuts): its evalue and traceback are cut to ``limits.output_max_bytes``
+        each too, after redaction, so a child cannot send unbounded output through the reply."""
+        limit = self.limits.output_max_bytes
+        notice = f"[ironcage] error text cut at {limit:,} bytes (limits.output_max_bytes)"
+        cut: dict[str, Any] = {}
+        evalue = content.get("evalue")
+        if isinstance(evalue, str) and len(evalue) > limit // 4 and len(evalue.encode("utf-8", "surrogatepass")) > limit:
+            cut["evalue"] = _cut(evalue, limit) + " " + notice
+        traceback = content.get("traceback")
+        if isinstance(traceback, list):
+            lines = [line if isinstance(line, str) else str(line) for line in traceback]
+            if _content_size("error", {"traceback": lines}) > limit:
+                cut["traceback"] = [_cut("\n".join(lines), limit), notice]
+        return {**content, **cut} if cut else content
 
     # -- streams ----------------------------------------------------------------------------------
 
@@ -350,8 +374,11 @@ class OutputFirewall:
             # and screened) as stdout, so names cannot grow the per-stream state without bound.
             name = "stdout"
         state = self._streams.setdefault(name, _StreamState())
-        buffer = state.held + text
         red = _Redactions()
+        other = self._streams.get("stderr" if name == "stdout" else "stdout")
+        if other is not None and other.held and self.settings.detectors.known_values and len(self._known):
+            text = self._join_across_streams(state, other, text, red)
+        buffer = state.held + text
         encoded: bytes | None = buffer.encode("utf-8", "surrogatepass")  # shared by the matchers
         # Known values over the whole buffer first: a secret completed by this chunk is caught here.
         if self.settings.detectors.known_values and len(self._known):
@@ -374,13 +401,25 @@ class OutputFirewall:
                 encoded = buffer.encode("utf-8", "surrogatepass")
             found = self._typed.scan(encoded)
         may_hold_key = found is not None and self._typed.private_key_marker(found)
-        hold = self._hold_index(buffer, state, may_hold_key)
+        # Once the other stream emitted, a candidate may have begun there (in what the client read
+        # just before this text), not only earlier on this stream.
+        switched = self._last_stream is not None and self._last_stream != name
+        mixed = (
+            self._mixed_released()
+            if (switched or (self._mixed_base and self._run_length < _RELEASED_CONTEXT)) and len(self._known)
+            else None  # one stream only, this stream's own recent text is all there is to read, or no secret
+        )
+        hold = self._hold_index(buffer, state, may_hold_key, mixed)
         emit, state.held = buffer[:hold], buffer[hold:]
         if emit:
             if len(emit) >= _RELEASED_CONTEXT:
                 state.released = emit[-_RELEASED_CONTEXT:]
             else:
                 state.released = (state.released + emit)[-_RELEASED_CONTEXT:]
+            if switched:  # this stream's run of emissions starts
+                self._mixed_base, self._run_length = mixed or "", 0
+            self._last_stream = name
+            self._run_length += len(emit)
         emit_data: bytes | None = None
         emit_found: list[tuple[int, int, int]] | None = None
         if encoded is not None and found is not None:
@@ -399,13 +438,49 @@ class OutputFirewall:
         size = len(emit_data) if screened is emit and emit_data is not None else None
         return self._stream_result(name, screened, red, size)
 
-    def _hold_index(self, buffer: str, state: _StreamState, may_hold_key: bool = True) -> int:
+    def _mixed_released(self) -> str:
+        """The last characters emitted on either stream, in the order the client received them."""
+        last = self._streams[self._last_stream] if self._last_stream is not None else None
+        if last is None or not self._run_length:
+            return self._mixed_base
+        run = last.released[-self._run_length :] if self._run_length < len(last.released) else last.released
+        return (self._mixed_base + run)[-_RELEASED_CONTEXT:]
+
+    def _join_across_streams(self, state: _StreamState, other: _StreamState, text: str, red: _Redactions) -> str:
+        """A client reads stdout and stderr as one sequence, so a secret may be split between them:
+        ``text`` arrives on one stream while the other holds back an unterminated tail (the start of
+        a secret's form, say). If that tail and ``text`` together hold a secret, or could still be the
+        start of one, the tail moves to this stream, in arrival order, and is screened with ``text``
+        (returned). When this stream holds a tail of its own, the two cannot be joined without
+        breaking up this stream's own text: the other stream's tail is then withheld (fail closed)
+        and a redaction marker is held in its place. Only runs while the other stream holds text."""
+        head = self._known.head(text)  # a secret begun in the other stream ends within it
+        joint = other.held + head
+        found = self._known.find(joint)
+        if not found and (len(head) < len(text) or self._known.held_tail_length(joint, other.released) <= len(text)):
+            return text  # nothing the two streams could hold together
+        if not state.held:
+            joint = other.held + text
+            other.held = ""
+            return joint
+        names = sorted({n.name for n in found} - {n.name for n in self._known.find(head)})
+        for secret in names:
+            red.add("known_value", secret, 1)
+        other.held = "".join(REDACTION_FORMAT.format(name=secret) for secret in names or ["secret"])
+        return text
+
+    def _hold_index(
+        self, buffer: str, state: _StreamState, may_hold_key: bool = True, mixed: str | None = None
+    ) -> int:
         hold = len(buffer)
         if self.settings.detectors.known_values:
-            hold -= max(
+            held = max(
                 self._known.held_tail_length(buffer, state.released),
                 self._sentinels.held_tail_length(buffer, state.released),
             )
+            if mixed is not None:  # the two streams interleave: also what the client read last
+                held = max(held, self._known.held_tail_length(buffer, mixed))
+            hold -= held
         if self._typed.active:
             window = self.settings.stream_token_window
             if may_hold_key and not state.in_private_key:
@@ -549,6 +624,11 @@ class OutputFirewall:
             notice=notice,
             flagged=result.flagged,
         )
+
+
+#: Messages whose content counts against ``limits.output_max_bytes`` (a display update replaces a
+#: display's content, so a loop of updates is output like a loop of displays).
+_SIZED_TYPES = frozenset({"execute_result", "display_data", "update_display_data", "error", "stream"})
 
 
 def _cut(text: str, max_bytes: int) -> str:

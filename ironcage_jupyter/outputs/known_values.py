@@ -274,6 +274,20 @@ class KnownValueMatcher:
                 return min(len(text), self._raw_suffix_length(window, len(tail) - start))
         return 0
 
+    def head(self, text: str) -> str:
+        """The start of ``text`` that a needle beginning before it can reach: at least the longest
+        needle's length in non-separator bytes (all of ``text`` when it is shorter)."""
+        if self._dirty:
+            self._rebuild()
+        limit = self._max_needle
+        width = 4 * limit + 64
+        while width < len(text):
+            squeezed = text[:width].encode("utf-8", "surrogatepass").translate(None, _SEPARATOR_BYTES)
+            if len(squeezed) >= limit:
+                return text[:width]
+            width *= 4  # mostly separators: look further on
+        return text
+
     @staticmethod
     def _raw_suffix_length(text: str, squeezed_bytes: int) -> int:
         """Length of the shortest suffix of ``text`` holding ``squeezed_bytes`` non-separator bytes."""
