@@ -39,6 +39,9 @@ class LoopIOPub:
         self._owner: int | None = None
         self._fd: int | None = None
         self._drain_scheduled = False
+        #: Called (once, then cleared) on the loop's thread before the next message goes out: the
+        #: kernel's deferred execute_input (IronCageKernel._publish_execute_input).
+        self.before_send: Any = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -91,6 +94,9 @@ class LoopIOPub:
         socket = self.socket
         if socket is None or socket.closed:
             return
+        if self.before_send is not None:
+            publish, self.before_send = self.before_send, None
+            publish()
         try:
             socket.send_multipart(msg, **kwargs)  # XPUB never blocks: a full queue drops
         except zmq.ZMQError as exc:

