@@ -284,7 +284,8 @@ def test_policy_decisions_escalations_and_policy_changes_are_recorded(tmp_path) 
     assert ("policy_decision", "allow", "c-fine") in kinds
     blocked = next(r for r in rows if r[1] == "execution" and r[4] == "c-shell")
     assert '"status":"blocked"' in blocked[5]
-    change = next(r for r in rows if r[1] == "policy_change")
+    # (the credential broker's grants taking effect are a policy_change of their own)
+    change = next(r for r in rows if r[1] == "policy_change" and "credential broker" not in r[5])
     assert '"new_policy":"strict"' in change[5] and '"old_policy":"default"' in change[5]
     # the submission of the refused cell precedes its decision in the chain
     order = [r[1] for r in rows if r[4] == "c-shell"]

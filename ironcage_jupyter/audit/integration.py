@@ -293,6 +293,15 @@ class KernelAudit:
                     **common,
                 },
             )
+        elif event_type == "credential.settings_changed":
+            # A policy reload's grants taking effect (the policy_change itself is recorded by the
+            # policy session): not a violation.
+            grants = [str(g) for g in detail.get("grants") or []]
+            self.record(
+                "policy_change",
+                reason=_text("credential grants in force: " + (", ".join(grants) or "none")),
+                detail={"source": "credential broker"},
+            )
         else:  # e.g. credential.unmatchable: kept, as a violation worth a look
             self.record(
                 "violation",
