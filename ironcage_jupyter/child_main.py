@@ -342,6 +342,47 @@ def _count_outputs_for_the_reply() -> None:
     Session.send = send  # type: ignore[method-assign]
 
 
+def _skip_empty_flushes() -> None:
+    """``sys.stdout.flush()`` returns at once when everything written to the stream has been sent.
+
+    ipykernel's ``OutStream.flush`` always hands a flush to the IOPub thread and waits for it (two
+    thread wake-ups), even with nothing buffered, and a trivial cell runs four of them before its
+    reply (stdout and stderr, in the display hook and again before the reply). Each stream counts
+    its writes (after the text is in the buffer) and the writes its last completed ``_flush`` took
+    (counted before it rotates the buffers): when the two are equal there is nothing to wait for.
+    Otherwise the flush runs as before. Every stream message is counted for the reply
+    (`_count_outputs_for_the_reply`) when ``_flush`` sends it, before that flush completes."""
+    from ipykernel.iostream import OutStream
+
+    lock = threading.Lock()
+    original_write = OutStream.write
+    original_flush = OutStream.flush
+    original_flush_now = OutStream._flush
+
+    def write(self: OutStream, string: str) -> int | None:
+        written = original_write(self, string)
+        with lock:
+            self._ironcage_written = getattr(self, "_ironcage_written", 0) + 1  # type: ignore[attr-defined]
+        return written
+
+    def _flush(self: OutStream) -> None:
+        with lock:
+            taking = getattr(self, "_ironcage_written", 0)
+        original_flush_now(self)
+        with lock:
+            self._ironcage_sent = max(getattr(self, "_ironcage_sent", 0), taking)  # type: ignore[attr-defined]
+
+    def flush(self: OutStream) -> None:
+        with lock:
+            idle = getattr(self, "_ironcage_sent", 0) == getattr(self, "_ironcage_written", 0)
+        if not idle:
+            original_flush(self)
+
+    OutStream.write = write  # type: ignore[method-assign]
+    OutStream._flush = _flush  # type: ignore[method-assign]
+    OutStream.flush = flush  # type: ignore[method-assign]
+
+
 def _skip_messages_the_wrapper_drops() -> None:
     """Publish no ``busy`` status, no ``execute_input`` and no ``idle`` after an execute request:
     the wrapper publishes its own and drops the child's, and learns from the execute_reply's
@@ -375,6 +416,7 @@ def main() -> None:
 
     zmq.Context.__init__ = init  # type: ignore[method-assign]
     _count_outputs_for_the_reply()  # first: the innermost Session.send (see its docstring)
+    _skip_empty_flushes()
     limit = os.environ.get(OUTPUT_LIMIT_ENV, "")
     if limit.isdigit() and int(limit) > 0:
         install_output_cap(int(limit))
