@@ -39,9 +39,9 @@ class LoopIOPub:
         self._owner: int | None = None
         self._fd: int | None = None
         self._drain_scheduled = False
-        #: Called (once, then cleared) on the loop's thread before the next message goes out: the
-        #: kernel's deferred execute_input (IronCageKernel._publish_execute_input).
-        self.before_send: Any = None
+        #: Publications deferred by the kernel (its busy and execute_input, see
+        #: IronCageKernel._defer_publication): sent, in order, before the next message goes out.
+        self.deferred: list[Any] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -94,9 +94,8 @@ class LoopIOPub:
         socket = self.socket
         if socket is None or socket.closed:
             return
-        if self.before_send is not None:
-            publish, self.before_send = self.before_send, None
-            publish()
+        if self.deferred:
+            self.flush_deferred()
         try:
             socket.send_multipart(msg, **kwargs)  # XPUB never blocks: a full queue drops
         except zmq.ZMQError as exc:
@@ -104,6 +103,15 @@ class LoopIOPub:
             return
         if self._fd is not None and int(socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             self._schedule_drain()
+
+    def on_loop_thread(self) -> bool:
+        return self._owner is not None and threading.get_ident() == self._owner
+
+    def flush_deferred(self) -> None:
+        """Send the deferred publications now (on the loop's thread)."""
+        pending, self.deferred = self.deferred, []  # taken whole: each publish comes back to _send
+        for publish in pending:
+            publish()
 
     # -- subscriptions -------------------------------------------------------------------------
     def _schedule_drain(self) -> None:

@@ -70,8 +70,10 @@ def test_policy_reload_tightens_freely_and_loosening_needs_a_human(tmp_path):
         assert approved.status == "ok" and status(kc)["policy"] == "default"
         # Each applied load is a policy change (the broker's new grants among them), never a
         # violation: a spurious "credential.settings_changed" violation was recorded before.
-        audited = execute(kc, "%%ironcage sql\nSELECT 'violations=' || (SELECT count(*) FROM violations) "
-                              "|| ' broker=' || (SELECT count(*) FROM events WHERE event_type = 'policy_change' "
+        session = status(kc)["audit"]["session_id"]
+        audited = execute(kc, "%%ironcage sql\nSELECT 'violations=' || (SELECT count(*) FROM violations "
+                              f"WHERE session_id = '{session}') || ' broker=' || (SELECT count(*) FROM events "
+                              f"WHERE session_id = '{session}' AND event_type = 'policy_change' "
                               "AND detail->>'source' = 'credential broker') AS n")
         assert "violations=0 broker=2" in audited.text, audited.text
     finally:
