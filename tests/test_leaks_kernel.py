@@ -271,6 +271,19 @@ def test_oversized_output_is_truncated(kernel):
     assert len(ex.stdout) < 210_000 and "output truncated" in ex.stdout
 
 
+def test_user_expressions_are_redacted_and_capped(kernel):
+    """user_expressions come back in the execute_reply, not on iopub: their results share the output
+    limit (200,000 bytes here) with the reply's payloads; one over it is answered with an error naming
+    the limit, the small one still comes back. (Every string of a reply is redacted like any output:
+    test_inspection_history_and_input_prompts_are_screened.)"""
+    kc, _ = kernel
+    ex = execute(kc, "big = 'y' * 1_000_000", user_expressions={"huge": "big", "small": "len(big)"})
+    results = ex.reply["content"]["user_expressions"]
+    assert results["huge"]["status"] == "error" and "output_max_bytes" in results["huge"]["evalue"]
+    assert results["small"]["data"]["text/plain"] == "1000000"
+    assert len(json.dumps(ex.reply["content"])) < 220_000
+
+
 def test_large_stream_relayed_in_pieces_is_screened(kernel):
     kc, _ = kernel
     setup = execute(kc, "%%ironcage with-secret DB_PASSWORD\nimport os\nSECRET = os.environ['DB_PASSWORD']")

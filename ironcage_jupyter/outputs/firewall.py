@@ -334,7 +334,7 @@ class OutputFirewall:
                 self._note_known_value_use(red)
             self.last_reply_redactions = red.records()
             if msg_type == "execute_reply" and isinstance(screened, dict):
-                screened = self._cut_reply_error(screened)
+                screened = self._cut_reply_extras(self._cut_reply_error(screened))
             return screened if isinstance(screened, dict) else {}
         except Exception as exc:
             self.last_reply_redactions = []
@@ -360,6 +360,42 @@ class OutputFirewall:
             lines = [line if isinstance(line, str) else str(line) for line in traceback]
             if _content_size("error", {"traceback": lines}) > limit:
                 cut["traceback"] = [_cut("\n".join(lines), limit), notice]
+        return {**content, **cut} if cut else content
+
+    def _cut_reply_extras(self, content: dict[str, Any]) -> dict[str, Any]:
+        """user_expressions results and payloads (a help page, set_next_input) of an execute_reply
+        share one budget of ``limits.output_max_bytes``: an expression whose result no longer fits is
+        answered with an error naming the limit, a payload that no longer fits is dropped, so a child
+        cannot send unbounded output through the reply either."""
+        limit = self.limits.output_max_bytes
+        room = limit
+        cut: dict[str, Any] = {}
+        expressions = content.get("user_expressions")
+        if isinstance(expressions, dict) and expressions:
+            kept: dict[str, Any] = {}
+            for name, result in expressions.items():
+                size = _content_size("display_data", {"data": result})
+                if size <= room:
+                    kept[name] = result
+                    room -= size
+                else:
+                    kept[name] = {
+                        "status": "error",
+                        "ename": "OutputLimit",
+                        "evalue": f"[ironcage] result withheld: it exceeds what is left of "
+                        f"limits.output_max_bytes ({limit:,} bytes) for this reply",
+                        "traceback": [],
+                    }
+            cut["user_expressions"] = kept
+        payload = content.get("payload")
+        if isinstance(payload, list) and payload:
+            fitting = []
+            for item in payload:
+                size = _content_size("display_data", {"data": item})
+                if size <= room:
+                    fitting.append(item)
+                    room -= size
+            cut["payload"] = fitting
         return {**content, **cut} if cut else content
 
     # -- streams ----------------------------------------------------------------------------------
