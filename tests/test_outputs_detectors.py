@@ -329,8 +329,16 @@ def test_error_reply_text_is_cut_to_the_limit_after_redaction():
     assert "tok-4f7b9c2e8d1a6b3c5e7f" not in json.dumps(out)
     small = {"status": "error", "ename": "KeyError", "evalue": "'a'", "traceback": ["KeyError: 'a'"]}
     assert fw.screen_reply("execute_reply", small) == small
-    ok = {"status": "ok", "execution_count": 3, "user_expressions": {"x": {"data": {"text/plain": "y" * 5000}}}}
+    ok = {"status": "ok", "execution_count": 3, "user_expressions": {"x": {"data": {"text/plain": "y" * 500}}}}
     assert fw.screen_reply("execute_reply", ok) == ok  # user expressions are not error text
+    # ... but they share the output limit with the reply's payloads
+    big = {"status": "ok", "execution_count": 4, "user_expressions": {
+        "x": {"data": {"text/plain": "y" * 600}}, "z": {"data": {"text/plain": "z" * 600}}},
+        "payload": [{"source": "page", "data": {"text/plain": "p" * 300}}, {"source": "set_next_input", "text": "n"}]}
+    out = fw.screen_reply("execute_reply", big)
+    assert out["user_expressions"]["x"] == big["user_expressions"]["x"]
+    assert out["user_expressions"]["z"]["ename"] == "OutputLimit"
+    assert out["payload"] == [{"source": "page", "data": {"text/plain": "p" * 300}}, {"source": "set_next_input", "text": "n"}]
 
 
 def test_large_error_truncated():
