@@ -192,6 +192,14 @@ class IronCageKernel(Kernel):
         "size, so the frontend receives the first piece while the rest is screened.",
     ).tag(config=True)
 
+    lost_output_grace = Float(
+        5.0,
+        min=0.1,
+        help="Seconds without any of a cell's still-missing outputs, once the child's reply is in, "
+        "after which the cell ends with a notice that they were lost (zmq drops messages past a "
+        "full queue; a count the child can no longer meet must not hang the kernel).",
+    ).tag(config=True)
+
     gil_switch_interval = Float(
         0.0005,
         min=0.0,
@@ -220,6 +228,7 @@ class IronCageKernel(Kernel):
         )
         self.relay.screen = self._screen_output
         self.relay.stream_piece = self.stream_piece_bytes
+        self.relay.OUTPUT_GRACE_S = self.lost_output_grace
         self.relay.screen_buffers = self._screen_buffers
         self._child_ready: asyncio.Future[None] | None = None
         self._relaunch_after_failure = False

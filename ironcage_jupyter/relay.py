@@ -47,6 +47,8 @@ class Route:
     #: it published (None until the reply; see `Relay._on_reply`).
     outputs_seen: int = 0
     outputs_expected: int | None = None
+    #: Armed while the reply is in and counted outputs are still missing (see Relay.OUTPUT_GRACE_S).
+    outputs_timer: asyncio.TimerHandle | None = None
 
     def futures(self) -> set[asyncio.Future[Any]]:
         return {self.reply, self.idle}
@@ -425,6 +427,34 @@ class Relay:
                     route.outputs_expected = count
                     if route.outputs_seen >= count:
                         route.idle.set_result(True)
+                    else:
+                        self._arm_output_grace(route)
+
+    #: Seconds without any of a cell's missing outputs, once its reply is in, after which the cell
+    #: ends anyway with a notice: zmq drops messages past a queue's high-water mark (a child
+    #: flooding faster than the relay forwards), and a count that can no longer be reached must not
+    #: hang the kernel. Re-armed by every output that arrives, so a long backlog is never cut.
+    OUTPUT_GRACE_S = 5.0
+
+    def _arm_output_grace(self, route: Route) -> None:
+        if route.outputs_timer is not None:
+            route.outputs_timer.cancel()
+        if self._loop is not None:
+            route.outputs_timer = self._loop.call_later(self.OUTPUT_GRACE_S, self._outputs_lost, route)
+
+    def _outputs_lost(self, route: Route) -> None:
+        route.outputs_timer = None
+        if route.idle.done() or route.outputs_expected is None:
+            return
+        lost = route.outputs_expected - route.outputs_seen
+        log.warning("%d outputs of a cell never arrived from the child", lost)
+        if route.forward_outputs and route.parent is not None:
+            notice = (
+                f"\n[ironcage] {lost:,} output message(s) of this cell were lost between the kernel and "
+                "Iron Cage (the output came faster than it could be relayed)\n"
+            )
+            self._forward("stream", {"name": "stderr", "text": notice}, route, {}, [])
+        route.idle.set_result(True)
 
     def _on_iopub(self, msg: dict[str, Any]) -> None:
         self.received += 1
@@ -438,9 +468,14 @@ class Relay:
         if route is not None:
             route.outputs_seen += 1
             expected = route.outputs_expected
-            if expected is not None and route.outputs_seen >= expected and not route.idle.done():
-                # Relayed below, before the loop runs the cell's continuation.
-                route.idle.set_result(True)
+            if expected is not None and not route.idle.done():
+                if route.outputs_seen >= expected:
+                    # Relayed below, before the loop runs the cell's continuation.
+                    if route.outputs_timer is not None:
+                        route.outputs_timer.cancel()
+                    route.idle.set_result(True)
+                else:
+                    self._arm_output_grace(route)
         if msg_type == "execute_input":
             return
         if route is None:

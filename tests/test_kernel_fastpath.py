@@ -287,6 +287,36 @@ def test_execute_input_comes_first_whatever_the_cell(kernel):
     assert [m["header"]["msg_type"] for m in silent.messages] == ["status", "status"]
 
 
+def test_a_child_claiming_outputs_it_never_sent_does_not_hang_the_kernel(tmp_path, ironcage_jupyter_path):
+    """The wrapper ends a cell once it has the outputs the child's reply counts. A count that is never
+    met (zmq dropped messages past a full queue, or a lying child, as here: the cell patches the
+    child's own Session.send) ends the cell after ``lost_output_grace`` seconds without any of them,
+    with a notice, and the kernel goes on."""
+    km, kc = start_kernel(tmp_path, extra_arguments=["--IronCageKernel.lost_output_grace=0.5"])
+    try:
+        lie = (
+            "from jupyter_client.session import Session\n"
+            "_inner = Session.send\n"
+            "def _lying(self, stream, msg_or_type, content=None, parent=None, *a, **k):\n"
+            "    if msg_or_type == 'execute_reply':\n"
+            "        Session.send = _inner\n"
+            "        md = dict(k.pop('metadata', None) or {}, ironcage_iopub_count=3)\n"
+            "        msg_or_type, content = self.msg('execute_reply', content, parent=parent, metadata=md), None\n"
+            "    return _inner(self, stream, msg_or_type, content, parent, *a, **k)\n"
+            "Session.send = _lying\n"
+            "print('the only output')"
+        )
+        started = time.monotonic()
+        ex = execute(kc, lie, timeout=30)
+        assert time.monotonic() - started >= 0.5
+        assert ex.status == "ok" and "the only output" in ex.stdout
+        assert "2 output message(s) of this cell were lost" in ex.text, ex.text
+        after = execute(kc, "print('next cell')")
+        assert after.status == "ok" and after.stdout == "next cell\n"
+    finally:
+        stop_kernel(km, kc)
+
+
 def test_cells_with_top_level_await_run(kernel):
     """The child runs without ipykernel 7's shell-channel thread (child_main.NoShellChannelThread);
     cells with top-level ``await`` read that thread's ``parent_thread`` and must still run (a plain
