@@ -121,7 +121,7 @@ ORDER BY pos
 # as it is stored (VARCHAR: Arrow hands over its UTF-8 bytes; a cast to BLOB copied every value
 # again) and a tombstone is a null in it (no separate `IS NULL` column, which read it once more).
 _FAST_CHAIN_COLUMNS = "seq, hash, prev_hash, canonical AS data, epoch_us(ts) AS ts_us"
-_FAST_CHAIN_SQL = "SELECT " + _FAST_CHAIN_COLUMNS + " FROM {alias}.events"
+_FAST_CHAIN_SQL = "SELECT " + _FAST_CHAIN_COLUMNS + " FROM {alias}.events"  # noqa: S608 - constants only
 _FAST_FIELDS_SQL = (
     """
 SELECT '{alias}' AS alias, count(*) FILTER (WHERE NOT coalesce(CASE WHEN canonical IS NULL
