@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -210,7 +210,8 @@ def _fast_chain(
     else:
         sql = _FAST_CHAIN_SQL
     reader = cursor.sql(sql.replace("{alias}", attached.alias)).to_arrow_reader(_FAST_BATCH_ROWS)
-    batches = _prefetched(reader)
+    # The signed `ts` is checked on the read-ahead thread (Arrow compute, off the GIL) while this one hashes.
+    batches = _prefetched(reader, check=lambda batch: _check_ts(batch.column(3), batch.column(4)))
     head: tuple[Any, ...] | None = None
     last_seq: int | None = None
     last_hash = b""
@@ -220,7 +221,7 @@ def _fast_chain(
             rows = batch.num_rows
             if not rows:
                 continue
-            seq, hashes, prevs, data, ts_us = batch.columns[:5]
+            seq, hashes, prevs, data = batch.columns[:4]
             if check_columns:
                 ok = batch.column(5)
                 if ok.null_count or not pc.all(ok).as_py():
@@ -267,7 +268,6 @@ def _fast_chain(
                 computed = bytes(patched)
             if computed != hash_flat:
                 raise _NotProven("hash")
-            _check_ts(data, ts_us)
     except pa.ArrowException as exc:
         raise _NotProven(str(exc)) from exc
     finally:
@@ -310,7 +310,9 @@ def _check_ts(data: pa.Array, ts_us: pa.Array) -> None:
         raise _NotProven("ts")
 
 
-def _prefetched(reader: Any, depth: int = 2) -> Generator[pa.RecordBatch, None, None]:
+def _prefetched(
+    reader: Any, depth: int = 2, check: Callable[[pa.RecordBatch], None] | None = None
+) -> Generator[pa.RecordBatch, None, None]:
     """Batches of `reader`, fetched on another thread (DuckDB releases the GIL while it reads and
     converts), so reading the next batch overlaps hashing this one."""
     done = object()
@@ -320,6 +322,8 @@ def _prefetched(reader: Any, depth: int = 2) -> Generator[pa.RecordBatch, None, 
     def produce() -> None:
         try:
             for batch in reader:
+                if check is not None:
+                    check(batch)  # raises: handed to the consumer below, like a read error
                 while not stop.is_set():
                     try:
                         slots.put(batch, timeout=0.5)
