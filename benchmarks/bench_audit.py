@@ -238,7 +238,7 @@ def bench_ingestion(work: Path, count: int) -> None:
         "ingest",
         f"AuditStore.flush() of {count:,} recorded events (Arrow INSERT, 1 transaction)",
         f"{store_rate:,.0f} ev/s",
-        f"median of 3 rounds ({spread}; the process's first large flush is the slowest); "
+        f"median of 3 rounds ({spread}; the first large flush of a process is usually the slowest); "
         f"CPU {', '.join(f'{c:.2f}' for c in store_cpu)} s; target >= 200k; "
         f"{store_rate / floor_rate:.2f}x the disk floor",
     )
