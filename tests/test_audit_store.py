@@ -347,7 +347,9 @@ def test_a_large_batch_through_arrow_stores_what_the_appender_stores(tmp_path) -
                 detail["granted"] = n % 2 == 0
             if event_type == "tool_call":
                 detail["arguments_redacted"] = {"q": f"Zürich ✓ {n}", "quote": 'say "hi"\n'}
-            store.record(event_type, rule=f"r{n % 3}" if n % 5 else None, reason="naïve \\ reason", detail=detail)
+            store.record(
+                event_type, rule=f"r{n % 3}" if n % 5 else None, reason="naïve \\ reason", detail=detail
+            )
 
     def clock() -> Callable[[], datetime]:
         moments = (datetime(2026, 1, 1, tzinfo=UTC) + timedelta(microseconds=7 * n) for n in range(10_000))
