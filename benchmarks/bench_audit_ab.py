@@ -5,7 +5,8 @@
 
 Writes `--events` chained events into `--sessions` closed session files once (the `bench_audit.py`
 generator, current format), then alternates fresh processes of the old tree and of this one:
-`verify()` of those files (wall and process CPU time, imports excluded) and `AuditStore.flush()` of
+`verify()` of those files (wall and process CPU time, imports excluded), the `audit verify` CLI over
+them (a fresh process: wall and its CPU time), and `AuditStore.flush()` of
 100,000 recorded `tool_call` events (three stores per process; the first large flush of a process
 is the slowest, all rounds are printed). Each process imports `ironcage_jupyter` from its own tree.
 """
@@ -32,6 +33,17 @@ def cpu():
 start, c = time.perf_counter(), cpu()
 report = verify(sys.argv[1])
 print(f"{time.perf_counter() - start:.3f} {cpu() - c:.3f} {report.exit_code}")
+"""
+
+# The `audit verify` CLI as a user runs it: a fresh interpreter, imports and all.
+_CLI = """
+import resource, subprocess, sys, time
+start = time.perf_counter()
+done = subprocess.run([sys.executable, "-m", "ironcage_jupyter.audit.cli", "audit", "--audit-dir", sys.argv[1], "verify"],
+                      capture_output=True, text=True)
+wall = time.perf_counter() - start
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(f"{wall:.3f} {r.ru_utime + r.ru_stime:.3f} {done.returncode}")
 """
 
 _FLUSH = """
@@ -79,7 +91,9 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--ingest", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--parts", default="verify,flush")
+    parser.add_argument(
+        "--parts", default="verify,cli,flush", help="verify (in-process), cli (the CLI process), flush"
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     trees = {"old": args.old.resolve(), "new": REPO}
@@ -95,14 +109,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-audit-ab-", dir=os.environ.get("BENCH_TMP")) as tmp:
         audit_dir = ensure_private_dir(Path(tmp) / "big")
         ensure_private_dir(audit_dir / "sessions")
-        if "verify" in parts:
+        if parts & {"verify", "cli"}:
             per = args.events // args.sessions
             for i in range(args.sessions):
                 sid = f"bench-{i:03d}"
                 bench_audit.write_session(
                     audit_dir, sid, bench_audit.synth_rows(sid, per, datetime(2026, 1, 1 + i, tzinfo=UTC))
                 )
-        results: dict[str, dict[str, list[str]]] = {name: {"verify": [], "flush": []} for name in trees}
+        results: dict[str, dict[str, list[str]]] = {
+            name: {"verify": [], "cli": [], "flush": []} for name in trees
+        }
         for n in range(args.rounds):
             order = list(trees) if n % 2 == 0 else list(reversed(trees))
             for name in order:
@@ -111,6 +127,13 @@ def main() -> int:
                     results[name]["verify"].append(line)
                     print(
                         f"round {n} {name} verify: wall/CPU/exit {line}  load {os.getloadavg()[0]:.2f}",
+                        flush=True,
+                    )
+                if "cli" in parts:
+                    line = run(trees[name], _CLI, str(audit_dir))
+                    results[name]["cli"].append(line)
+                    print(
+                        f"round {n} {name} CLI verify: wall/CPU/exit {line}  load {os.getloadavg()[0]:.2f}",
                         flush=True,
                     )
                 if "flush" in parts:
@@ -125,6 +148,12 @@ def main() -> int:
             cpus = [float(line.split()[1]) for line in results[name]["verify"]]
             print(
                 f"{name}: verify median {statistics.median(walls):.2f} s wall, {statistics.median(cpus):.2f} s CPU"
+            )
+        if results[name]["cli"]:
+            walls = [float(line.split()[0]) for line in results[name]["cli"]]
+            cpus = [float(line.split()[1]) for line in results[name]["cli"]]
+            print(
+                f"{name}: CLI verify median {statistics.median(walls):.2f} s wall, {statistics.median(cpus):.2f} s CPU"
             )
         if results[name]["flush"]:
             rates = [float(r.split(":")[0]) for line in results[name]["flush"] for r in line.split()[1:]]

@@ -646,6 +646,34 @@ def _size(path: Path) -> int:
 POOL_MIN_CORES = 3
 
 
+# glibc mallopt() parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory_for_scans() -> bool:
+    """Let this process's C allocator keep and reuse freed memory (glibc only); for the short-lived
+    `audit verify` process, never for a kernel.
+
+    The fast path streams ~600 MB of Arrow batches per million events out of DuckDB. With glibc's
+    defaults each batch's buffers are fresh mappings (or the heap top is trimmed back to the OS after
+    each batch), so every page is faulted in anew: ~200,000 minor faults and 0.45-0.75 s of system
+    time per million events, measured. Buffers of up to 32 MiB from the heap and no trimming below
+    1 GiB removes most of that; the cost is that the process keeps its peak memory until it exits.
+    Process-wide and permanent (glibc's dynamic thresholds stay off), so only the CLI calls it.
+    Returns whether the settings were applied."""
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+
+
 def _default_workers() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return cores if cores >= POOL_MIN_CORES else 1
