@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import duckdb
@@ -311,3 +312,90 @@ def test_background_flush_commits_without_blocking_and_failures_surface_on_the_n
     finally:
         store.close()
     assert store.failed is not None
+
+
+def _stored(path) -> list[tuple]:
+    """Every column of a session file's events except the ones that depend on the random event id
+    (event_id, prev_hash, hash), the canonical bytes parsed without those."""
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT * EXCLUDE (event_id, prev_hash, hash, canonical, ts, purged_at), epoch_us(ts), "
+            "purged_at IS NULL, canonical FROM events ORDER BY seq"
+        ).fetchall()
+    finally:
+        con.close()
+    out = []
+    for *columns, canonical in rows:
+        signed = json.loads(canonical)
+        del signed["event_id"], signed["prev_hash"]
+        out.append((*columns, signed))
+    return out
+
+
+def test_a_large_batch_through_arrow_stores_what_the_appender_stores(tmp_path) -> None:
+    """A batch of ARROW_MIN_ROWS or more goes through the struct-array Arrow path, a smaller one
+    through the Appender: every column (typed promoted copies, nulls, non-ASCII text) must come
+    out the same, and the result must verify."""
+    from ironcage_jupyter.audit.store import ARROW_MIN_ROWS
+
+    def fill(store: AuditStore) -> None:
+        for n in range(ARROW_MIN_ROWS + 44):
+            event_type = list(EXAMPLES)[n % len(EXAMPLES)]
+            detail = dict(EXAMPLES[event_type])
+            if event_type == "credential_access":
+                detail["granted"] = n % 2 == 0
+            if event_type == "tool_call":
+                detail["arguments_redacted"] = {"q": f"Zürich ✓ {n}", "quote": 'say "hi"\n'}
+            store.record(
+                event_type, rule=f"r{n % 3}" if n % 5 else None, reason="naïve \\ reason", detail=detail
+            )
+
+    def clock() -> Callable[[], datetime]:
+        moments = (datetime(2026, 1, 1, tzinfo=UTC) + timedelta(microseconds=7 * n) for n in range(10_000))
+        return lambda: next(moments)
+
+    arrow = AuditStore(tmp_path / "arrow", "s1", batch_size=10_000, clock=clock())
+    fill(arrow)
+    assert arrow.flush() >= ARROW_MIN_ROWS
+    arrow.close()
+    small = AuditStore(tmp_path / "appender", "s1", batch_size=ARROW_MIN_ROWS // 4, clock=clock())
+    fill(small)
+    small.close()
+    got = _stored(tmp_path / "arrow" / "sessions" / "s1.duckdb")
+    want = _stored(tmp_path / "appender" / "sessions" / "s1.duckdb")
+    assert len(got) == ARROW_MIN_ROWS + 44
+    assert got == want
+    assert {row[-1]["event_type"] for row in got} == set(EXAMPLES)
+    assert verify(tmp_path / "arrow").exit_code == 0
+
+
+def test_gc_pause_nests_across_threads_and_respects_a_disabled_collector() -> None:
+    import gc
+
+    from ironcage_jupyter.audit.store import _gc_paused
+
+    assert gc.isenabled()
+    inside, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with _gc_paused():
+            inside.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    assert inside.wait(10)
+    with _gc_paused():
+        assert not gc.isenabled()
+    assert not gc.isenabled()  # the other thread is still converting its batch
+    release.set()
+    worker.join()
+    assert gc.isenabled()
+    gc.disable()  # someone else's choice: never overridden
+    try:
+        with _gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

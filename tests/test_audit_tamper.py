@@ -296,3 +296,16 @@ def test_a_format_1_file_is_queried_and_verified(audit_dir) -> None:
     assert rows == [("alpha", 6), ("beta", 6)]
     tamper(audit_dir, "alpha", "UPDATE events SET reason = 'benign' WHERE seq = 2")
     assert session_report(audit_dir).modified == [2]
+
+
+def test_the_cli_allocator_setting_applies_on_glibc_only_in_its_own_process() -> None:
+    """`audit verify` keeps freed memory for reuse (glibc mallopt) in its own process; the library
+    call itself leaves the allocator alone (a kernel process must not inherit it)."""
+    code = (
+        "import platform, inspect\n"
+        "from ironcage_jupyter.audit import verify as v\n"
+        "assert 'keep_freed_memory_for_scans' not in inspect.getsource(v.verify)\n"
+        "assert v.keep_freed_memory_for_scans() is (platform.libc_ver()[0] == 'glibc')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -113,8 +113,9 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .verify import verify
+    from .verify import keep_freed_memory_for_scans, verify
 
+    keep_freed_memory_for_scans()  # this process only verifies and exits (see the function)
     report = verify(_audit_dir(args), sessions=args.session)
     print(report.to_json() if args.json else report.render())
     return report.exit_code

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import hashlib
 import json
 import os
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,35 @@ def _arrow_schemas() -> tuple[Any, Any]:
     return built, built.set(1, pa.field("ts", stamp)).set(13, pa.field("purged_at", stamp))
 
 
+_gc_lock = threading.Lock()
+_gc_pausers = 0  # threads inside `_gc_paused()` that found the collector enabled
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a large batch is converted to Arrow columns.
+
+    The conversion allocates no reference cycles, but a batch's queued row tuples are tracked
+    objects: every collection the conversion triggered traversed all of them again (measured ~15% of
+    a 100k-event flush, 1.35x slower flushes). The collector is process-wide, so the pause is
+    counted: it is re-enabled when the last thread that paused it leaves, and never enabled here if
+    someone else had disabled it."""
+    global _gc_pausers
+    with _gc_lock:
+        paused = gc.isenabled() or _gc_pausers > 0
+        if paused:
+            _gc_pausers += 1
+            gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            with _gc_lock:
+                _gc_pausers -= 1
+                if _gc_pausers == 0:
+                    gc.enable()
+
+
 # Below this many rows a batch goes through the Appender: a cell's handful of events costs no more
 # than with Arrow, and pyarrow's first `pa.array` imports pandas (~0.3 s, ~50 MB), which a kernel
 # wrapper that never sees a large batch should not pay.
@@ -193,11 +223,14 @@ def insert_rows(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]]) -> 
             appender.clear()
             raise
         return
-    columns = list(zip(*rows, strict=True))
     import pyarrow as pa
 
     built, inserted = _arrow_schemas()
-    arrays = [pa.array(values, type=built.field(i).type) for i, values in enumerate(columns)]
+    with _gc_paused():
+        # The row tuples converted as one struct array and split into its columns: pyarrow walks
+        # the tuples in C++ (a Python transpose with zip(*rows) plus one conversion per column
+        # measured ~1.6x slower).
+        arrays = pa.array(rows, type=pa.struct(list(built))).flatten()
     arrays[1] = arrays[1].cast(inserted.field(1).type)
     arrays[13] = arrays[13].cast(inserted.field(13).type)
     batch = pa.Table.from_arrays(arrays, schema=inserted)
