@@ -235,6 +235,9 @@ def test_credential_and_output_events_from_the_credentials_package_map_onto_the_
                              "redactions": [{"detector": "granted-secret", "name": "GH", "count": 2}]}),
         ("output.withheld", {"msg_type": "display_data", "cell_id": "c9", "notice": "image from a tainted cell"}),
         ("credential.unmatchable", {"name": "PIN", "reason": "too short to match in outputs"}),
+        ("credential.injection_end", {"names": ["NPM"], "cell_id": "c9", "restart_required": True}),
+        ("credential.taint_cleared", {}),
+        ("credential.settings_changed", {"grants": ["GH", "NPM"]}),
     ]  # fmt: skip
     for event_type, detail in calls:
         audit.credentials_callback(event_type, detail)
@@ -255,7 +258,13 @@ def test_credential_and_output_events_from_the_credentials_package_map_onto_the_
         ("VAULT_X", "source:vault", False, None, None),
         ("GH", "injected", True, None, None),
         ("NPM", "injected", True, None, None),
+        ("NPM", "injected", None, None, None),  # removed again after the cell
+        ("*", "injected", None, None, None),  # the child restarted
     ]
+    # the end of an injection, a restart and a policy's new grants are not violations
+    with AuditQuery(tmp_path) as query:
+        changes = query.sql("SELECT reason FROM events WHERE event_type = 'policy_change'").rows
+    assert changes == [("credential grants in force: GH, NPM",)]
     assert redactions == [
         ("granted-secret", "GH", "2", "redacted", None),
         ("output-policy", None, "1", "withheld", "image from a tainted cell"),

@@ -293,6 +293,22 @@ class KernelAudit:
                     **common,
                 },
             )
+        elif event_type == "credential.injection_end":
+            # The cell that had secrets injected is over: they are unset in the child (and with
+            # restart_after_injection, the child is restarted before the next cell).
+            for ended in detail.get("names") or []:
+                self.record(
+                    "credential_access",
+                    reason="removed from the sandboxed kernel's environment after the cell"
+                    + ("; the kernel restarts before the next cell" if detail.get("restart_required") else ""),
+                    detail={"credential_name": str(ended), "scope": "injected", "used_by": "sandbox", **common},
+                )
+        elif event_type == "credential.taint_cleared":
+            self.record(
+                "credential_access",
+                reason="the child kernel restarted: values injected into it are gone with its memory",
+                detail={"credential_name": "*", "scope": "injected", "used_by": "sandbox"},
+            )
         elif event_type == "credential.settings_changed":
             # A policy reload's grants taking effect (the policy_change itself is recorded by the
             # policy session): not a violation.
