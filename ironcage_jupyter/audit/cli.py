@@ -6,10 +6,12 @@ import argparse
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .paths import ENV_AUDIT_DIR, default_audit_dir
-from .settings import AuditSettings
+
+if TYPE_CHECKING:  # imported where used: its pydantic models cost every audit command ~0.2 s
+    from .settings import AuditSettings
 
 
 def register(subparsers: Any) -> None:
@@ -132,6 +134,8 @@ def _export(args: argparse.Namespace) -> int:
 def load_audit_settings(policy: str | None) -> AuditSettings:
     """The `audit` section of a policy (built-in name or path), read by the policy loader."""
     if policy is None:
+        from .settings import AuditSettings
+
         return AuditSettings()
     from ironcage_jupyter.policy import load_policy
 
