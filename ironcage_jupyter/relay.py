@@ -294,12 +294,17 @@ class Relay:
             if waiting:
                 self._loop.call_soon(self._on_readable, name)
 
-    def _handle(self, name: str, handler: Callable[[dict[str, Any]], Any], frames: list[Any]) -> None:
+    def _parse(self, name: str, frames: list[Any]) -> dict[str, Any] | None:
         try:
-            msg = self._deserialize(frames)
+            return self._deserialize(frames)
         except Exception:
             # The child is untrusted: a malformed or badly signed message is dropped, never fatal.
             log.warning("dropped a malformed message from the child on %s", name, exc_info=True)
+            return None
+
+    def _handle(self, name: str, handler: Callable[[dict[str, Any]], Any], frames: list[Any]) -> None:
+        msg = self._parse(name, frames)
+        if msg is None:
             return
         try:
             handler(msg)
@@ -316,11 +321,8 @@ class Relay:
             except zmq.ZMQError:
                 log.debug("child %s socket closed", name)
                 return
-            try:
-                msg = self._deserialize(frames)
-            except Exception:
-                # The child is untrusted: a malformed or badly signed message is dropped, never fatal.
-                log.warning("dropped a malformed message from the child on %s", name, exc_info=True)
+            msg = self._parse(name, frames)
+            if msg is None:
                 continue
             try:
                 result = handler(msg)
@@ -418,17 +420,18 @@ class Relay:
             route.reply.set_result(msg)
             if msg["header"].get("msg_type") == "execute_reply" and not route.idle.done():
                 # The child sends no idle after an execute request: its reply says how many iopub
-                # messages precede it. A missing or malformed count (a compromised child) leaves the
-                # route waiting, and the cell to the wrapper's watchdog, as a child that never
-                # sends idle would.
+                # messages precede it. A missing or malformed count (a compromised child) ends the
+                # cell after the grace period, with a notice, like a count that is never met.
                 metadata = msg.get("metadata")
                 count = metadata.get(OUTPUT_COUNT_KEY) if isinstance(metadata, dict) else None
                 if isinstance(count, int) and not isinstance(count, bool) and 0 <= count < 1 << 40:
                     route.outputs_expected = count
                     if route.outputs_seen >= count:
                         route.idle.set_result(True)
-                    else:
-                        self._arm_output_grace(route)
+                        return
+                else:
+                    log.warning("the child's execute_reply does not say how many outputs it sent")
+                self._arm_output_grace(route)
 
     #: Seconds without any of a cell's missing outputs, once its reply is in, after which the cell
     #: ends anyway with a notice: zmq drops messages past a queue's high-water mark (a child
@@ -444,15 +447,18 @@ class Relay:
 
     def _outputs_lost(self, route: Route) -> None:
         route.outputs_timer = None
-        if route.idle.done() or route.outputs_expected is None:
+        if route.idle.done():
             return
-        lost = route.outputs_expected - route.outputs_seen
-        log.warning("%d outputs of a cell never arrived from the child", lost)
-        if route.forward_outputs and route.parent is not None:
+        if route.outputs_expected is None:
+            notice = "\n[ironcage] the kernel did not say how many outputs this cell sent; later ones may be missing\n"
+        else:
+            lost = route.outputs_expected - route.outputs_seen
+            log.warning("%d outputs of a cell never arrived from the child", lost)
             notice = (
                 f"\n[ironcage] {lost:,} output message(s) of this cell were lost between the kernel and "
                 "Iron Cage (the output came faster than it could be relayed)\n"
             )
+        if route.forward_outputs and route.parent is not None:
             self._forward("stream", {"name": "stderr", "text": notice}, route, {}, [])
         route.idle.set_result(True)
 

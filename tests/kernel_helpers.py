@@ -153,3 +153,14 @@ def wait_gone(pid: int, timeout: float = 10) -> bool:
             return True
         time.sleep(0.05)
     return not process_alive(pid)
+
+
+def comm_request(kc: BlockingKernelClient, comm_id: str, data: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
+    """Send one comm_msg on ``comm_id`` and return the data of the kernel's next comm_msg on it."""
+    kc.shell_channel.send(kc.session.msg("comm_msg", {"comm_id": comm_id, "data": data}))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = kc.get_iopub_msg(timeout=deadline - time.monotonic())
+        if msg["header"]["msg_type"] == "comm_msg" and msg["content"]["comm_id"] == comm_id:
+            return msg["content"]["data"]
+    raise TimeoutError("no comm reply")

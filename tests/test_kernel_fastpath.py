@@ -313,6 +313,10 @@ def test_a_child_claiming_outputs_it_never_sent_does_not_hang_the_kernel(tmp_pat
         assert "2 output message(s) of this cell were lost" in ex.text, ex.text
         after = execute(kc, "print('next cell')")
         assert after.status == "ok" and after.stdout == "next cell\n"
+        # a reply that does not say how many outputs precede it ends the same way
+        silent = execute(kc, lie.replace(", ironcage_iopub_count=3", ""), timeout=30)
+        assert silent.status == "ok" and "did not say how many outputs" in silent.text, silent.text
+        assert execute(kc, "1 + 1").status == "ok"
     finally:
         stop_kernel(km, kc)
 

@@ -5,7 +5,7 @@ fails closed."""
 
 import pytest
 
-from kernel_helpers import execute, start_kernel, status, stop_kernel
+from kernel_helpers import comm_request, execute, start_kernel, status, stop_kernel
 
 
 @pytest.fixture(scope="module")
@@ -151,18 +151,6 @@ def test_policy_load_of_a_file_that_is_not_a_policy_echoes_none_of_it(kernel, tm
         assert token not in ex.text, ex.text
 
 
-def _comm_call(kc, comm_id, data, timeout=60):
-    import time
-
-    kc.shell_channel.send(kc.session.msg("comm_msg", {"comm_id": comm_id, "data": data}))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        msg = kc.get_iopub_msg(timeout=deadline - time.monotonic())
-        if msg["header"]["msg_type"] == "comm_msg" and msg["content"]["comm_id"] == comm_id:
-            return msg["content"]["data"]
-    raise TimeoutError("no comm reply")
-
-
 def test_a_policy_that_cannot_be_fully_applied_refuses_everything(tmp_path):
     """`%ironcage policy load` swaps the rules first, then applies the grants, detectors, limits and
     budgets the wrapper holds. When that second step fails half-way (here the credential broker
@@ -180,7 +168,7 @@ def test_a_policy_that_cannot_be_fully_applied_refuses_everything(tmp_path):
         comm_id = uuid.uuid4().hex
         kc.shell_channel.send(kc.session.msg("comm_open", {"comm_id": comm_id, "target_name": "ironcage.tools",
                                                            "data": {}}))
-        assert _comm_call(kc, comm_id, {"op": "list", "id": 1})["ok"]
+        assert comm_request(kc, comm_id, {"op": "list", "id": 1})["ok"]
         kc.complete("pri", 3)
         assert "print" in kc.get_shell_msg(timeout=60)["content"]["matches"]
         journal = Path(os.environ["IRONCAGE_AUDIT_DIR"]) / "sessions" / f"{info['audit']['session_id']}.journal"
@@ -197,7 +185,7 @@ def test_a_policy_that_cannot_be_fully_applied_refuses_everything(tmp_path):
         assert ex.status == "error" and ex.reply["content"]["ename"] == "IronCageUnavailable"
         assert "the new policy could not be applied" in ex.text
         assert not marker.exists()
-        reply = _comm_call(kc, comm_id, {"op": "call", "name": "fs.list", "arguments": {"path": "."}, "id": 2})
+        reply = comm_request(kc, comm_id, {"op": "call", "name": "fs.list", "arguments": {"path": "."}, "id": 2})
         assert not reply["ok"] and reply["id"] == 2
         assert reply["refusal"]["rule"] == "invariant.fail-closed"
         assert "the new policy could not be applied" in reply["refusal"]["reason"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import sys
-import time
 import uuid
 
 import pytest
@@ -17,7 +16,7 @@ from ironcage_jupyter.tools.hooks import MemoryAudit
 from ironcage_jupyter.tools.kernel_glue import CellBudgetStage
 from ironcage_jupyter.tools.session import ToolSession
 from ironcage_jupyter.tools.settings import BudgetSettings
-from kernel_helpers import execute
+from kernel_helpers import comm_request, execute
 
 KERNEL_NAME = "ironcage-tools-test"
 
@@ -95,7 +94,7 @@ def test_product_kernel_wires_tools(plain_kernel):
     comm_id = uuid.uuid4().hex
     kc.shell_channel.send(kc.session.msg("comm_open", {"comm_id": comm_id, "target_name": "ironcage.tools",
                                                        "data": {}}))
-    reply = _comm_request(kc, comm_id, {"op": "call", "name": "fs.read", "arguments": {"path": "data.txt"}})
+    reply = comm_request(kc, comm_id, {"op": "call", "name": "fs.read", "arguments": {"path": "data.txt"}}, timeout=30)
     assert not reply["ok"] and reply["refusal"]["rule"] == "default.deny"
 
 
@@ -142,29 +141,18 @@ def test_egress_from_a_cell_goes_through_the_proxy(kernel):
     assert allowed.seen[-1]["path"] == "/from-cell" and len(denied.seen) == before
 
 
-def _comm_request(kc, comm_id, data, timeout=30):
-    msg = kc.session.msg("comm_msg", {"comm_id": comm_id, "data": data})
-    kc.shell_channel.send(msg)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        reply = kc.get_iopub_msg(timeout=deadline - time.monotonic())
-        if reply["header"]["msg_type"] == "comm_msg" and reply["content"]["comm_id"] == comm_id:
-            return reply["content"]["data"]
-    raise TimeoutError("no comm reply")
-
-
 def test_tool_call_from_a_comm_client(kernel):
     kc, _allowed, _denied = kernel
     comm_id = uuid.uuid4().hex
     kc.shell_channel.send(kc.session.msg("comm_open", {"comm_id": comm_id, "target_name": "ironcage.tools",
                                                        "data": {}}))
-    listing = _comm_request(kc, comm_id, {"op": "list", "id": 1})
+    listing = comm_request(kc, comm_id, {"op": "list", "id": 1}, timeout=30)
     assert listing["ok"] and listing["id"] == 1 and "fs.read" in {t["name"] for t in listing["tools"]}
-    reply = _comm_request(kc, comm_id, {"op": "call", "name": "fs.read", "arguments": {"path": "data.txt"},
-                                        "call_id": "agent-7", "id": 2})
+    reply = comm_request(kc, comm_id, {"op": "call", "name": "fs.read", "arguments": {"path": "data.txt"},
+                                        "call_id": "agent-7", "id": 2}, timeout=30)
     assert reply["ok"] and reply["call_id"] == "agent-7" and reply["result"]["content"] == "cell data"
-    refused = _comm_request(kc, comm_id, {"op": "call", "name": "fs.write",
-                                          "arguments": {"path": "x", "content": "y", "mode": 1}, "id": 3})
+    refused = comm_request(kc, comm_id, {"op": "call", "name": "fs.write",
+                                          "arguments": {"path": "x", "content": "y", "mode": 1}, "id": 3}, timeout=30)
     assert not refused["ok"] and refused["refusal"]["rule"] == "schema.mode"
     info = kc.comm_info(target_name="ironcage.tools", reply=True)
     assert comm_id in info["content"]["comms"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from tools_support import MCP_DIR, start_echo_server
 
 from ironcage_jupyter.audit import AuditQuery
-from kernel_helpers import execute, start_kernel, status, stop_kernel
+from kernel_helpers import comm_request, execute, start_kernel, status, stop_kernel
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -39,16 +38,6 @@ tools:
       roles: {fetch: {url: opaque}}
       allowed_hosts: ["127.0.0.1:{allowed}"]
 """
-
-
-def _comm_call(kc, comm_id: str, data: dict, timeout: float = 120) -> dict:
-    kc.shell_channel.send(kc.session.msg("comm_msg", {"comm_id": comm_id, "data": data}))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        msg = kc.get_iopub_msg(timeout=deadline - time.monotonic())
-        if msg["header"]["msg_type"] == "comm_msg" and msg["content"]["comm_id"] == comm_id:
-            return msg["content"]["data"]
-    raise TimeoutError("no comm reply")
 
 
 def _text(reply: dict) -> str:
@@ -76,14 +65,14 @@ def test_mcp_server_hosts_through_the_kernels_tool_comm(tmp_path):
         comm_id = uuid.uuid4().hex
         kc.shell_channel.send(kc.session.msg("comm_open", {"comm_id": comm_id, "target_name": "ironcage.tools",
                                                            "data": {}}))
-        listing = _comm_call(kc, comm_id, {"op": "list", "id": 1})
+        listing = comm_request(kc, comm_id, {"op": "list", "id": 1}, timeout=120)
         assert listing["ok"] and "net.fetch" in {t["name"] for t in listing["tools"]}, listing
-        reached = _text(_comm_call(kc, comm_id, {"op": "call", "name": "net.fetch", "id": 2, "call_id": "ok-1",
-                                                 "arguments": {"url": f"http://127.0.0.1:{allowed.port}/hello"}}))
+        reached = _text(comm_request(kc, comm_id, {"op": "call", "name": "net.fetch", "id": 2, "call_id": "ok-1",
+                                                 "arguments": {"url": f"http://127.0.0.1:{allowed.port}/hello"}}, timeout=120))
         assert reached.startswith("200 ") and '"server": "allowed"' in reached and '"path": "/hello"' in reached
         assert [seen["path"] for seen in allowed.seen] == ["/hello"]
-        refused = _text(_comm_call(kc, comm_id, {"op": "call", "name": "net.fetch", "id": 3, "call_id": "no-1",
-                                                 "arguments": {"url": f"http://127.0.0.1:{other.port}/steal"}}))
+        refused = _text(comm_request(kc, comm_id, {"op": "call", "name": "net.fetch", "id": 3, "call_id": "no-1",
+                                                 "arguments": {"url": f"http://127.0.0.1:{other.port}/steal"}}, timeout=120))
         assert refused == "refused 403 invariant.restricted-address", refused
         assert other.seen == []  # nothing reached the server the policy does not name
         assert execute(kc, "print('kernel still answers')").stdout == "kernel still answers\n"

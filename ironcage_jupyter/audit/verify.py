@@ -169,15 +169,8 @@ def _flat(array: pa.Array) -> bytes:
     memoryviews goes element by element, comparing bytes is one memcmp)."""
     if array.null_count:
         raise _NotProven("null values")
-    buffers = array.buffers()
-    if pa.types.is_large_binary(array.type) or pa.types.is_large_string(array.type):
-        offsets = memoryview(buffers[1]).cast("q")  # type: ignore[arg-type]
-    elif pa.types.is_binary(array.type) or pa.types.is_string(array.type):
-        offsets = memoryview(buffers[1]).cast("i")  # type: ignore[arg-type]
-    else:
-        raise _NotProven(f"unexpected Arrow type {array.type}")
-    start, end = offsets[array.offset], offsets[array.offset + len(array)]
-    return bytes(memoryview(buffers[2])[start:end])  # type: ignore[arg-type]
+    offsets, data = _offsets(array)
+    return bytes(data[offsets[0] : offsets[-1]])
 
 
 def _offsets(array: pa.Array) -> tuple[memoryview, memoryview]:

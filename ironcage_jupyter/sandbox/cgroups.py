@@ -142,14 +142,22 @@ def hits(directory: Path, files: tuple[tuple[str, str], ...] = HIT_FILES) -> dic
     out: dict[str, int] = {}
     for name, key in files:
         try:
-            for line in (directory / name).read_text().splitlines():
-                field, _, value = line.partition(" ")
-                if field == key:
-                    label = "processes" if name == "pids.events" else "oom_kills"
-                    out[label] = out.get(label, 0) + int(value)
-        except (OSError, ValueError):
+            _add_hits(out, name, key, (directory / name).read_text())
+        except OSError:
             continue
     return out
+
+
+def _add_hits(out: dict[str, int], name: str, key: str, text: str) -> None:
+    """Add the count under `key` in the counter file `name`'s `text` to `out` (unreadable: nothing)."""
+    for line in text.splitlines():
+        field, _, value = line.partition(" ")
+        if field == key:
+            label = "processes" if name == "pids.events" else "oom_kills"
+            try:
+                out[label] = out.get(label, 0) + int(value)
+            except ValueError:
+                return
 
 
 class HitCounters:
@@ -179,14 +187,7 @@ class HitCounters:
                 except OSError:
                     continue
         for text, name, key in texts:
-            try:
-                for line in text.splitlines():
-                    field, _, value = line.partition(" ")
-                    if field == key:
-                        label = "processes" if name == "pids.events" else "oom_kills"
-                        out[label] = out.get(label, 0) + int(value)
-            except ValueError:
-                continue
+            _add_hits(out, name, key, text)
         return out
 
     def close(self) -> None:
